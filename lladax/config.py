@@ -1,0 +1,243 @@
+"""Static model configuration: `ModelConfig`, presets, and the Hugging Face config.json mapping.
+
+`ModelConfig` is a frozen (hashable) dataclass so it can be a static argument of `jax.jit`.
+Special token ids live here, read from the checkpoint, never hard-coded in the math.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_out")
+ATTENTION_IMPLS = ("xla", "cudnn")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shapes, special token ids and numerics of a LLaDA mask predictor.
+
+    `dtype` is the compute dtype of activations and matmuls; `param_dtype` is the storage dtype of
+    the parameters (f32 master weights with bf16 compute is `param_dtype="float32",
+    dtype="bfloat16"`).
+    """
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    mlp_hidden_size: int
+    max_seq_len: int = 4096
+    rope_theta: float = 500000.0
+    rms_norm_eps: float = 1e-5
+    mask_token_id: int = 126336
+    bos_token_id: int = 126080
+    eos_token_id: int = 126081
+    pad_token_id: int = 126081
+    eot_token_id: int | None = 126348
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat_policy: str = "full"
+    attention_impl: str = "xla"
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
+                     "mlp_hidden_size", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
+                "choose n_heads that divides d_model")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        for name in ("mask_token_id", "bos_token_id", "eos_token_id", "pad_token_id",
+                     "eot_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise ConfigError(
+                    f"{name}={value} is outside the vocabulary [0, {self.vocab_size}): "
+                    "the special ids must come from the same tokenizer as vocab_size")
+        if self.mask_token_id == self.pad_token_id:
+            raise ConfigError("mask_token_id must differ from pad_token_id")
+        for name, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES),
+                              ("remat_policy", REMAT_POLICIES),
+                              ("attention_impl", ATTENTION_IMPLS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"ModelConfig.{name}={getattr(self, name)!r} is unknown; use one of {allowed}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weight_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def param_count(self, *, embeddings: bool = True) -> int:
+        """Exact parameter count (embedding + head counted once each)."""
+        d, h, kv = self.d_model, self.mlp_hidden_size, self.n_kv_heads * self.head_dim
+        per_layer = 2 * d + d * d + 2 * d * kv + d * d + 3 * d * h
+        total = self.n_layers * per_layer + d
+        if embeddings:
+            total += 2 * self.vocab_size * d
+        return total
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward = 3 × forward), Kaplan/PaLM style.
+
+        6·N for every weight matmul (N = non-embedding params + the LM head; the embedding is a
+        gather) plus attention scores and values: 6 · 2 · n_layers · seq_len · d_model — the
+        attention is bidirectional, so every query sees all `seq_len` keys (no causal halving).
+        """
+        d = self.d_model
+        matmul_params = self.param_count(embeddings=False) + self.vocab_size * d
+        attention = 2 * self.n_layers * seq_len * d
+        return 6.0 * (matmul_params + attention)
+
+    # --- Hugging Face config.json --------------------------------------------------------------
+    @classmethod
+    def from_hf_dict(cls, hf: dict[str, Any], special_tokens: dict[str, Any] | None = None,
+                     **overrides: Any) -> ModelConfig:
+        """Build from a LLaDA `config.json` dict (the OLMo-derived `LLaDAConfig` keys)."""
+        checks = {
+            "block_type": ("llama",), "activation_type": ("silu", "swiglu"),
+            "layer_norm_type": ("rms",),
+        }
+        for key, allowed in checks.items():
+            value = hf.get(key, allowed[0])
+            if value not in allowed:
+                raise ConfigError(
+                    f"config.json has {key}={value!r}; lladax implements LLaDA's {allowed[0]!r} "
+                    f"only: convert a LLaDA checkpoint (block_type='llama', rms norm, silu)")
+        for key in ("alibi", "include_bias", "include_qkv_bias", "weight_tying", "scale_logits",
+                    "input_emb_norm", "attention_layer_norm", "bias_for_layer_norm"):
+            if hf.get(key):
+                raise ConfigError(
+                    f"config.json sets {key}=true, which LLaDA does not use and lladax does not "
+                    "implement: set it to false or use a LLaDA checkpoint")
+        if not hf.get("rope", True):
+            raise ConfigError("config.json sets rope=false; LLaDA uses rotary embeddings")
+        missing = [k for k in ("d_model", "n_layers", "n_heads", "mlp_hidden_size")
+                   if k not in hf]
+        if missing:
+            raise ConfigError(f"config.json lacks {missing}: is this a LLaDA config.json?")
+        special = dict(special_tokens or {})
+        vocab = int(hf.get("embedding_size") or hf["vocab_size"])
+        n_heads = int(hf["n_heads"])
+
+        def token(key: str, default: int | None) -> int | None:
+            value = special.get(key, hf.get(key, default))
+            return None if value is None else int(value)
+
+        eos = token("eos_token_id", None)
+        if eos is None:
+            raise ConfigError("config.json has no eos_token_id: add it (LLaDA-8B uses 126081)")
+        kwargs: dict[str, Any] = dict(
+            vocab_size=vocab,
+            d_model=int(hf["d_model"]),
+            n_layers=int(hf["n_layers"]),
+            n_heads=n_heads,
+            n_kv_heads=int(hf.get("n_kv_heads") or n_heads),
+            mlp_hidden_size=int(hf["mlp_hidden_size"]),
+            max_seq_len=int(hf.get("max_sequence_length", 4096)),
+            rope_theta=float(hf.get("rope_theta", 10000.0)),
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
+            mask_token_id=token("mask_token_id", 126336),
+            bos_token_id=token("bos_token_id", None) if token("bos_token_id", None) is not None
+            else eos,
+            eos_token_id=eos,
+            pad_token_id=token("pad_token_id", eos),
+            eot_token_id=token("eot_token_id", None),
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A `config.json` dict the LLaDA Hugging Face remote code loads."""
+        return {
+            "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0,
+            "architectures": ["LLaDAModelLM"],
+            "attention_dropout": 0.0, "attention_layer_norm": False,
+            "attention_layer_norm_with_affine": True,
+            "auto_map": {
+                "AutoConfig": "configuration_llada.LLaDAConfig",
+                "AutoModel": "modeling_llada.LLaDAModelLM",
+                "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+            },
+            "bias_for_layer_norm": False, "block_group_size": 1, "block_type": "llama",
+            "bos_token_id": self.bos_token_id, "d_model": self.d_model,
+            "embedding_dropout": 0.0, "embedding_size": self.vocab_size,
+            "eos_token_id": self.eos_token_id, "flash_attention": False,
+            "include_bias": False, "include_qkv_bias": False, "init_device": "meta",
+            "init_fn": "mitchell", "init_std": self.init_std, "input_emb_norm": False,
+            "layer_norm_type": "rms", "layer_norm_with_affine": True,
+            "mask_token_id": self.mask_token_id,
+            "max_sequence_length": self.max_seq_len,
+            "mlp_hidden_size": self.mlp_hidden_size, "model_type": "llada",
+            "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads, "n_layers": self.n_layers,
+            "pad_token_id": self.pad_token_id, "residual_dropout": 0.0,
+            "rms_norm_eps": self.rms_norm_eps, "rope": True, "rope_full_precision": True,
+            "rope_theta": self.rope_theta, "scale_logits": False,
+            "torch_dtype": self.param_dtype, "use_cache": False,
+            "vocab_size": self.vocab_size, "weight_tying": False,
+        }
+
+    def special_tokens(self) -> dict[str, int | None]:
+        return {
+            "mask_token_id": self.mask_token_id, "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id,
+            "eot_token_id": self.eot_token_id,
+        }
+
+
+_LLADA_SPECIALS = dict(mask_token_id=126336, bos_token_id=126080, eos_token_id=126081,
+                       pad_token_id=126081, eot_token_id=126348)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CI-sized; special ids match the embedded tokenizer's reserved ids (see tokenizer.py).
+    "tiny": dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4,
+                 mlp_hidden_size=128, max_seq_len=128, mask_token_id=4, bos_token_id=1,
+                 eos_token_id=2, pad_token_id=2, eot_token_id=3),
+    # A few M params: learns visibly on a CPU in minutes.
+    "small": dict(vocab_size=2048, d_model=256, n_layers=4, n_heads=4, n_kv_heads=4,
+                  mlp_hidden_size=768, max_seq_len=256, mask_token_id=4, bos_token_id=1,
+                  eos_token_id=2, pad_token_id=2, eot_token_id=3),
+    "llada_1b": dict(vocab_size=126464, d_model=2048, n_layers=22, n_heads=16, n_kv_heads=16,
+                     mlp_hidden_size=5632, max_seq_len=4096, **_LLADA_SPECIALS),
+    # Exact LLaDA-8B shapes (8.02B params).
+    "llada_8b": dict(vocab_size=126464, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32,
+                     mlp_hidden_size=12288, max_seq_len=4096, **_LLADA_SPECIALS),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """A named preset (`tiny`, `small`, `llada_1b`, `llada_8b`) with optional field overrides."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ConfigError(f"unknown ModelConfig field(s) {unknown}; valid fields: {sorted(fields)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})

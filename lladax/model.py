@@ -1,0 +1,264 @@
+"""The LLaDA mask predictor: a bidirectional LLaMA-style transformer in Flax NNX.
+
+NNX is used for definition only. `init_params` returns a plain nested dict of arrays; every entry
+point (`apply`, `forward`) is a pure function of that pytree that `nnx.merge`s the module inside.
+
+Parameter layout (HF name -> lladax path, shape; see convert.py for the mapping):
+  wte            [vocab, embed]               model.transformer.wte.weight
+  blocks.*       stacked with a leading [layers] axis, scanned with `lax.scan` under remat
+    attn_norm    [embed]                       blocks.i.attn_norm.weight
+    q/k/v        [embed, heads, head_dim]      blocks.i.{q,k,v}_proj.weight (transposed, split)
+    attn_out     [heads, head_dim, embed]      blocks.i.attn_out.weight
+    ff_norm      [embed]                       blocks.i.ff_norm.weight
+    ff_proj/up   [embed, mlp]                  blocks.i.{ff_proj,up_proj}.weight (gate gets SiLU)
+    ff_out       [mlp, embed]                  blocks.i.ff_out.weight (MLP down projection)
+  ln_f           [embed]                       model.transformer.ln_f.weight
+  lm_head        [embed, vocab]                model.transformer.ff_out.weight (untied)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from lladax.attention import attention
+from lladax.config import ModelConfig
+from lladax.sharding import constrain
+
+Params = dict[str, Any]
+
+
+def _param(init, key, shape, dtype, names: tuple[str | None, ...]) -> nnx.Param:
+    return nnx.Param(init(key, shape, dtype), out_sharding=names, eager_sharding=False)
+
+
+def _normal(std: float):
+    return lambda key, shape, dtype: (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+
+def _ones(key, shape, dtype):
+    del key
+    return jnp.ones(shape, dtype)
+
+
+class RMSNorm(nnx.Module):
+    """Reference order: normalise in float32, cast back to the input dtype, then scale."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.eps = cfg.rms_norm_eps
+        self.weight = _param(_ones, None, (cfg.d_model,), cfg.weight_dtype, ("norm",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return y.astype(x.dtype) * self.weight[...].astype(x.dtype)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables [len, head_dim] in float32 for rotate-half RoPE at integer `positions` [len]."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x [batch, len, heads, head_dim]; rotation in float32, result cast back to x.dtype."""
+    xf = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+    out = xf * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+    return out.astype(x.dtype)
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block with non-causal attention and a SwiGLU MLP."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, h, kv, hd, f = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
+                           cfg.mlp_hidden_size)
+        w, init = cfg.weight_dtype, _normal(cfg.init_std)
+        self.cfg = cfg
+        self.attn_norm = RMSNorm(cfg, rngs=rngs)
+        self.q_proj = _param(init, rngs.params(), (d, h, hd), w, ("embed", "heads", "kv"))
+        self.k_proj = _param(init, rngs.params(), (d, kv, hd), w, ("embed", "heads", "kv"))
+        self.v_proj = _param(init, rngs.params(), (d, kv, hd), w, ("embed", "heads", "kv"))
+        self.attn_out = _param(init, rngs.params(), (h, hd, d), w, ("heads", "kv", "embed"))
+        self.ff_norm = RMSNorm(cfg, rngs=rngs)
+        self.ff_proj = _param(init, rngs.params(), (d, f), w, ("embed", "mlp"))
+        self.up_proj = _param(init, rngs.params(), (d, f), w, ("embed", "mlp"))
+        self.ff_out = _param(init, rngs.params(), (f, d), w, ("mlp", "embed"))
+
+    def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array],
+                 key_mask: jax.Array | None, query_start: jax.Array | None = None,
+                 query_size: int | None = None) -> jax.Array:
+        """x [batch, len, embed] -> [batch, len, embed].
+
+        With `query_size`, only the `query_size` positions from `query_start` are updated
+        (keys and values still come from the whole sequence) and the output is
+        [batch, query_size, embed]: the last layer of the sampler needs nothing else.
+        """
+        dt = self.cfg.compute_dtype
+        cos, sin = rope
+        n = self.attn_norm(x)
+        x_q, n_q, cos_q, sin_q = x, n, cos, sin
+        if query_size is not None:
+            x_q, n_q = (jax.lax.dynamic_slice_in_dim(a, query_start, query_size, axis=1)
+                        for a in (x, n))
+            cos_q, sin_q = (jax.lax.dynamic_slice_in_dim(a, query_start, query_size, axis=0)
+                            for a in (cos, sin))
+        q = jnp.einsum("bld,dhk->blhk", n_q, self.q_proj[...].astype(dt))
+        k = jnp.einsum("bld,dhk->blhk", n, self.k_proj[...].astype(dt))
+        v = jnp.einsum("bld,dhk->blhk", n, self.v_proj[...].astype(dt))
+        q = constrain(apply_rope(q, cos_q, sin_q), ("batch", "length", "act_heads", None))
+        k = constrain(apply_rope(k, cos, sin), ("batch", "length", "act_heads", None))
+        a = attention(q, k, v, key_mask, impl=self.cfg.attention_impl)
+        a = checkpoint_name(a, "attn_out")
+        h = x_q + jnp.einsum("blhk,hkd->bld", a, self.attn_out[...].astype(dt))
+        m = self.ff_norm(h)
+        gate = jnp.einsum("bld,df->blf", m, self.ff_proj[...].astype(dt))
+        up = jnp.einsum("bld,df->blf", m, self.up_proj[...].astype(dt))
+        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        out = h + jnp.einsum("blf,fd->bld", hidden, self.ff_out[...].astype(dt))
+        return constrain(out, ("batch", "length", "act_embed"))
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole block
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_attn_out": jax.checkpoint_policies.save_only_these_names("attn_out"),
+}
+
+
+class LLaDA(nnx.Module):
+    """Embedding -> n_layers scanned Blocks -> RMSNorm -> untied LM head."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.wte = _param(_normal(cfg.init_std), rngs.params(),
+                          (cfg.vocab_size, cfg.d_model), cfg.weight_dtype, ("vocab", "embed"))
+
+        @nnx.split_rngs(splits=cfg.n_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_blocks(rngs: nnx.Rngs) -> Block:
+            return Block(cfg, rngs=rngs)
+
+        self.blocks = make_blocks(rngs)
+        self.ln_f = RMSNorm(cfg, rngs=rngs)
+        self.lm_head = _param(_normal(cfg.init_std), rngs.params(), (cfg.d_model, cfg.vocab_size),
+                              cfg.weight_dtype, ("embed", "vocab"))
+
+    def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None, *,
+                 query_start: jax.Array | int = 0, query_size: int | None = None) -> jax.Array:
+        cfg = self.cfg
+        h = jnp.take(self.wte[...], tokens, axis=0).astype(cfg.compute_dtype)
+        h = constrain(h, ("batch", "length", "act_embed"))
+        rope = rope_tables(jnp.arange(tokens.shape[1]), cfg.head_dim, cfg.rope_theta)
+        key_mask = None if attention_mask is None else attention_mask.astype(bool)
+        block_def, block_state = nnx.split(self.blocks)
+
+        def layer(x, state, **kwargs):
+            return nnx.merge(block_def, state)(x, rope, key_mask, **kwargs)
+
+        def scan_body(x, state):
+            return layer(x, state), None
+
+        if cfg.remat_policy != "none":
+            scan_body = jax.checkpoint(scan_body, policy=_REMAT_POLICIES[cfg.remat_policy],
+                                       prevent_cse=False)
+        if query_size is None:
+            h, _ = jax.lax.scan(scan_body, h, block_state)
+        else:  # all layers but the last see every position; the last only the query window
+            head_layers = jax.tree.map(lambda a: a[:-1], block_state)
+            h, _ = jax.lax.scan(scan_body, h, head_layers)
+            last = jax.tree.map(lambda a: a[-1], block_state)
+            h = layer(h, last, query_start=jnp.asarray(query_start, jnp.int32),
+                      query_size=query_size)
+        h = self.ln_f(h)
+        logits = jnp.einsum("bld,dv->blv", h, self.lm_head[...].astype(cfg.compute_dtype),
+                            preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "length", "act_vocab"))
+
+
+@functools.lru_cache(maxsize=32)
+def graphdef(cfg: ModelConfig) -> nnx.GraphDef:
+    """The (static) graph of the model for `cfg`, built abstractly (nothing allocated)."""
+    return nnx.split(nnx.eval_shape(lambda: LLaDA(cfg, rngs=nnx.Rngs(0))))[0]
+
+
+def abstract_params(cfg: ModelConfig) -> Params:
+    """ShapeDtypeStructs of the params pytree, without allocating."""
+    state = nnx.split(nnx.eval_shape(lambda: LLaDA(cfg, rngs=nnx.Rngs(0))))[1]
+    return nnx.to_pure_dict(state)
+
+
+def param_logical_axes(cfg: ModelConfig) -> Params:
+    """Same tree as the params, each leaf a tuple of logical axis names."""
+    state = nnx.split(nnx.eval_shape(lambda: LLaDA(cfg, rngs=nnx.Rngs(0))))[1]
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(state))
+    return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+def init_params(cfg: ModelConfig, key: jax.Array, mesh: jax.sharding.Mesh | None = None) -> Params:
+    """Random params; with `mesh`, each parameter is created directly in its sharded layout."""
+    def init(key):
+        return nnx.to_pure_dict(nnx.split(LLaDA(cfg, rngs=nnx.Rngs(params=key)))[1])
+
+    if mesh is None:
+        return jax.jit(init)(key)
+    from lladax.sharding import tree_shardings
+    return jax.jit(init, out_shardings=tree_shardings(mesh, param_logical_axes(cfg)))(key)
+
+
+def apply(params: Params, cfg: ModelConfig, tokens: jax.Array,
+          attention_mask: jax.Array | None = None, *, query_start: jax.Array | int = 0,
+          query_size: int | None = None) -> jax.Array:
+    """Traceable forward pass: tokens [batch, len] int -> logits [batch, len, vocab] float32.
+
+    `attention_mask` [batch, len] (1 = real token) masks padded keys. With `query_size`, logits
+    are only computed for positions [query_start, query_start + query_size) ([batch, query_size,
+    vocab]); the result equals the same slice of the full forward.
+    """
+    return nnx.merge(graphdef(cfg), params)(tokens, attention_mask, query_start=query_start,
+                                            query_size=query_size)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _forward_jit(params, cfg, tokens, attention_mask):
+    return apply(params, cfg, tokens, attention_mask)
+
+
+def check_tokens(tokens: Any, cfg: ModelConfig, name: str = "tokens") -> None:
+    """Raise a one-line ValueError if concrete token ids fall outside [0, vocab_size)."""
+    if isinstance(tokens, jax.core.Tracer):
+        return
+    arr = np.asarray(tokens)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be [batch, seq] integers, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must be integer token ids, got dtype {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() >= cfg.vocab_size):
+        raise ValueError(
+            f"{name} contain id {int(arr.max() if arr.max() >= cfg.vocab_size else arr.min())} "
+            f"outside the model vocabulary [0, {cfg.vocab_size}): the tokenizer does not match "
+            "this checkpoint")
+
+
+def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
+            attention_mask: jax.Array | None = None) -> jax.Array:
+    """Jitted forward pass with input validation: [batch, len] -> logits [batch, len, vocab] f32."""
+    check_tokens(tokens, cfg)
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if attention_mask is not None:
+        attention_mask = jnp.asarray(attention_mask)
+        if attention_mask.shape != tokens.shape:
+            raise ValueError(f"attention_mask shape {attention_mask.shape} != tokens shape "
+                             f"{tokens.shape}: pass one 0/1 entry per token")
+    return _forward_jit(params, cfg, tokens, attention_mask)
