@@ -241,3 +241,48 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     if unknown:
         raise ConfigError(f"unknown ModelConfig field(s) {unknown}; valid fields: {sorted(fields)}")
     return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+# --- run configuration (ml_collections) ---------------------------------------------------------
+def run_config(model_preset: str, **model_overrides: Any):
+    """The full ConfigDict of a training run: model fields, data, train, eval, mesh, checkpoint.
+
+    `configs/*.py` start from this and change what differs; every key that exists here is the
+    complete set of valid keys (unknown keys are errors).
+    """
+    import ml_collections
+
+    model_cfg = preset(model_preset, **model_overrides)
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict(
+        {f.name: getattr(model_cfg, f.name) for f in dataclasses.fields(ModelConfig)})
+    c.data = ml_collections.ConfigDict(dict(
+        source="embedded",   # "embedded" (Python's own docs) or a .txt/.jsonl file or directory
+        tokenizer="",        # "" = sentencepiece trained on the embedded text (vocab_size)
+        seq_len=128,
+        seed=0,
+    ))
+    c.train = ml_collections.ConfigDict(dict(
+        steps=1000, batch_size=16, grad_accum=1,
+        lr=4e-4, warmup_steps=100, decay_fraction=0.2, final_lr_ratio=0.1,
+        weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0,
+        truncate_prob=0.01, mask_eps=MASK_EPS_DEFAULT, seed=0,
+    ))
+    c.eval = ml_collections.ConfigDict(dict(every=100, batches=8, batch_size=16))
+    c.log = ml_collections.ConfigDict(dict(every=10, workdir="runs/default", progress=True))
+    c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=2))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    return c
+
+
+MASK_EPS_DEFAULT = 1e-3
+
+
+def model_config_from(config_dict: Any) -> ModelConfig:
+    """ModelConfig from the `model` section of a run ConfigDict."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    values = dict(config_dict)
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"unknown model config key(s) {unknown}; valid: {sorted(fields)}")
+    return ModelConfig(**values)

@@ -39,7 +39,9 @@ def _param(init, key, shape, dtype, names: tuple[str | None, ...]) -> nnx.Param:
 
 
 def _normal(std: float):
-    return lambda key, shape, dtype: (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+    def init(key, shape, dtype):
+        return (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+    return init
 
 
 def _ones(key, shape, dtype):
@@ -61,7 +63,7 @@ class RMSNorm(nnx.Module):
 
 
 def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos/sin tables [len, head_dim] in float32 for rotate-half RoPE at integer `positions` [len]."""
+    """cos/sin [len, head_dim] float32 tables of rotate-half RoPE at integer `positions` [len]."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
     angles = jnp.concatenate([angles, angles], axis=-1)
@@ -188,28 +190,33 @@ class LLaDA(nnx.Module):
 
 
 @functools.lru_cache(maxsize=32)
+def _abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
+    # Built outside any mesh context: the logical names in the metadata are not mesh axes.
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
+        return nnx.split(nnx.eval_shape(lambda: LLaDA(cfg, rngs=nnx.Rngs(0))))
+
+
 def graphdef(cfg: ModelConfig) -> nnx.GraphDef:
     """The (static) graph of the model for `cfg`, built abstractly (nothing allocated)."""
-    return nnx.split(nnx.eval_shape(lambda: LLaDA(cfg, rngs=nnx.Rngs(0))))[0]
+    return _abstract_model(cfg)[0]
 
 
 def abstract_params(cfg: ModelConfig) -> Params:
     """ShapeDtypeStructs of the params pytree, without allocating."""
-    state = nnx.split(nnx.eval_shape(lambda: LLaDA(cfg, rngs=nnx.Rngs(0))))[1]
-    return nnx.to_pure_dict(state)
+    return nnx.to_pure_dict(_abstract_model(cfg)[1])
 
 
 def param_logical_axes(cfg: ModelConfig) -> Params:
     """Same tree as the params, each leaf a tuple of logical axis names."""
-    state = nnx.split(nnx.eval_shape(lambda: LLaDA(cfg, rngs=nnx.Rngs(0))))[1]
-    specs = nnx.to_pure_dict(nnx.get_partition_spec(state))
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(_abstract_model(cfg)[1]))
     return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
 
 def init_params(cfg: ModelConfig, key: jax.Array, mesh: jax.sharding.Mesh | None = None) -> Params:
     """Random params; with `mesh`, each parameter is created directly in its sharded layout."""
     def init(key):
-        return nnx.to_pure_dict(nnx.split(LLaDA(cfg, rngs=nnx.Rngs(params=key)))[1])
+        with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
+            return nnx.to_pure_dict(nnx.split(LLaDA(cfg, rngs=nnx.Rngs(params=key)))[1])
 
     if mesh is None:
         return jax.jit(init)(key)

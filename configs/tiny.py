@@ -1,0 +1,12 @@
+"""tiny: a 2-layer, d=64 model for CI and smoke tests (trains in seconds on a CPU)."""
+
+from lladax.config import run_config
+
+
+def get_config():
+    c = run_config("tiny")
+    c.data.seq_len = 64
+    c.train.update(steps=30, batch_size=8, lr=3e-3, warmup_steps=5)
+    c.eval.update(every=10, batches=2, batch_size=8)
+    c.log.update(every=5, workdir="runs/tiny")
+    return c

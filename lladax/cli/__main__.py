@@ -1,0 +1,5 @@
+import sys
+
+from lladax.cli import main
+
+sys.exit(main())

@@ -1,0 +1,50 @@
+"""ModelConfig validation, presets and the HF config.json mapping."""
+
+import json
+
+import pytest
+
+from lladax.config import ConfigError, ModelConfig, preset
+
+
+def test_hf_dict_round_trip(tiny_llada_dir):
+    hf = json.loads((tiny_llada_dir / "config.json").read_text())
+    special = json.loads((tiny_llada_dir / "special_tokens.json").read_text())
+    cfg = ModelConfig.from_hf_dict(hf, special)
+    assert ModelConfig.from_hf_dict(cfg.to_hf_dict(), cfg.special_tokens()) == cfg
+    for key in ("d_model", "n_layers", "n_heads", "mlp_hidden_size", "rope_theta",
+                "mask_token_id", "block_type", "embedding_size"):
+        assert cfg.to_hf_dict()[key] == hf[key]
+
+
+def test_llada_8b_preset_shapes():
+    cfg = preset("llada_8b")
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.mlp_hidden_size, cfg.vocab_size) == \
+        (32, 4096, 32, 12288, 126464)
+    assert (cfg.mask_token_id, cfg.eos_token_id, cfg.pad_token_id) == (126336, 126081, 126081)
+
+
+def test_flops_formula_counts_full_attention():
+    cfg = preset("small")
+    seq = 128
+    weights = cfg.param_count(embeddings=False) + cfg.vocab_size * cfg.d_model
+    assert cfg.flops_per_token(seq) == 6 * weights + 12 * cfg.n_layers * seq * cfg.d_model
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(d_model=65), "not divisible by n_heads"),
+    (dict(mask_token_id=9999), "outside the vocabulary"),
+    (dict(mask_token_id=2), "must differ from pad_token_id"),
+    (dict(remat_policy="some"), "remat_policy='some' is unknown"),
+    (dict(n_layers=0), "n_layers must be a positive int"),
+])
+def test_invalid_configs(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        preset("tiny", **changes)
+
+
+def test_unknown_preset_and_field():
+    with pytest.raises(ConfigError, match="unknown model preset"):
+        preset("huge")
+    with pytest.raises(ConfigError, match=r"unknown ModelConfig field\(s\) \['d_modle'\]"):
+        preset("tiny", d_modle=3)
