@@ -4,9 +4,10 @@ from lladax.config import run_config
 
 
 def get_config():
-    c = run_config("small")
+    # Activations are small: rematerialisation would only add recompute.
+    c = run_config("small", remat_policy="none")
     c.data.seq_len = 128
-    c.train.update(steps=600, batch_size=16, lr=2e-3, warmup_steps=50, decay_fraction=0.3)
-    c.eval.update(every=100, batches=8, batch_size=16)
+    c.train.update(steps=300, batch_size=16, lr=2e-3, warmup_steps=30, decay_fraction=0.3)
+    c.eval.update(every=50, batches=8, batch_size=16)
     c.log.update(every=10, workdir="runs/small")
     return c

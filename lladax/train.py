@@ -199,16 +199,16 @@ def run(config: Any) -> dict[str, float]:
 
     from lladax import checkpoint, data
     from lladax.config import model_config_from
-    from lladax.tokenizer import check_compatible, load_tokenizer_for_run
+    from lladax.tokenizer import SentencePieceTokenizer, check_compatible, load_tokenizer
 
     cfg = model_config_from(config.model)
     tc = TrainConfig.from_config(config.train)
     workdir = Path(config.log.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    tok = load_tokenizer_for_run(config.data.tokenizer, cfg.vocab_size)
+    tok = load_tokenizer(config.data.tokenizer or "embedded", vocab_size=cfg.vocab_size)
     check_compatible(tok, cfg)
-    if tok.model_path is not None and tok.model_path.suffix == ".model":
-        shutil.copyfile(tok.model_path, workdir / "tokenizer.model")
+    if isinstance(tok, SentencePieceTokenizer):  # the run directory is self-contained
+        shutil.copyfile(tok.name, workdir / "tokenizer.model")
 
     mesh = sharding.make_mesh(**dict(config.mesh))
     n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -258,6 +258,9 @@ def run(config: Any) -> dict[str, float]:
             state, m = step_fn(state, batch)
             steps_since += 1
             done = step + 1
+            if done == start_step + 1:  # keep compilation out of the throughput numbers
+                jax.block_until_ready(m)
+                t_last, steps_since = time.perf_counter(), 0
             if done % config.log.every == 0 or done == tc.steps:
                 m = {k: float(v) for k, v in m.items()}
                 dt = time.perf_counter() - t_last
@@ -274,7 +277,8 @@ def run(config: Any) -> dict[str, float]:
                                 tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}")
             if config.checkpoint.every and done % config.checkpoint.every == 0:
                 checkpoint.save(mgr, state, meta)
-        checkpoint.save(mgr, state, meta, force=True)
+        if mgr.latest_step() != int(state.step):
+            checkpoint.save(mgr, state, meta, force=True)
         mgr.wait_until_finished()
         metrics_file.close()
     last["peak_flops"] = peak

@@ -1,0 +1,194 @@
+"""Tokenizers: the default sentencepiece model, HF tokenizer.json, dispatch, chat template."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lladax import data
+from lladax import tokenizer as T
+
+TEXTS = [
+    "Hello, world!",
+    "héllo  wörld\n\t日本語テキスト 🎉🦀 naïve café",
+    "  leading and trailing spaces  \n\n\n",
+    "control \x00\x01\x7f and zero-width \u200b and RTL \u05e9\u05dc\u05d5\u05dd",
+    "literal specials: <s></s><unk><|eot_id|><|mdm_mask|><|endoftext|>",
+    "def f(x):\n    return x ** 2  # 1234567890\r\n",
+    "",
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache per test run, shared by xdist workers (writes are atomic), so the default
+    tokenizer trains about once per run."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    path = root / "lladax_cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizers(cache_dir) -> dict[int, T.SentencePieceTokenizer]:
+    return {v: T.default_tokenizer(v, cache_dir=cache_dir) for v in (512, 2048)}
+
+
+@pytest.mark.parametrize("vocab", [512, 2048])
+def test_default_special_ids(tokenizers, vocab):
+    tok = tokenizers[vocab]
+    assert tok.vocab_size == vocab
+    assert (tok.unk_id, tok.bos_id, tok.eos_id, tok.pad_id, tok.eot_id, tok.mask_id) == (
+        0, 1, 2, 2, 3, 4)
+
+
+@pytest.mark.parametrize("vocab", [512, 2048])
+def test_round_trip_and_no_special_ids(tokenizers, vocab):
+    tok = tokenizers[vocab]
+    for text in TEXTS:
+        ids = tok.encode(text)
+        assert all(5 <= i < vocab for i in ids), (text, ids)
+        assert tok.decode(ids) == text
+    sample = data.load_documents("embedded", "eval")[:20]
+    for ids, text in zip(tok.encode_batch(sample), sample, strict=True):
+        assert min(ids) >= 5 and max(ids) < vocab
+        assert tok.decode(ids) == text
+    assert tok.encode("abc", add_bos=True)[0] == tok.bos_id
+
+
+def test_decode_specials_and_out_of_range(tokenizers):
+    tok = tokenizers[512]
+    body = tok.encode("ab")
+    ids = [tok.bos_id, *body, tok.eot_id, tok.mask_id, tok.eos_id, 10_000, -3]
+    assert tok.decode(ids, skip_special=True) == "ab"
+    rendered = tok.decode(ids)
+    assert rendered.startswith("<s>ab<|eot_id|><|mdm_mask|></s>")
+    assert tok.decode([]) == ""
+
+
+def test_cache_hit_does_not_retrain(tokenizers, cache_dir, monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("retrained although the model is cached")
+
+    monkeypatch.setattr(T, "_train_sentencepiece", boom)
+    again = T.default_tokenizer(512, cache_dir=cache_dir)
+    assert again.fingerprint == tokenizers[512].fingerprint
+
+
+def test_training_is_deterministic_and_uses_env_cache(tokenizers, tmp_path, monkeypatch):
+    calls = []
+    real = T._train_sentencepiece
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "_train_sentencepiece", counting)
+    monkeypatch.setenv("LLADAX_CACHE", str(tmp_path))
+    fresh = T.default_tokenizer(512)
+    assert calls == [1]
+    assert Path(fresh.name).parent == tmp_path / "tokenizers"
+    assert fresh.fingerprint == tokenizers[512].fingerprint  # same bytes on a fresh train
+    assert not [p for p in (tmp_path / "tokenizers").iterdir() if p.suffix == ".tmp"]
+
+
+def test_load_tokenizer_dispatch(tokenizers, tmp_path, cache_dir, monkeypatch):
+    model = Path(tokenizers[512].name)
+    assert T.load_tokenizer(model).fingerprint == tokenizers[512].fingerprint
+    (tmp_path / "tokenizer.model").write_bytes(model.read_bytes())
+    assert isinstance(T.load_tokenizer(tmp_path), T.SentencePieceTokenizer)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        T.load_tokenizer(tmp_path / "nope.model")
+    with pytest.raises(ValueError, match="vocab_size"):
+        T.load_tokenizer("embedded")
+    monkeypatch.setenv("LLADAX_CACHE", str(cache_dir))
+    assert T.load_tokenizer("embedded", vocab_size=512).fingerprint == tokenizers[512].fingerprint
+
+
+def test_sentencepiece_chat_template_fallback(tokenizers):
+    tok = tokenizers[2048]
+    messages = [{"role": "user", "content": " Hi there "},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "Bye"}]
+    ids = T.apply_chat_template(tok, messages)
+    assert ids[0] == tok.bos_id and ids.count(tok.eot_id) == 3
+    assert tok.decode(ids) == (
+        "<s>User: Hi there<|eot_id|>Assistant: Hello.<|eot_id|>User: Bye<|eot_id|>Assistant: ")
+    no_prompt = T.apply_chat_template(tok, messages[:1], add_generation_prompt=False)
+    assert tok.decode(no_prompt) == "<s>User: Hi there<|eot_id|>"
+    with pytest.raises(ValueError):
+        T.apply_chat_template(tok, [])
+    with pytest.raises(ValueError):
+        T.apply_chat_template(tok, [{"role": "user"}])
+
+
+# --- Hugging Face tokenizer.json ------------------------------------------------------------------
+LLADA_SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>",
+                  "<|eot_id|>", "<|mdm_mask|>"]
+
+
+def _build_hf(path: Path, specials: list[str]) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    corpus = ["user assistant hello world", "what is the capital of France?", "Paris.\n\n"] * 5
+    tok.train_from_iterator(corpus, trainer)
+    path.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path / "tokenizer.json"))
+    return path / "tokenizer.json"
+
+
+def test_hf_tokenizer_specials_and_chat_template(tmp_path):
+    json_path = _build_hf(tmp_path / "llada", LLADA_SPECIALS)
+    tok = T.load_tokenizer(tmp_path / "llada")
+    assert isinstance(tok, T.HFTokenizer)
+    ids = {t: i for i, t in enumerate(LLADA_SPECIALS)}  # trainer puts specials first, in order
+    assert tok.bos_id == ids["<|startoftext|>"]
+    assert tok.eos_id == tok.pad_id == ids["<|endoftext|>"]
+    assert tok.eot_id == ids["<|eot_id|>"] and tok.mask_id == ids["<|mdm_mask|>"]
+    assert tok.special_ids()["start_header"] == ids["<|start_header_id|>"]
+
+    text = "what is the capital of France? ünïcode"
+    assert tok.decode(tok.encode(text)) == text
+    messages = [{"role": "user", "content": "what is the capital of France?"}]
+    prompt = T.apply_chat_template(tok, messages)
+    # LLaDA's jinja template rendered by hand, encoded by HF in one go:
+    rendered = ("<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n"
+                "what is the capital of France?<|eot_id|>"
+                "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert prompt == tok.encode(rendered)
+    assert tok.decode(prompt) == rendered
+    assert tok.decode(prompt, skip_special=True) == (
+        "user\n\nwhat is the capital of France?assistant\n\n")
+    assert tok.decode([*prompt, 10**6, -1]) == rendered  # out-of-range ids do not crash
+    assert T.load_tokenizer(json_path).fingerprint == tok.fingerprint
+
+
+def test_hf_missing_special_is_lazy_error(tmp_path):
+    _build_hf(tmp_path / "plain", ["<|endoftext|>", "<|startoftext|>", "<|eot_id|>"])
+    tok = T.HFTokenizer(tmp_path / "plain")
+    assert tok.special_ids()["mask"] is None
+    with pytest.raises(T.MissingTokenError, match="mask"):
+        _ = tok.mask_id
+    # no header tokens -> plain-text fallback template
+    ids = T.apply_chat_template(tok, [{"role": "user", "content": "hello"}])
+    assert tok.decode(ids) == "<|startoftext|>User: hello<|eot_id|>Assistant: "
+    custom = T.HFTokenizer(tmp_path / "plain", special_tokens={"mask": "<|eot_id|>"})
+    assert custom.mask_id == custom.eot_id
+    with pytest.raises(ValueError, match="unknown special"):
+        T.HFTokenizer(tmp_path / "plain", special_tokens={"nope": "x"})
+
+
+def test_hf_tokenizer_json_is_valid_json(tmp_path):
+    path = _build_hf(tmp_path / "x", LLADA_SPECIALS)
+    assert "added_tokens" in json.loads(path.read_text())
