@@ -243,6 +243,39 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     return ModelConfig(**{**PRESETS[name], **overrides})
 
 
+MASK_EPS_DEFAULT = 1e-3  # ε of p_mask = (1 − ε)·t + ε
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The static knobs of the train step (hashable); built from the run ConfigDict."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 4e-4
+    warmup_steps: int = 100
+    decay_fraction: float = 0.2
+    final_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float = 1.0
+    truncate_prob: float = 0.01
+    mask_eps: float = MASK_EPS_DEFAULT
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, config_dict: Any) -> TrainConfig:
+        return cls(**dict(config_dict))
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"train.batch_size={self.batch_size} is not divisible by "
+                              f"train.grad_accum={self.grad_accum}")
+
+
 # --- run configuration (ml_collections) ---------------------------------------------------------
 def run_config(model_preset: str, **model_overrides: Any):
     """The full ConfigDict of a training run: model fields, data, train, eval, mesh, checkpoint.
@@ -262,20 +295,12 @@ def run_config(model_preset: str, **model_overrides: Any):
         seq_len=128,
         seed=0,
     ))
-    c.train = ml_collections.ConfigDict(dict(
-        steps=1000, batch_size=16, grad_accum=1,
-        lr=4e-4, warmup_steps=100, decay_fraction=0.2, final_lr_ratio=0.1,
-        weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, clip_norm=1.0,
-        truncate_prob=0.01, mask_eps=MASK_EPS_DEFAULT, seed=0,
-    ))
+    c.train = ml_collections.ConfigDict(dataclasses.asdict(TrainConfig()))
     c.eval = ml_collections.ConfigDict(dict(every=100, batches=8, batch_size=16))
     c.log = ml_collections.ConfigDict(dict(every=10, workdir="runs/default", progress=True))
     c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=2))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     return c
-
-
-MASK_EPS_DEFAULT = 1e-3
 
 
 def model_config_from(config_dict: Any) -> ModelConfig:

@@ -21,7 +21,7 @@ import optax
 from flax import struct
 
 from lladax import diffusion, model, sharding
-from lladax.config import ModelConfig
+from lladax.config import ModelConfig, TrainConfig
 
 
 @struct.dataclass
@@ -30,36 +30,6 @@ class TrainState:
     params: Any               # model params pytree
     opt_state: Any            # optax state pytree
     rng: jax.Array            # base key; each step folds in `step`
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """The static knobs of the train step (hashable); built from the run ConfigDict."""
-
-    steps: int = 1000
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 4e-4
-    warmup_steps: int = 100
-    decay_fraction: float = 0.2
-    final_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    clip_norm: float = 1.0
-    truncate_prob: float = 0.01
-    mask_eps: float = 1e-3
-    seed: int = 0
-
-    @classmethod
-    def from_config(cls, config_dict: Any) -> TrainConfig:
-        return cls(**dict(config_dict))
-
-    def __post_init__(self) -> None:
-        if self.batch_size % self.grad_accum:
-            raise ValueError(f"train.batch_size={self.batch_size} is not divisible by "
-                             f"train.grad_accum={self.grad_accum}")
 
 
 def lr_schedule(tc: TrainConfig) -> optax.Schedule:

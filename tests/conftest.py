@@ -35,3 +35,27 @@ def golden(tiny_llada_dir):
     def load(case: str):
         return dict(np.load(tiny_llada_dir / "golden" / f"{case}.npz"))
     return load
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache per test run, shared by xdist workers (writes are atomic), so the default
+    tokenizer trains about once per run."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    path = root / "lladax_cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(cache_dir):
+    """Tests never read or write the user's ~/.cache/lladax."""
+    old = os.environ.get("LLADAX_CACHE")
+    os.environ["LLADAX_CACHE"] = str(cache_dir)
+    yield
+    if old is None:
+        os.environ.pop("LLADAX_CACHE", None)
+    else:
+        os.environ["LLADAX_CACHE"] = old

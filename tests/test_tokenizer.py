@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -20,18 +19,6 @@ TEXTS = [
     "def f(x):\n    return x ** 2  # 1234567890\r\n",
     "",
 ]
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    """One cache per test run, shared by xdist workers (writes are atomic), so the default
-    tokenizer trains about once per run."""
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent
-    path = root / "lladax_cache"
-    path.mkdir(exist_ok=True)
-    return path
 
 
 @pytest.fixture(scope="session")

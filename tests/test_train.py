@@ -34,7 +34,7 @@ def test_train_step_decreases_loss(tokens):
 
 
 def test_sharded_step_equals_single_device(tokens):
-    tc = TC.replace() if hasattr(TC, "replace") else TC
+    tc = TC
     opt = train.make_optimizer(tc)
     single = train.init_state(CFG, tc, opt, jax.random.key(0))
     step = train.jit_train_step(CFG, tc, opt)

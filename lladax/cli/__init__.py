@@ -1,6 +1,9 @@
 """The `lladax` console script: one subcommand per module in this package.
 
   lladax train --config configs/small.py [--config.train.steps=500 ...]
+  lladax sample --checkpoint runs/small --prompt "The list type" [--show-steps]
+  lladax sample --checkpoint runs/small --infill "A <mask:6> is an ordered <mask> of items."
+  lladax chat --checkpoint <run or HF dir> [--gen-length 128 --block-length 32]
   lladax convert <hf_dir> <out_dir> [--dtype bfloat16]        (HF <-> lladax round trip check)
 """
 
@@ -9,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lladax.cli import convert_cmd, train_cmd
+from lladax.cli import chat_cmd, convert_cmd, sample_cmd, train_cmd
 
-COMMANDS = {"train": train_cmd, "convert": convert_cmd}
+COMMANDS = {"train": train_cmd, "sample": sample_cmd, "chat": chat_cmd, "convert": convert_cmd}
 
 
 def main(argv: list[str] | None = None) -> int:

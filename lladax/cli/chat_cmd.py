@@ -1,0 +1,53 @@
+"""`lladax chat`: multi-turn chat with the LLaDA chat template and the reference's turn handling.
+
+After each reply every EOS is removed from the canvas and the rest (prompt + reply) is kept as the
+conversation so far; the next user turn is appended without its BOS (as upstream chat.py does).
+Commands: /reset clears the history, /quit (or end of input) exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from lladax.cli.common import add_model_args, add_sampling_args, load_model, sampling_kwargs
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(name, help="interactive multi-turn chat", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    add_sampling_args(p, gen_length=128)
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    import numpy as np
+
+    from lladax import sampling
+    from lladax.cli.sample_cmd import render
+    from lladax.tokenizer import apply_chat_template
+
+    cfg, params, tokenizer = load_model(args.checkpoint, args.dtype)
+    kwargs = sampling_kwargs(args)
+    history: list[int] = []
+    print("lladax chat: /reset clears the conversation, /quit exits.")
+    while True:
+        try:
+            message = input("user> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if message in ("/quit", "/exit"):
+            return 0
+        if message == "/reset":
+            history = []
+            print("(history cleared)")
+            continue
+        if not message:
+            continue
+        turn = apply_chat_template(tokenizer, [{"role": "user", "content": message}])
+        prompt = history + (turn[1:] if history and turn[:1] == [tokenizer.bos_id] else turn)
+        canvas = sampling.generate(params, cfg, np.asarray([prompt], np.int32), **kwargs,
+                                   early_exit=args.early_exit)
+        answer = sampling.decode_answer(canvas[0], len(prompt), cfg)
+        print(f"assistant> {render(tokenizer, answer, cfg.mask_token_id)}")
+        history = [int(t) for t in np.asarray(canvas[0]) if int(t) != cfg.eos_token_id]

@@ -1,0 +1,134 @@
+"""`lladax sample`: generate from prompts, or fill `<mask>` spans inside a text (infilling).
+
+    lladax sample --checkpoint runs/small --prompt "The list type" --gen-length 32
+    lladax sample --checkpoint runs/small --infill "A <mask:6> is an ordered <mask> of items."
+
+`<mask>` expands to `--mask-span` mask tokens, `<mask:N>` to N. Infilling uses the bidirectional
+model's native strength: the masks inside the text are filled by the same reverse process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from lladax.cli.common import add_model_args, add_sampling_args, load_model, sampling_kwargs
+
+MASK_MARKER = re.compile(r"<mask(?::(\d+))?>")
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(name, help="sample text (or fill <mask> spans) from a model",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
+    src.add_argument("--prompt-file", help="a file with one prompt per line")
+    src.add_argument("--infill", help="text with <mask> or <mask:N> spans to fill")
+    p.add_argument("--mask-span", type=int, default=8, help="tokens per bare <mask> marker")
+    p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
+    p.add_argument("--show-steps", action="store_true",
+                   help="render the canvas filling in, step by step")
+    add_sampling_args(p)
+
+
+def encode_infill(text: str, tokenizer: Any, mask_id: int, default_span: int) -> list[int]:
+    """Tokenise `text`, replacing every <mask[:N]> marker with N (default `default_span`) masks."""
+    ids: list[int] = [tokenizer.bos_id]
+    pos = 0
+    for m in MASK_MARKER.finditer(text):
+        ids += tokenizer.encode(text[pos:m.start()]) if m.start() > pos else []
+        span = int(m.group(1)) if m.group(1) else default_span
+        if span <= 0:
+            raise ValueError(f"mask span {m.group(0)} must be positive")
+        ids += [mask_id] * span
+        pos = m.end()
+    ids += tokenizer.encode(text[pos:]) if pos < len(text) else []
+    if mask_id not in ids:
+        raise ValueError("--infill text has no <mask> marker: write e.g. 'A <mask:4> of items'")
+    return ids
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    """Left-pad token lists to one length: (tokens [B, P], attention_mask [B, P])."""
+    import numpy as np
+
+    width = max(len(r) for r in rows)
+    tokens = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        tokens[i, width - len(r):] = r
+        mask[i, width - len(r):] = 1
+    return tokens, mask
+
+
+def render(tokenizer: Any, ids: Any, mask_id: int) -> str:
+    """Text of `ids` with every mask token shown as a block."""
+    out, run = [], []
+    for t in (int(i) for i in ids):
+        if t == mask_id:
+            if run:
+                out.append(tokenizer.decode(run))
+                run = []
+            out.append("█")
+        else:
+            run.append(t)
+    if run:
+        out.append(tokenizer.decode(run))
+    return "".join(out)
+
+
+def show_history(tokenizer: Any, history: Any, prompt_len: int, mask_id: int) -> None:
+    tty = sys.stdout.isatty()
+    for step, canvas in enumerate(history):
+        text = render(tokenizer, canvas[0][prompt_len:], mask_id).replace("\n", "⏎")
+        if tty:
+            print(f"\r\033[2K[{step + 1:>4}/{len(history)}] {text}", end="", flush=True)
+        else:
+            print(f"[{step + 1:>4}/{len(history)}] {text}")
+    if tty:
+        print()
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lladax import sampling
+    from lladax.tokenizer import apply_chat_template
+
+    cfg, params, tokenizer = load_model(args.checkpoint, args.dtype)
+    kwargs = sampling_kwargs(args)
+    if args.infill is not None:
+        ids = encode_infill(args.infill, tokenizer, cfg.mask_token_id, args.mask_span)
+        canvas = sampling.infill(params, cfg, [ids], steps=args.steps or ids.count(
+            cfg.mask_token_id), temperature=args.temperature, remasking=args.remasking,
+            rng=kwargs["rng"], return_history=args.show_steps)
+        if args.show_steps:
+            canvas, history = canvas
+            show_history(tokenizer, history, 0, cfg.mask_token_id)
+        print(render(tokenizer, canvas[0][1:], cfg.mask_token_id))
+        return 0
+    if args.prompt_file:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompt file {path} does not exist")
+        prompts = [line for line in path.read_text().splitlines() if line.strip()]
+    else:
+        prompts = args.prompt
+    if args.chat:
+        rows = [apply_chat_template(tokenizer, [{"role": "user", "content": p}])
+                for p in prompts]
+    else:
+        rows = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
+    tokens, attention_mask = left_pad(rows, cfg.pad_token_id)
+    out = sampling.generate(params, cfg, tokens, attention_mask, **kwargs,
+                            return_history=args.show_steps, early_exit=args.early_exit)
+    if args.show_steps:
+        out, history = out
+        show_history(tokenizer, history, tokens.shape[1], cfg.mask_token_id)
+    for prompt, row in zip(prompts, out, strict=True):
+        answer = sampling.decode_answer(row, tokens.shape[1], cfg)
+        text = render(tokenizer, answer, cfg.mask_token_id)
+        print(text if len(prompts) == 1 else f"### {prompt}\n{text}")
+    return 0
