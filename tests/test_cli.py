@@ -1,10 +1,12 @@
 """The `lladax` console script: train end to end, resume, and one-line errors on bad input."""
 
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lladax import checkpoint
@@ -70,3 +72,79 @@ def test_console_script_exit_code(tmp_path):
                              str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().endswith("pass a Hugging Face LLaDA checkpoint directory")
+
+
+# --- sample / infill / chat -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    assert _train(workdir, "--config.train.steps=2", "--config.eval.every=0") == 0
+    return str(workdir)
+
+
+def test_sample_batch_of_prompts_and_show_steps(tiny_run, capsys):
+    args = ["sample", "--checkpoint", tiny_run, "--prompt", "The list", "--prompt",
+            "A much longer prompt about dictionaries", "--gen-length", "8", "--steps", "4",
+            "--block-length", "4", "--show-steps"]
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line[:5] for line in out[:4]] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    assert "█" in out[0] and "### The list" in out
+
+
+def test_infill_fills_exactly_the_marked_spans(tiny_run, capsys):
+    from lladax.cli.common import load_model
+    from lladax.cli.sample_cmd import encode_infill
+
+    text = "Lists hold <mask:3> items and <mask> values."
+    assert main(["sample", "--checkpoint", tiny_run, "--infill", text, "--mask-span", "2",
+                 "--steps", "5"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert "█" not in out and out.startswith("Lists hold ") and out.endswith(" values.")
+    assert " items and " in out
+    # The same call at the API level: exactly the 5 marked positions change.
+    from lladax import sampling
+    cfg, params, tok = load_model(tiny_run)
+    ids = encode_infill(text, tok, cfg.mask_token_id, 2)
+    filled = np.asarray(sampling.infill(params, cfg, [ids], steps=5))[0]
+    is_mask = np.asarray(ids) == cfg.mask_token_id
+    assert is_mask.sum() == 5
+    np.testing.assert_array_equal(filled[~is_mask], np.asarray(ids)[~is_mask])
+    assert (filled[is_mask] != cfg.mask_token_id).all()
+
+
+def test_infill_without_marker_is_an_error(tiny_run, capsys):
+    assert main(["sample", "--checkpoint", tiny_run, "--infill", "no spans here"]) == 2
+    assert "has no <mask> marker" in capsys.readouterr().err
+
+
+def test_sample_bad_options_one_line(tiny_run, capsys):
+    assert main(["sample", "--checkpoint", tiny_run, "--prompt", "x", "--gen-length", "8",
+                 "--block-length", "3"]) == 2
+    assert "not a multiple of block_length" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", "/no/such/run", "--prompt", "x"]) == 2
+    assert "/no/such/run does not exist" in capsys.readouterr().err
+
+
+def test_chat_keeps_history_like_the_reference(tiny_run, capsys, monkeypatch):
+    from lladax import sampling
+
+    prompts, canvases = [], []
+    real_generate = sampling.generate
+
+    def recording_generate(params, cfg, prompt, *args, **kwargs):
+        out = real_generate(params, cfg, prompt, *args, **kwargs)
+        prompts.append(np.asarray(prompt)[0].tolist())
+        canvases.append(np.asarray(out)[0].tolist())
+        return out
+
+    monkeypatch.setattr(sampling, "generate", recording_generate)
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\nand more\n/reset\nagain\n/quit\n"))
+    assert main(["chat", "--checkpoint", tiny_run, "--gen-length", "8", "--steps", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("assistant> ") == 3 and "(history cleared)" in out
+    cfg_eos = 2
+    first_without_eos = [t for t in canvases[0] if t != cfg_eos]
+    assert prompts[1][:len(first_without_eos)] == first_without_eos   # turn 2 extends turn 1
+    assert prompts[1][len(first_without_eos)] != 1                     # ... without a 2nd BOS
+    assert prompts[2][0] == 1 and len(prompts[2]) < len(prompts[1])   # /reset starts over

@@ -83,12 +83,14 @@ def render(tokenizer: Any, ids: Any, mask_id: int) -> str:
 
 def show_history(tokenizer: Any, history: Any, prompt_len: int, mask_id: int) -> None:
     tty = sys.stdout.isatty()
+    total = len(history)
     for step, canvas in enumerate(history):
         text = render(tokenizer, canvas[0][prompt_len:], mask_id).replace("\n", "⏎")
-        if tty:
-            print(f"\r\033[2K[{step + 1:>4}/{len(history)}] {text}", end="", flush=True)
+        counter = f"[{step + 1:>{len(str(total))}}/{total}]"
+        if tty:  # redraw one line in place
+            print(f"\r\033[2K{counter} {text}", end="", flush=True)
         else:
-            print(f"[{step + 1:>4}/{len(history)}] {text}")
+            print(f"{counter} {text}")
     if tty:
         print()
 
