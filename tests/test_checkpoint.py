@@ -28,11 +28,19 @@ def _equal(a, b):
                                                  else y))
 
 
-@pytest.fixture
-def saved(tmp_path):
+@pytest.fixture(scope="module")
+def trained_state():
     state = _state()
     tokens = jax.random.randint(jax.random.key(1), (8, 16), 0, CFG.vocab_size)
-    state, _ = train.jit_train_step(CFG, TC, train.make_optimizer(TC))(state, {"tokens": tokens})
+    # Not donated: the same state is saved by every test.
+    step = jax.jit(lambda s, b: train.train_step(s, b, cfg=CFG, tc=TC,
+                                                 optimizer=train.make_optimizer(TC)))
+    return step(state, {"tokens": tokens})[0]
+
+
+@pytest.fixture
+def saved(tmp_path, trained_state):
+    state = trained_state
     mgr = checkpoint.manager(tmp_path)
     checkpoint.save(mgr, state, {"model": dataclasses.asdict(CFG)})
     mgr.wait_until_finished()
