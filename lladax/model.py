@@ -178,11 +178,14 @@ class LLaDA(nnx.Module):
         if query_size is None:
             h, _ = jax.lax.scan(scan_body, h, block_state)
         else:  # all layers but the last see every position; the last only the query window
-            head_layers = jax.tree.map(lambda a: a[:-1], block_state)
-            h, _ = jax.lax.scan(scan_body, h, head_layers)
-            last = jax.tree.map(lambda a: a[-1], block_state)
-            h = layer(h, last, query_start=jnp.asarray(query_start, jnp.int32),
-                      query_size=query_size)
+            def layer_params(i):  # index in place: slicing the stack first would copy it
+                return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False),
+                                    block_state)
+
+            h, _ = jax.lax.scan(lambda x, i: scan_body(x, layer_params(i)), h,
+                                jnp.arange(cfg.n_layers - 1))
+            h = layer(h, layer_params(cfg.n_layers - 1),
+                      query_start=jnp.asarray(query_start, jnp.int32), query_size=query_size)
         h = self.ln_f(h)
         logits = jnp.einsum("bld,dv->blv", h, self.lm_head[...].astype(cfg.compute_dtype),
                             preferred_element_type=jnp.float32)
