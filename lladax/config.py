@@ -264,6 +264,7 @@ class TrainConfig:
     clip_norm: float = 1.0
     truncate_prob: float = 0.01
     mask_eps: float = MASK_EPS_DEFAULT
+    stratified_t: bool = False  # low-discrepancy noise levels across the batch (see diffusion.py)
     seed: int = 0
 
     @classmethod

@@ -1,172 +1,130 @@
-"""Hugging Face LLaDA checkpoints (config.json + safetensors) <-> lladax params.
+"""Hugging Face LLaDA checkpoints (config.json + safetensors) <-> lladax params, streaming.
 
-The safetensors files are read through a memory map one tensor at a time, so converting holds at
-most one HF tensor plus the stacked lladax leaf being filled. Both the single-file layout and the
-sharded layout (`model.safetensors.index.json`) are read; `save_hf` writes either.
+Loading plans everything from config.json and the safetensors headers first (every name, shape
+and dtype checked; one error lists all problems), then reads one HF tensor at a time, transposes
+PyTorch [out, in] to [in, out], places it directly in its target sharding and writes it into its
+slot of the stacked [layers, ...] leaf on device (a donated in-place update). Host memory is about
+one HF tensor, whatever the checkpoint size; the params themselves live where the shardings put
+them. Saving streams the other way: one layer slice at a time goes device -> host -> file.
+
+The Orbax side (`save_orbax_params`) writes the params-only layout of `lladax.checkpoint`
+(checkpoints/<step>/{params,meta}), which `checkpoint.load_params` restores onto any mesh.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
-import struct
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from lladax.config import ConfigError, ModelConfig
-from lladax.model import Params, abstract_params
+from lladax.model import Params, abstract_params, param_logical_axes
+from lladax.safetensors_io import (
+    INDEX_NAME,
+    SINGLE_NAME,
+    CheckpointFormatError,
+    ShardWriter,
+    TensorInfo,
+    aligned_empty,
+    file_tensors,
+    parse_size,
+    plan_shards,
+    read_tensor,
+    read_transposed,
+    scan_dir,
+    write_safetensors,
+)
+from lladax.safetensors_io import read_header as read_safetensors_header  # noqa: F401 (old name)
 
 PREFIX = "model.transformer."
-_ST_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_,
-}
-_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
-
-
-class CheckpointFormatError(ValueError):
-    """A checkpoint file is missing, corrupt or does not match its config."""
-
-
-# --- safetensors, read and written directly (bf16 included, no framework needed) ---------------
-def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
-    """Return (header without __metadata__, byte offset of the data section)."""
-    try:
-        with open(path, "rb") as f:
-            raw_len = f.read(8)
-            if len(raw_len) != 8:
-                raise CheckpointFormatError(f"{path} is truncated (no safetensors header): "
-                                            "re-download or re-convert it")
-            (n,) = struct.unpack("<Q", raw_len)
-            if n > os.path.getsize(path) - 8:
-                raise CheckpointFormatError(f"{path} is corrupt (header length {n} exceeds the "
-                                            "file): re-download or re-convert it")
-            header = json.loads(f.read(n))
-    except FileNotFoundError:
-        raise CheckpointFormatError(f"safetensors file {path} not found: check the checkpoint "
-                                    "directory (the index names a missing shard?)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointFormatError(f"{path} is corrupt (unreadable safetensors header): "
-                                    "re-download or re-convert it") from None
-    header.pop("__metadata__", None)
-    return header, 8 + n
-
-
-def _tensor_reader(path: Path) -> tuple[list[str], Callable[[str], np.ndarray]]:
-    header, start = read_safetensors_header(path)
-    size = os.path.getsize(path)
-    mm = np.memmap(path, dtype=np.uint8, mode="r") if size > start else None
-
-    def read(name: str) -> np.ndarray:
-        info = header[name]
-        dtype = _ST_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise CheckpointFormatError(f"{path}: tensor {name} has unsupported dtype "
-                                        f"{info['dtype']}")
-        begin, end = info["data_offsets"]
-        expected = int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(dtype).itemsize
-        if end - begin != expected or start + end > size or mm is None:
-            raise CheckpointFormatError(f"{path} is corrupt or truncated at tensor {name}: "
-                                        "re-download or re-convert it")
-        return mm[start + begin:start + end].view(dtype).reshape(info["shape"])
-
-    return list(header), read
-
-
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    """Write a safetensors file atomically (temporary file, then rename)."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, arr in tensors.items():
-        nbytes = arr.size * arr.dtype.itemsize
-        header[name] = {"dtype": _ST_NAMES[arr.dtype], "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for arr in tensors.values():
-            f.write(np.ascontiguousarray(arr).tobytes())
-    os.replace(tmp, path)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "generation_config.json")
+Progress = Callable[[int], None]  # called with the bytes of each tensor done
 
 
 # --- name mapping ------------------------------------------------------------------------------
-def _layer_map(cfg: ModelConfig) -> dict[str, tuple[str, Callable[[np.ndarray], np.ndarray],
-                                                  Callable[[np.ndarray], np.ndarray]]]:
-    """lladax block leaf -> (HF suffix, hf->lladax, lladax->hf) for one layer."""
+@dataclasses.dataclass(frozen=True)
+class _Leaf:
+    """One lladax leaf: its path, HF name (with `{i}` for per-layer tensors) and layout maps."""
+
+    path: tuple[str, ...]
+    hf: str
+    to_lladax: Callable[[np.ndarray], np.ndarray]  # HF [out, in] -> lladax (views, no copy)
+    to_hf: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def stacked(self) -> bool:
+        return "{i}" in self.hf
+
+    @property
+    def transposed(self) -> bool:
+        """PyTorch Linear weights: lladax holds [in, ...] = the HF [out, in] transposed."""
+        return not self.hf.endswith(("wte.weight", "norm.weight", "ln_f.weight"))
+
+
+def _leaves(cfg: ModelConfig) -> list[_Leaf]:
     d, h, kv, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     same = lambda w: w
-    return {
-        "attn_norm": ("attn_norm.weight", same, same),
-        "ff_norm": ("ff_norm.weight", same, same),
-        "q_proj": ("q_proj.weight", lambda w: w.T.reshape(d, h, hd), lambda p: p.reshape(d, -1).T),
-        "k_proj": ("k_proj.weight", lambda w: w.T.reshape(d, kv, hd),
-                   lambda p: p.reshape(d, -1).T),
-        "v_proj": ("v_proj.weight", lambda w: w.T.reshape(d, kv, hd),
-                   lambda p: p.reshape(d, -1).T),
-        "attn_out": ("attn_out.weight", lambda w: w.T.reshape(h, hd, d),
-                     lambda p: p.reshape(-1, d).T),
-        "ff_proj": ("ff_proj.weight", lambda w: w.T, lambda p: p.T),
-        "up_proj": ("up_proj.weight", lambda w: w.T, lambda p: p.T),
-        "ff_out": ("ff_out.weight", lambda w: w.T, lambda p: p.T),
-    }
+    t = lambda w: w.T
+    blk = PREFIX + "blocks.{i}."
+    return [
+        _Leaf(("wte",), PREFIX + "wte.weight", same, same),
+        _Leaf(("blocks", "attn_norm", "weight"), blk + "attn_norm.weight", same, same),
+        _Leaf(("blocks", "q_proj"), blk + "q_proj.weight", lambda w: w.T.reshape(d, h, hd),
+              lambda p: p.reshape(d, -1).T),
+        _Leaf(("blocks", "k_proj"), blk + "k_proj.weight", lambda w: w.T.reshape(d, kv, hd),
+              lambda p: p.reshape(d, -1).T),
+        _Leaf(("blocks", "v_proj"), blk + "v_proj.weight", lambda w: w.T.reshape(d, kv, hd),
+              lambda p: p.reshape(d, -1).T),
+        _Leaf(("blocks", "attn_out"), blk + "attn_out.weight", lambda w: w.T.reshape(h, hd, d),
+              lambda p: p.reshape(-1, d).T),
+        _Leaf(("blocks", "ff_norm", "weight"), blk + "ff_norm.weight", same, same),
+        _Leaf(("blocks", "ff_proj"), blk + "ff_proj.weight", t, t),
+        _Leaf(("blocks", "up_proj"), blk + "up_proj.weight", t, t),
+        _Leaf(("blocks", "ff_out"), blk + "ff_out.weight", t, t),  # MLP down proj, not the head
+        _Leaf(("ln_f", "weight"), PREFIX + "ln_f.weight", same, same),
+        _Leaf(("lm_head",), PREFIX + "ff_out.weight", t, t),
+    ]
 
 
-def _leaf(tree: Params, path: tuple[str, ...]) -> Any:
+def _get(tree: Any, path: tuple[str, ...]) -> Any:
     for key in path:
         tree = tree[key]
     return tree
 
 
-def _leaf_path(path) -> tuple[str, ...]:
-    return tuple(str(getattr(k, "key", k)) for k in path)
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
 
 
-_TOP = {"wte": ("wte.weight", False), "ln_f": ("ln_f.weight", False),
-        "lm_head": ("ff_out.weight", True)}
+def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """HF name -> HF shape of every tensor, in the hub's file order (layer by layer)."""
+    abstract = abstract_params(cfg)
+    per_leaf = {}
+    for leaf in _leaves(cfg):
+        shape = _get(abstract, leaf.path).shape
+        inner = shape[1:] if leaf.stacked else shape
+        per_leaf[leaf.hf] = leaf.to_hf(np.empty(inner, np.uint8)).shape
+    top = {k: v for k, v in per_leaf.items() if "{i}" not in k}
+    out = {PREFIX + "wte.weight": top.pop(PREFIX + "wte.weight")}
+    for i in range(cfg.n_layers):
+        out.update({k.format(i=i): v for k, v in per_leaf.items() if "{i}" in k})
+    return out | top
 
 
-def hf_tensors(cfg: ModelConfig, params: Params) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (HF name, array in HF layout) for every tensor of the checkpoint."""
-    for leaf, (suffix, transpose) in _TOP.items():
-        arr = np.asarray(_leaf(params, (leaf, "weight") if leaf == "ln_f" else (leaf,)))
-        yield PREFIX + suffix, (arr.T if transpose else arr)
-    for leaf, (suffix, _, to_hf) in _layer_map(cfg).items():
-        path = ("blocks", leaf, "weight") if leaf.endswith("norm") else ("blocks", leaf)
-        stacked = np.asarray(_leaf(params, path))
-        for i in range(cfg.n_layers):
-            yield f"{PREFIX}blocks.{i}.{suffix}", np.ascontiguousarray(to_hf(stacked[i]))
-
-
-# --- load / save -------------------------------------------------------------------------------
-def _shard_files(path: Path) -> dict[str, Path]:
-    index = path / "model.safetensors.index.json"
-    single = path / "model.safetensors"
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError):
-            raise CheckpointFormatError(f"{index} is corrupt (no weight_map): re-download "
-                                        "it") from None
-        return {name: path / file for name, file in weight_map.items()}
-    if single.exists():
-        header, _ = read_safetensors_header(single)
-        return dict.fromkeys(header, single)
-    raise CheckpointFormatError(
-        f"no model.safetensors or model.safetensors.index.json in {path}: point at a Hugging "
-        "Face LLaDA directory (convert .bin checkpoints to safetensors first)")
-
-
+# --- config ------------------------------------------------------------------------------------
 def _special_tokens(path: Path) -> dict[str, int]:
     """Special ids from special_tokens.json, else from the tokenizer files (e.g. <|eot_id|>)."""
     special_file = path / "special_tokens.json"
@@ -182,6 +140,7 @@ def _special_tokens(path: Path) -> dict[str, int]:
 
 
 def load_config(path: str | os.PathLike, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of a HF LLaDA directory; rejects other architectures by name."""
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.exists():
@@ -192,98 +151,255 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> ModelConfig:
     except json.JSONDecodeError as e:
         raise CheckpointFormatError(f"{config_file} is not valid JSON ({e}): fix or "
                                     "re-download it") from None
-    return ModelConfig.from_hf_dict(hf, _special_tokens(path), **overrides)
+    model_type = hf.get("model_type")
+    if (model_type not in (None, "llada")) or ("d_model" not in hf and "hidden_size" in hf):
+        raise CheckpointFormatError(
+            f"{config_file} is a {model_type!r} config (architectures "
+            f"{hf.get('architectures')}), not a LLaDA config: lladax converts LLaDA checkpoints "
+            "(model_type 'llada', e.g. GSAI-ML/LLaDA-8B-Base or -Instruct)")
+    try:
+        return ModelConfig.from_hf_dict(hf, _special_tokens(path), **overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{config_file}: {e}") from None
 
 
-def load_hf(path: str | os.PathLike, dtype: Any = jnp.float32, *,
-            shardings: Any = None) -> tuple[ModelConfig, Params]:
-    """Load a HF LLaDA directory -> (cfg, params). Params are stored (and computed) in `dtype`.
+def _check(cfg: ModelConfig, infos: dict[str, TensorInfo], path: Path) -> None:
+    """One error listing every missing, unexpected, mis-shaped or non-float tensor."""
+    expected = hf_shapes(cfg)
+    where = path / (INDEX_NAME if (path / INDEX_NAME).exists() else SINGLE_NAME)
 
-    `shardings` (a pytree of `jax.sharding.Sharding` matching the params) places each leaf
-    directly on a mesh.
+    def listing(names: list[str]) -> str:
+        return ", ".join(names[:6]) + (f" ... and {len(names) - 6} more" if len(names) > 6 else "")
+
+    problems = []
+    missing = [n for n in expected if n not in infos]
+    unexpected = sorted(n for n in infos if n not in expected)
+    if missing:
+        problems.append(f"{len(missing)} missing: {listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected: {listing(unexpected)}")
+    shapes = [f"{n} has shape {infos[n].shape} in {infos[n].file.name} but config.json implies "
+              f"{s}" for n, s in expected.items() if n in infos and infos[n].shape != s]
+    problems += shapes[:6]
+    odd = [f"{n} is {i.dtype}, not a float" for n, i in infos.items()
+           if n in expected and not jnp.issubdtype(i.dtype, jnp.floating)]
+    problems += odd[:3]
+    if problems:
+        raise CheckpointFormatError(
+            f"{where} does not match {path / 'config.json'} (n_layers={cfg.n_layers}, d_model="
+            f"{cfg.d_model}, vocab={cfg.vocab_size}): {'; '.join(problems)}. Use the config.json "
+            "that came with these weights, and a LLaDA checkpoint (tensors named "
+            f"{PREFIX}blocks.<i>.q_proj.weight, ...), not a converted or other-architecture one")
+
+
+def stored_dtype(path: str | os.PathLike) -> np.dtype:
+    """The dtype the checkpoint's tensors are stored in (float32 if they are mixed)."""
+    dtypes = {i.dtype for i in scan_dir(Path(path)).values()}
+    return dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
+
+
+# --- device placement --------------------------------------------------------------------------
+def _put(host: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    """Place a host array in `sharding`, copying to each device only the slice it holds.
+
+    Per-device device_put (not a callback) so no closure keeps `host` alive in a reference cycle;
+    each slice is first made contiguous in an aligned buffer that the CPU backend can adopt.
+    """
+    def contiguous(x: np.ndarray) -> np.ndarray:
+        if x.flags.c_contiguous and x.ctypes.data % 64 == 0:
+            return x
+        out = aligned_empty(x.shape, x.dtype)
+        np.copyto(out, x)
+        return out
+
+    pieces = [jax.device_put(contiguous(host[idx]), device)
+              for device, idx in sharding.addressable_devices_indices_map(host.shape).items()]
+    return jax.make_array_from_single_device_arrays(host.shape, sharding, pieces)
+
+
+def _layer_sharding(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
+    """Sharding of one layer [...] of a stacked [layers, ...] leaf."""
+    if isinstance(sharding, NamedSharding):
+        spec = tuple(sharding.spec) + (None,) * 8
+        if spec[0] is not None:
+            raise ValueError(f"load_hf cannot stream into a layers-sharded leaf ({sharding.spec})"
+                             ": keep the 'layers' axis replicated in sharding.RULES")
+        return NamedSharding(sharding.mesh, PartitionSpec(*tuple(sharding.spec)[1:]))
+    return sharding  # single device / replicated
+
+
+@functools.cache
+def _update_fn(sharding: jax.sharding.Sharding) -> Callable:
+    # Donated: the stacked leaf is updated in place, so the device never holds two copies.
+    return jax.jit(lambda s, x, i: jax.lax.dynamic_update_index_in_dim(s, x.astype(s.dtype), i, 0),
+                   donate_argnums=0, out_shardings=sharding)
+
+
+@jax.jit
+def _take(stacked: jax.Array, i: jax.Array) -> jax.Array:
+    return jax.lax.dynamic_index_in_dim(stacked, i, 0, keepdims=False)
+
+
+def _default_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh | None) -> Any:
+    if mesh is not None:
+        from lladax.sharding import tree_shardings
+        return tree_shardings(mesh, param_logical_axes(cfg))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda _: device, abstract_params(cfg))
+
+
+# --- load / save -------------------------------------------------------------------------------
+def load_hf(path: str | os.PathLike, dtype: Any = jnp.float32,
+            mesh: jax.sharding.Mesh | None = None, *, shardings: Any = None,
+            progress: Progress | None = None) -> tuple[ModelConfig, Params]:
+    """Load a HF LLaDA directory -> (cfg, params), streaming tensor by tensor.
+
+    dtype: storage (and compute) dtype of the params; None keeps the stored dtype.
+    mesh: place every leaf in its sharding from `sharding.RULES` on this mesh; `shardings` (a
+      pytree of Shardings matching the params) overrides it. Neither: the first device.
+    Host memory: about one HF tensor (plus its cast when `dtype` differs from the file's).
     """
     path = Path(path)
-    name = jnp.dtype(dtype).name
-    cfg = load_config(path, dtype=name, param_dtype=name)
-    files = _shard_files(path)
-    readers: dict[Path, Callable[[str], np.ndarray]] = {}
-
-    def read(hf_name: str, expected: tuple[int, ...]) -> np.ndarray:
-        if hf_name not in files:
-            raise CheckpointFormatError(f"tensor {hf_name} is missing from the checkpoint in "
-                                        f"{path}: is it a LLaDA checkpoint with n_layers="
-                                        f"{cfg.n_layers}?")
-        file = files[hf_name]
-        if file not in readers:
-            names, readers[file] = _tensor_reader(file)
-            missing = [n for n, f in files.items() if f == file and n not in names]
-            if missing:
-                raise CheckpointFormatError(f"{file} lacks {missing[0]} listed in the index: "
-                                            "the shard is corrupt or from another checkpoint")
-        arr = readers[file](hf_name)
-        if tuple(arr.shape) != expected:
-            raise CheckpointFormatError(
-                f"tensor {hf_name} has shape {tuple(arr.shape)} but config.json implies "
-                f"{expected}: config.json does not match the weights (vocab or shape mismatch)")
-        return arr
-
-    target = jnp.dtype(dtype)
+    cfg = load_config(path)  # config errors first: they explain the others
+    infos = scan_dir(path)
+    dtypes = {i.dtype for i in infos.values()}
+    target = np.dtype(jnp.dtype(dtype) if dtype is not None else
+                      dtypes.pop() if len(dtypes) == 1 else np.float32)
+    cfg = cfg.replace(dtype=target.name, param_dtype=target.name)
+    _check(cfg, infos, path)
+    shardings = _default_shardings(cfg, mesh) if shardings is None else shardings
     abstract = abstract_params(cfg)
-    layer_map = _layer_map(cfg)
-    out: dict[tuple[str, ...], np.ndarray] = {}
-    for leaf, (suffix, transpose) in _TOP.items():
-        path_ = (leaf, "weight") if leaf == "ln_f" else (leaf,)
-        shape = _leaf(abstract, path_).shape
-        arr = read(PREFIX + suffix, shape[::-1] if transpose else shape)
-        out[path_] = (arr.T if transpose else arr).astype(target)
-    for leaf, (suffix, to_lladax, to_hf) in layer_map.items():
-        path_ = ("blocks", leaf, "weight") if leaf.endswith("norm") else ("blocks", leaf)
-        shape = _leaf(abstract, path_).shape
-        stacked = np.empty(shape, dtype=target)
-        hf_shape = to_hf(np.empty(shape[1:], np.uint8)).shape
+
+    def host(name: str, leaf: _Leaf) -> np.ndarray:
+        info = infos[name]
+        if len(info.shape) == 2:  # every 2-D weight is transposed except the embedding
+            hf_view = read_transposed(info, target).T if leaf.transposed else read_tensor(info)
+        else:
+            hf_view = read_tensor(info)
+        if progress is not None:
+            progress(info.nbytes)
+        return leaf.to_lladax(hf_view.astype(target, copy=False))
+
+    params: Params = {}
+    for leaf in _leaves(cfg):
+        shape, sharding = _get(abstract, leaf.path).shape, _get(shardings, leaf.path)
+        if not leaf.stacked:
+            _set(params, leaf.path, _put(host(leaf.hf, leaf), sharding))
+            continue
+        stacked = jax.jit(lambda s=shape: jnp.zeros(s, target), out_shardings=sharding)()
+        update, layer_sharding = _update_fn(sharding), _layer_sharding(sharding)
         for i in range(cfg.n_layers):
-            stacked[i] = to_lladax(read(f"{PREFIX}blocks.{i}.{suffix}", hf_shape))
-        out[path_] = stacked
-
-    def place(kpath, _abstract_leaf, sharding=None):
-        arr = out[_leaf_path(kpath)]
-        return jax.device_put(arr, sharding) if sharding is not None else jnp.asarray(arr)
-
-    if shardings is None:
-        params = jax.tree_util.tree_map_with_path(place, abstract)
-    else:
-        params = jax.tree_util.tree_map_with_path(place, abstract, shardings)
+            layer = _put(host(leaf.hf.format(i=i), leaf), layer_sharding)
+            stacked = update(stacked, layer, jnp.int32(i))
+            del layer
+        _set(params, leaf.path, stacked)
     return cfg, params
 
 
-def save_hf(path: str | os.PathLike, cfg: ModelConfig, params: Params, *,
-            max_shard_bytes: int = 5 * 2**30) -> None:
-    """Write config.json, special_tokens.json and safetensors (sharded above `max_shard_bytes`)."""
+def hf_tensors(cfg: ModelConfig, params: Params, dtype: Any = None
+               ) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (HF name, host array in HF layout) in file order, one layer slice at a time."""
+    by_name = {}
+    for leaf in _leaves(cfg):
+        by_name.update({leaf.hf.format(i=i): (leaf, i) for i in range(cfg.n_layers)}
+                       if leaf.stacked else {leaf.hf: (leaf, None)})
+    for name in hf_shapes(cfg):
+        leaf, i = by_name[name]
+        value = _get(params, leaf.path)
+        if i is not None:
+            value = _take(value, jnp.int32(i)) if isinstance(value, jax.Array) else value[i]
+        arr = np.asarray(value)
+        arr = arr if dtype is None else arr.astype(dtype, copy=False)
+        yield name, np.ascontiguousarray(leaf.to_hf(arr))
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def save_hf(path: str | os.PathLike, cfg: ModelConfig, params: Params,
+            max_shard_size: int | str = "5GB", *, max_shard_bytes: int | None = None,
+            dtype: Any = None, progress: Progress | None = None) -> None:
+    """Write a HF LLaDA directory: config.json (hub keys, architectures, auto_map),
+    special_tokens.json and safetensors, sharded with an index above `max_shard_size`.
+
+    max_shard_size: HF-style ("5GB" = 5·10⁹ bytes, "2GiB") or bytes; `max_shard_bytes` is the
+      older spelling and wins when given. dtype: tensors' dtype in the files (default: the params').
+    Each file is written to a temporary name and renamed when complete; host memory is about one
+    tensor (the shard is streamed, its header written from the planned shapes).
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    leaves = jax.tree.leaves(params)
-    dtype_name = np.dtype(leaves[0].dtype).name if leaves else cfg.param_dtype
-    hf_config = cfg.to_hf_dict() | {"torch_dtype": dtype_name}
-    shards: list[dict[str, np.ndarray]] = [{}]
-    sizes = [0]
-    for name, arr in hf_tensors(cfg, params):
-        if sizes[-1] and sizes[-1] + arr.nbytes > max_shard_bytes:
-            shards.append({})
-            sizes.append(0)
-        shards[-1][name] = arr
-        sizes[-1] += arr.nbytes
+    limit = max_shard_bytes if max_shard_bytes is not None else parse_size(max_shard_size)
+    out_dtype = np.dtype(dtype if dtype is not None else jax.tree.leaves(params)[0].dtype)
+    shapes = hf_shapes(cfg)
+    nbytes = {n: int(np.prod(s)) * out_dtype.itemsize for n, s in shapes.items()}
+    shards = plan_shards(list(nbytes.items()), limit)
+    files = ([SINGLE_NAME] if len(shards) == 1 else
+             [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))])
+    tensors = hf_tensors(cfg, params, out_dtype)
+    for file, names in zip(files, shards, strict=True):
+        writer = ShardWriter(path / file, [(n, out_dtype, shapes[n]) for n in names])
+        try:
+            for _ in names:
+                got, arr = next(tensors)
+                writer.write(got, arr)
+                if progress is not None:
+                    progress(arr.nbytes)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
     if len(shards) == 1:
-        write_safetensors(path / "model.safetensors", shards[0])
+        (path / INDEX_NAME).unlink(missing_ok=True)  # a stale index would shadow the new file
     else:
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            write_safetensors(path / file, shard)
-            weight_map.update(dict.fromkeys(shard, file))
-        index = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
-        (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    (path / "config.json").write_text(json.dumps(hf_config, indent=2))
-    (path / "special_tokens.json").write_text(json.dumps(cfg.special_tokens(), indent=2))
+        weight_map = {n: f for f, names in zip(files, shards, strict=True) for n in names}
+        _write_json(path / INDEX_NAME, {"metadata": {"total_size": sum(nbytes.values())},
+                                        "weight_map": weight_map})
+    hf_config = cfg.to_hf_dict() | {"torch_dtype": out_dtype.name}
+    _write_json(path / "config.json", hf_config)
+    _write_json(path / "special_tokens.json", cfg.special_tokens())
 
 
-__all__ = ["CheckpointFormatError", "ConfigError", "load_config", "load_hf", "save_hf"]
+def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
+    """Copy the tokenizer files present in `src` to `dst`; returns their names."""
+    src, dst = Path(src), Path(dst)
+    copied = [n for n in TOKENIZER_FILES if (src / n).is_file()]
+    for name in copied:
+        shutil.copyfile(src / name, dst / name)
+    return copied
+
+
+def save_orbax_params(run_dir: str | os.PathLike, cfg: ModelConfig, params: Params, *,
+                      step: int = 0, extra_meta: dict[str, Any] | None = None) -> Path:
+    """Write params + meta as `run_dir/checkpoints/<step>/` (the `lladax.checkpoint` layout, no
+    train item); `checkpoint.load_params(run_dir)` restores it onto any mesh. Returns the step dir.
+    """
+    import orbax.checkpoint as ocp
+
+    from lladax import checkpoint
+
+    run_dir = Path(run_dir).absolute()
+    existing = run_dir / "checkpoints"
+    if existing.is_dir() and any(existing.iterdir()):
+        raise CheckpointFormatError(f"{existing} already holds checkpoints: convert into an empty "
+                                    "or new directory")
+    meta = {"model": dataclasses.asdict(cfg)} | (extra_meta or {})
+    mgr = checkpoint.manager(run_dir, keep=1)
+    mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                           meta=ocp.args.JsonSave(meta)), force=True)
+    mgr.wait_until_finished()
+    mgr.close()
+    return existing / str(step)
+
+
+def _tensor_reader(path: Path) -> tuple[list[str], Callable[[str], np.ndarray]]:
+    """(names, read(name)) for one safetensors file."""
+    infos = file_tensors(Path(path))
+    return list(infos), lambda name: read_tensor(infos[name])
+
+__all__ = ["CheckpointFormatError", "ConfigError", "copy_tokenizer_files", "hf_shapes",
+           "hf_tensors", "load_config", "load_hf", "save_hf", "save_orbax_params",
+           "stored_dtype", "write_safetensors"]

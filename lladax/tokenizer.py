@@ -74,6 +74,17 @@ class Tokenizer(abc.ABC):
     def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
         """Token ids (any ints, out-of-range ones included) -> text; never raises on ids."""
 
+    def decode_reply(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
+        """Generated ids ``[n]`` -> text, cut before the first EOS or EOT (the end of the reply;
+        what follows is LLaDA's EOS padding), special tokens dropped by default."""
+        stops = {v for k, v in self._special.items() if k in ("eos", "eot") and v is not None}
+        kept = []
+        for i in ids:
+            if int(i) in stops:
+                break
+            kept.append(int(i))
+        return self.decode(kept, skip_special=skip_special)
+
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
         """Text -> ids ``[n]`` (no specials added unless ``add_bos``)."""
         ids = self._encode([text])[0]

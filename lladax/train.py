@@ -66,7 +66,8 @@ def loss_fn(params: Any, cfg: ModelConfig, tc: TrainConfig, tokens: jax.Array,
             key: jax.Array) -> jax.Array:
     """Pretraining loss of one micro-batch under fresh forward-process noise."""
     mask_key, trunc_key = jax.random.split(key)
-    noisy, p_mask, _ = diffusion.mask_tokens(mask_key, tokens, cfg.mask_token_id, tc.mask_eps)
+    noisy, p_mask, _ = diffusion.mask_tokens(mask_key, tokens, cfg.mask_token_id, tc.mask_eps,
+                                             stratified=tc.stratified_t)
     attention_mask = None
     if tc.truncate_prob > 0:
         attention_mask = diffusion.truncation_mask(trunc_key, *tokens.shape, tc.truncate_prob)

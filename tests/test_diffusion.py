@@ -82,3 +82,15 @@ def test_truncation_mask_probability():
     truncated = np.asarray(lengths) < 64
     assert 0.07 < truncated.mean() < 0.13
     assert np.asarray(lengths).min() >= 1
+
+
+def test_stratified_noise_levels_cover_the_batch_evenly():
+    tokens = jnp.full((16, 8), 7, jnp.int32)
+    keys = jax.random.split(jax.random.key(3), 500)
+    p = np.asarray(jax.vmap(lambda k: diffusion.mask_tokens(k, tokens, 4, stratified=True)[1])(
+        keys))
+    t = (p - 1e-3) / (1 - 1e-3)
+    # One draw per batch: exactly one row in each interval [i/16, (i+1)/16).
+    assert all(sorted(np.floor(row * 16).astype(int)) == list(range(16)) for row in t)
+    # ...and each row's t is still U(0, 1) marginally (unbiased ELBO).
+    assert abs(t[:, 0].mean() - 0.5) < 0.04 and abs(t[:, 5].std() - 12**-0.5) < 0.03

@@ -179,3 +179,18 @@ def test_hf_missing_special_is_lazy_error(tmp_path):
 def test_hf_tokenizer_json_is_valid_json(tmp_path):
     path = _build_hf(tmp_path / "x", LLADA_SPECIALS)
     assert "added_tokens" in json.loads(path.read_text())
+
+
+def test_hf_multi_turn_template_and_decode_reply(tmp_path):
+    tok = T.load_tokenizer(_build_hf(tmp_path / "llada", LLADA_SPECIALS).parent)
+    messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "Paris."},
+                {"role": "user", "content": "what is the capital of France?"}]
+    rendered = ("<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nhello<|eot_id|>"
+                "<|start_header_id|>assistant<|end_header_id|>\n\nParis.<|eot_id|>"
+                "<|start_header_id|>user<|end_header_id|>\n\nwhat is the capital of France?"
+                "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert T.apply_chat_template(tok, messages) == tok.encode(rendered)
+    reply = tok.encode("Paris.")
+    assert tok.decode_reply([*reply, tok.eot_id, *tok.encode("junk"), tok.eos_id]) == "Paris."
+    assert tok.decode_reply([*reply, tok.eos_id, tok.eos_id]) == "Paris."
+    assert tok.decode_reply(reply) == "Paris."

@@ -23,9 +23,7 @@ def load_model(path: str, dtype: str | None = None) -> tuple[Any, Any, Any]:
         tokenizer = load_tokenizer(p)
     else:
         cfg, params = checkpoint.load_params(p, dtype=dtype)
-        if not (p / "tokenizer.model").exists():
-            raise FileNotFoundError(f"{p} has no tokenizer.model: copy the run's tokenizer there")
-        tokenizer = load_tokenizer(p / "tokenizer.model")
+        tokenizer = load_tokenizer(p)  # tokenizer.model (lladax train) or tokenizer.json (HF)
     check_compatible(tokenizer, cfg)
     return cfg, params, tokenizer
 
