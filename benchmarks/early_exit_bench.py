@@ -1,6 +1,6 @@
 """Early exit on a trained model's real outputs: steps and time saved, answers unchanged.
 
-    python benchmarks/early_exit_bench.py --checkpoint runs/small [--prompts 8] [--gen 128]
+    python benchmarks/early_exit_bench.py --checkpoint runs/small [--source DATA] [--prompts 8]
 
 Prompts are the first `--prompt-len` tokens of held-out documents; each is sampled with the
 reference schedule (semi-AR blocks, low-confidence remasking, T = 0) with and without
@@ -22,6 +22,7 @@ from lladax.cli.common import load_model
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--source", default="embedded", help="where held-out prompts come from")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--gen", type=int, default=128)
@@ -30,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg, params, tok = load_model(args.checkpoint)
-    docs = [d for d in data.load_documents("embedded", split="eval")
+    docs = [d for d in data.load_documents(args.source, split="eval")
             if len(tok.encode(d)) >= args.prompt_len][: args.prompts]
     prompt = np.asarray([[tok.bos_id, *tok.encode(d)[: args.prompt_len - 1]] for d in docs],
                         np.int32)
