@@ -3,7 +3,7 @@
     python benchmarks/early_exit_bench.py --checkpoint runs/small [--source DATA] [--prompts 8]
 
 Prompts are the first `--prompt-len` tokens of held-out documents; each is sampled with the
-reference schedule (semi-AR blocks, low-confidence remasking, T = 0) with and without
+reference schedule (semi-AR blocks, low-confidence remasking, `--temperature`) with and without
 `early_exit`. Reports forward passes, wall time (best of `--repeats` after a warm-up) and checks
 that every decoded answer (the tokens up to the first EOS/EoT) is identical.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import jax
 import numpy as np
 
 from lladax import data, sampling
@@ -28,6 +29,8 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--block", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
     cfg, params, tok = load_model(args.checkpoint)
@@ -35,7 +38,8 @@ def main() -> None:
             if len(tok.encode(d)) >= args.prompt_len][: args.prompts]
     prompt = np.asarray([[tok.bos_id, *tok.encode(d)[: args.prompt_len - 1]] for d in docs],
                         np.int32)
-    kw = dict(steps=args.gen, gen_length=args.gen, block_length=args.block)
+    kw = dict(steps=args.gen, gen_length=args.gen, block_length=args.block,
+              temperature=args.temperature, rng=jax.random.key(args.seed))
 
     def run(early_exit: bool):
         return sampling.generate(params, cfg, prompt, **kw, early_exit=early_exit,
@@ -58,7 +62,7 @@ def main() -> None:
                for a, b in zip(full, exit_, strict=True))
     lengths = [len(sampling.decode_answer(a, P, cfg)) for a in full]
     print(f"checkpoint {args.checkpoint}: {args.prompts} prompts x {P} tokens, gen {args.gen}, "
-          f"block {args.block}, steps {args.gen}, T=0 low_confidence")
+          f"block {args.block}, steps {args.gen}, T={args.temperature} low_confidence")
     print(f"answer lengths (tokens before EOS/EoT): {lengths}")
     print("| mode | forward passes | wall s | speed-up | answers identical |")
     print("|---|---|---|---|---|")
