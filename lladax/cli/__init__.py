@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lladax.cli import chat_cmd, convert_cmd, sample_cmd, train_cmd
+from lladax.cli import chat_cmd, convert_cmd, eval_cmd, sample_cmd, train_cmd
 
-COMMANDS = {"train": train_cmd, "sample": sample_cmd, "chat": chat_cmd, "convert": convert_cmd}
+COMMANDS = {"train": train_cmd, "sample": sample_cmd, "chat": chat_cmd, "convert": convert_cmd,
+            "eval": eval_cmd}
 
 
 def main(argv: list[str] | None = None) -> int:

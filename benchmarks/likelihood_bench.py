@@ -1,0 +1,114 @@
+"""Monte-Carlo ELBO throughput: one jitted program vs a Python loop over the MC iterations.
+
+(a) loop, the reference's structure (get_log_likelihood.py): for each of mc_num/batch_size
+    iterations, a jitted mask draw and a jitted batch ELBO (`likelihood.batch_elbo`), with the
+    loss fetched to the host every iteration (upstream's `loss.item()`).
+(b) `likelihood.log_likelihood`: all iterations are one `lax.scan` in one jitted program.
+(c) the same process's jitted float32 matmul peak, to put both on the machine's scale.
+
+ELBO evaluations = sequences scored (mc_num per estimate). Random weights, preset `small`.
+
+Usage: .venv/bin/python benchmarks/likelihood_bench.py [--mc-num 128] [--batch 16] [--len 256]
+Prints a markdown table; checks that (a) and (b) give the same estimate on the same masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lladax import config, likelihood, model
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def flops_per_row(cfg: config.ModelConfig, n: int) -> float:
+    d, f, v, L = cfg.d_model, cfg.mlp_hidden_size, cfg.vocab_size, cfg.n_layers
+    kv = cfg.n_kv_heads * cfg.head_dim
+    layer = 2 * n * d * d * 2 + 2 * n * d * kv * 2 + 2 * 2 * n * n * d + 2 * n * d * f * 3
+    return L * layer + 2 * n * d * v
+
+
+def loop_estimate(params, cfg, prompt, answer, *, mc_num, batch_size, rng) -> float:
+    """(a): Python loop over the iterations, jitted draw + jitted batch ELBO, host sync each."""
+    seq = np.concatenate([prompt, answer])
+    L, T, b = len(seq), len(answer), batch_size
+    n_iter = mc_num // b
+    is_answer = jnp.arange(L) >= len(prompt)
+
+    @functools.partial(jax.jit, static_argnums=(1,))
+    def draw(u, b):
+        return likelihood._draw_masks(u, jnp.int32(T), is_answer, b)
+
+    noise = likelihood._uniforms(rng, L, n_iter, b)   # the same noise as (b)
+    clean = np.repeat(seq[None], b, axis=0)
+    losses = []
+    for i in range(n_iter):
+        masked, p_mask = draw(noise[:, i], b)
+        noisy = jnp.where(masked, cfg.mask_token_id, clean)
+        losses.append(float(likelihood.batch_elbo(params, cfg, clean, noisy, p_mask,
+                                                  len(prompt))))
+    return -float(np.mean(losses))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mc-num", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--len", type=int, default=256, help="prompt + answer tokens")
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    cfg = config.preset("small")
+    params = model.init_params(cfg, jax.random.key(0))
+    r = np.random.default_rng(0)
+    prompt = r.integers(5, cfg.vocab_size, args.prompt).astype(np.int32)
+    answer = r.integers(5, cfg.vocab_size, args.len - args.prompt).astype(np.int32)
+    opts = dict(mc_num=args.mc_num, batch_size=args.batch)
+
+    peak = matmul_peak()
+    results = {}
+    for name, fn in (
+        ("(a) Python loop over MC iterations", lambda k: loop_estimate(
+            params, cfg, prompt, answer, rng=k, **opts)),
+        ("(b) one jitted program (lax.scan)", lambda k: likelihood.log_likelihood(
+            params, cfg, prompt, answer, rng=k, **opts)),
+    ):
+        est = fn(jax.random.key(1))   # warm-up: compile
+        best = min(_timed(functools.partial(fn, jax.random.key(1))) for _ in range(args.repeats))
+        results[name] = (est, best)
+    flops = flops_per_row(cfg, args.len) * args.mc_num
+    print(f"preset small, random weights; prompt {args.prompt} + answer "
+          f"{args.len - args.prompt} = {args.len} tokens, mc_num {args.mc_num}, batch "
+          f"{args.batch} ({args.mc_num // args.batch} iterations); best of {args.repeats}")
+    print(f"matmul peak (jitted f32 2048^3): {peak:.1f} GFLOP/s\n")
+    print("| path | s / estimate | ELBO evals/s | GFLOP/s (% peak) | estimate |")
+    print("|---|---|---|---|---|")
+    base = None
+    for name, (est, t) in results.items():
+        base = base or t
+        print(f"| {name} | {t:.3f} | {args.mc_num / t:.1f} | {flops / t / 1e9:.1f} "
+              f"({100 * flops / t / 1e9 / peak:.0f}%) | {est:.4f} |")
+    (ea, ta), (eb, tb) = results.values()
+    print(f"\nspeed-up (b)/(a): {ta / tb:.2f}x; |estimate (a) - (b)| = {abs(ea - eb):.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""lm-evaluation-harness adapter: a `LM` subclass registered as `lladax` (upstream eval_llada.py).
+
+  loglikelihood      Monte-Carlo ELBO (`likelihood.log_likelihood_batch`), is_greedy always False
+                     (upstream's optional greedy check is off in every published setting)
+  generate_until     `sampling.generate` (batch > 1 with left padding), text cut at stop strings
+  loglikelihood_rolling  not supported: raises NotImplementedError (no perplexity tasks)
+
+Model args come in lm-eval's `key=value,...` form (see `MODEL_ARGS`); unknown keys are errors.
+This module imports lm_eval (the optional extra `lladax[eval]`); nothing else in the core does.
+
+  lm_eval --model lladax --model_args checkpoint=DIR,mc_num=128,cfg_scale=0.5 --tasks arc_challenge
+  (after `import lladax.evaluate`; `lladax eval` does this for you)
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import jax
+import numpy as np
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from lladax import likelihood, sampling
+from lladax.likelihood import bucket_length
+
+# name -> (type, default). gen defaults are upstream's lm-eval settings (gen_length = steps =
+# block_length = 1024); steps / block_length default to gen_length.
+MODEL_ARGS: dict[str, tuple[type, Any]] = {
+    "checkpoint": (str, None),      # `lladax train` workdir (Orbax) or Hugging Face LLaDA dir
+    "dtype": (str, None),           # float32 | bfloat16 (default: as saved; HF dirs: float32)
+    "mc_num": (int, 128),           # Monte-Carlo samples per loglikelihood request
+    "batch_size": (int, 16),        # MC batch (rows per iteration) and prompts per generate call
+    "pair_batch": (int, None),      # loglikelihood requests per forward (default 16//batch_size)
+    "cfg_scale": (float, 0.0),      # classifier-free guidance, both request types
+    "gen_length": (int, 1024),
+    "steps": (int, None),
+    "block_length": (int, None),
+    "temperature": (float, 0.0),
+    "remasking": (str, "low_confidence"),
+    "logits_eos_inf": (bool, False),
+    "confidence_eos_eot_inf": (bool, False),
+    "add_bos": (bool, True),        # prepend BOS to every context (LLaDA's tokenizer does)
+    "max_length": (int, None),      # longest scored sequence (default: the model's max_seq_len)
+    "seed": (int, 1234),            # upstream seeds everything with 1234
+}
+ALIASES = {"pretrained": "checkpoint", "model_path": "checkpoint", "cfg": "cfg_scale"}
+# Passed by lm-eval itself (simple_evaluate's batch_size/device flags): accepted, not needed.
+_HARNESS_ARGS = {"max_batch_size", "device"}
+
+
+def parse_model_args(args: dict[str, Any]) -> dict[str, Any]:
+    """Validate and type model args (already split by lm-eval) -> the full option dict."""
+    opts = {k: default for k, (_, default) in MODEL_ARGS.items()}
+    for key, value in args.items():
+        key = ALIASES.get(key, key)
+        if key in _HARNESS_ARGS:
+            continue
+        if key not in MODEL_ARGS:
+            raise ValueError(f"unknown model arg {key!r}: choose from "
+                             f"{', '.join(sorted(MODEL_ARGS))}")
+        typ = MODEL_ARGS[key][0]
+        if value is None:
+            opts[key] = None
+        elif typ is bool:
+            if str(value).lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"model arg {key}={value!r} must be true or false")
+            opts[key] = str(value).lower() in ("true", "1")
+        else:
+            try:
+                opts[key] = typ(value)
+            except ValueError:
+                raise ValueError(f"model arg {key}={value!r} must be {typ.__name__}") from None
+    if opts["batch_size"] == "auto" or opts["batch_size"] < 1:
+        raise ValueError(f"batch_size={opts['batch_size']} must be a positive integer")
+    if opts["mc_num"] % opts["batch_size"]:
+        raise ValueError(f"mc_num={opts['mc_num']} must be a positive multiple of batch_size="
+                         f"{opts['batch_size']}")
+    if not opts["checkpoint"]:
+        raise ValueError("model arg checkpoint=DIR is required (a `lladax train` workdir or a "
+                         "Hugging Face LLaDA directory)")
+    opts["steps"] = opts["steps"] or opts["gen_length"]
+    opts["block_length"] = opts["block_length"] or opts["gen_length"]
+    return opts
+
+
+def split_context(context: str, continuation: str) -> tuple[str, str]:
+    """Upstream's split: trailing whitespace of the context moves into the continuation."""
+    n = len(context) - len(context.rstrip())
+    return (context[:-n], context[-n:] + continuation) if n else (context, continuation)
+
+
+@register_model("lladax")
+class LLaDAEval(LM):
+    """LLaDA for lm-eval. `LLaDAEval(checkpoint=DIR, mc_num=..., ...)` or
+    `LLaDAEval.create_from_arg_string("checkpoint=DIR,mc_num=8")`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self.opts = parse_model_args(kwargs)
+        from lladax.cli.common import load_model  # the one loader for run dirs and HF dirs
+
+        self.cfg, self.params, self.tokenizer = load_model(self.opts["checkpoint"],
+                                                           self.opts["dtype"])
+        self.max_length = self.opts["max_length"] or self.cfg.max_seq_len
+        sampling._check_options(steps=self.opts["steps"], gen_length=self.opts["gen_length"],
+                                block_length=self.opts["block_length"],
+                                remasking=self.opts["remasking"],
+                                cfg_scale=self.opts["cfg_scale"],
+                                temperature=self.opts["temperature"], rng=jax.random.key(0))
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None
+                               ) -> LLaDAEval:
+        """lm-eval's constructor path. Explicit model args win over the harness's own flags
+        (`--batch_size` arrives in additional_config; upstream also reads it as the MC batch)."""
+        from lm_eval.utils import simple_parse_args_string
+
+        args = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        args.update(simple_parse_args_string(arg_string))
+        return cls(**args)
+
+    # -- loglikelihood ---------------------------------------------------------------------------
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context ids, continuation ids) as upstream: encode context+continuation as a whole
+        and take the continuation as everything after the context's own encoding."""
+        context, continuation = split_context(context, continuation)
+        add_bos = self.opts["add_bos"]
+        whole = self.tokenizer.encode(context + continuation, add_bos=add_bos)
+        ctx = self.tokenizer.encode(context, add_bos=add_bos) if context else (
+            [self.tokenizer.bos_id] if add_bos else [])
+        return ctx, whole[len(ctx):]
+
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False
+                      ) -> list[tuple[float, bool]]:
+        pairs = [self.encode_pair(*req.args) for req in requests]
+        for (ctx, cont), req in zip(pairs, requests, strict=True):
+            if len(ctx) + len(cont) > self.max_length:
+                raise ValueError(f"request of {len(ctx) + len(cont)} tokens exceeds max_length="
+                                 f"{self.max_length}: raise max_length or shorten the few-shot "
+                                 "context")
+            if not cont:
+                raise ValueError(f"continuation {req.args[1]!r} encodes to no tokens")
+        # Key per context: every choice of one question sees the same random numbers (common
+        # random numbers lower the variance of their comparison), independent of request order.
+        base = jax.random.key(self.opts["seed"])
+        crcs = np.array([zlib.crc32(req.args[0].encode()) for req in requests], np.uint32)
+        keys = jax.vmap(lambda d: jax.random.fold_in(base, d))(crcs) if requests else base
+        est = likelihood.log_likelihood_batch(
+            self.params, self.cfg, [c for c, _ in pairs], [a for _, a in pairs],
+            mc_num=self.opts["mc_num"], batch_size=self.opts["batch_size"],
+            cfg_scale=self.opts["cfg_scale"], rng=keys, pairs_per_call=self.opts["pair_batch"])
+        return [(float(e), False) for e in est]
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False
+                              ) -> list[float]:
+        raise NotImplementedError(
+            "lladax does not support loglikelihood_rolling (perplexity tasks such as wikitext): "
+            "LLaDA scores a continuation given a context with a Monte-Carlo ELBO, as upstream")
+
+    # -- generate_until --------------------------------------------------------------------------
+    def _finish(self, ids: list[int], until: list[str]) -> str:
+        """Upstream post-processing: decode with specials, cut at each stop string, then drop
+        special tokens by re-encoding and decoding without them."""
+        text = self.tokenizer.decode(ids, skip_special=False)
+        for stop in until:
+            if stop and stop in text:
+                text = text.split(stop)[0]
+        return self.tokenizer.decode(self.tokenizer.encode(text), skip_special=True)
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        o = self.opts
+        prompts = []
+        for req in requests:
+            ctx = req.args[0]
+            prompts.append(self.tokenizer.encode(ctx, add_bos=o["add_bos"]) or
+                           [self.tokenizer.bos_id])
+        out: list[str] = [""] * len(requests)
+        order = sorted(range(len(requests)), key=lambda i: len(prompts[i]))
+        bs, pad = o["batch_size"], self.cfg.pad_token_id
+        for start in range(0, len(order), bs):
+            chunk = order[start:start + bs]
+            # Left padding to a bucketed length, last chunk filled with copies: few programs.
+            idx = chunk + [chunk[-1]] * (min(bs, len(order)) - len(chunk))
+            P = bucket_length(max(len(prompts[i]) for i in idx))
+            tokens = np.full((len(idx), P), pad, np.int32)
+            mask = np.zeros((len(idx), P), np.int32)
+            for r, i in enumerate(idx):
+                tokens[r, P - len(prompts[i]):] = prompts[i]
+                mask[r, P - len(prompts[i]):] = 1
+            canvas = np.asarray(sampling.generate(
+                self.params, self.cfg, tokens, mask, steps=o["steps"], gen_length=o["gen_length"],
+                block_length=o["block_length"], temperature=o["temperature"],
+                cfg_scale=o["cfg_scale"], remasking=o["remasking"],
+                logits_eos_inf=o["logits_eos_inf"],
+                confidence_eos_eot_inf=o["confidence_eos_eot_inf"],
+                rng=jax.random.fold_in(jax.random.key(o["seed"]), start)))
+            for r, i in enumerate(chunk):
+                until = requests[i].args[1].get("until") or []
+                until = [until] if isinstance(until, str) else list(until)
+                out[i] = self._finish(canvas[r, P:].tolist(), until)
+                self.cache_hook.add_partial("generate_until", requests[i].args, out[i])
+        return out
