@@ -30,18 +30,25 @@ class CheckpointError(ValueError):
     """A run directory or checkpoint is missing or unreadable."""
 
 
-def _handlers() -> dict[str, ocp.CheckpointHandler]:
-    return {"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
+def _handlers(concurrent_gb: int | None = None) -> dict[str, ocp.CheckpointHandler]:
+    limits = {} if concurrent_gb is None else dict(save_concurrent_gb=concurrent_gb,
+                                                   restore_concurrent_gb=concurrent_gb)
+    return {"params": ocp.StandardCheckpointHandler(**limits),
+            "train": ocp.StandardCheckpointHandler(**limits),
             "meta": ocp.JsonCheckpointHandler()}
 
 
-def manager(run_dir: str | os.PathLike, keep: int = 2, *, read_only: bool = False
-            ) -> ocp.CheckpointManager:
-    """A CheckpointManager for `run_dir/checkpoints` keeping the newest `keep` steps."""
+def manager(run_dir: str | os.PathLike, keep: int = 2, *, read_only: bool = False,
+            concurrent_gb: int | None = None) -> ocp.CheckpointManager:
+    """A CheckpointManager for `run_dir/checkpoints` keeping the newest `keep` steps.
+
+    `concurrent_gb` bounds the bytes Orbax stages on the host at once while saving or restoring
+    (default: Orbax's, 96 GB) — conversion sets it low to keep peak memory near one shard.
+    """
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                            read_only=read_only)
     return ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints", options=options,
-                                 item_handlers=_handlers())
+                                 item_handlers=_handlers(concurrent_gb))
 
 
 def save(mgr: ocp.CheckpointManager, state: Any, meta: dict[str, Any], *,
@@ -94,7 +101,8 @@ def read_meta(run_dir: str | os.PathLike, step: int | None = None) -> tuple[int,
 
 
 def load_params(run_dir: str | os.PathLike, step: int | None = None, *,
-                shardings: Any = None, dtype: Any = None) -> tuple[ModelConfig, Any]:
+                shardings: Any = None, dtype: Any = None,
+                concurrent_gb: int | None = None) -> tuple[ModelConfig, Any]:
     """Params-only restore for eval/sampling: (cfg, params), optionally placed with `shardings`."""
     from lladax import model
 
@@ -108,7 +116,7 @@ def load_params(run_dir: str | os.PathLike, step: int | None = None, *,
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
                                                                sharding=device), abstract)
-    mgr = manager(run_dir, read_only=True)
+    mgr = manager(run_dir, read_only=True, concurrent_gb=concurrent_gb)
     try:
         params = mgr.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(abstract)))["params"]

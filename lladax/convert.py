@@ -387,7 +387,7 @@ def save_orbax_params(run_dir: str | os.PathLike, cfg: ModelConfig, params: Para
         raise CheckpointFormatError(f"{existing} already holds checkpoints: convert into an empty "
                                     "or new directory")
     meta = {"model": dataclasses.asdict(cfg)} | (extra_meta or {})
-    mgr = checkpoint.manager(run_dir, keep=1)
+    mgr = checkpoint.manager(run_dir, keep=1, concurrent_gb=1)  # stage ≤ 1 GB at a time
     mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
                                            meta=ocp.args.JsonSave(meta)), force=True)
     mgr.wait_until_finished()

@@ -89,7 +89,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
             bar.close()
     else:
         # Restored as saved; a --dtype cast happens per tensor while writing (no second copy).
-        cfg, params = checkpoint.load_params(src, shardings=_shardings(cfg_of(src), mesh))
+        cfg, params = checkpoint.load_params(src, shardings=_shardings(cfg_of(src), mesh),
+                                             concurrent_gb=1)
         total = sum(p.nbytes for p in _leaves(params))
 
     if direction == "hf-to-orbax":
