@@ -128,3 +128,25 @@ def load_params(run_dir: str | os.PathLike, step: int | None = None, *,
         params = jax.tree.map(lambda p: p.astype(dtype), params)
         cfg = dataclasses.replace(cfg, dtype=name, param_dtype=name)
     return cfg, params
+
+
+def save_params(run_dir: str | os.PathLike, cfg: ModelConfig, params: Any, *, step: int = 0,
+                extra_meta: dict[str, Any] | None = None, concurrent_gb: int | None = 1) -> Path:
+    """Write a params-only checkpoint (items params + meta) as `run_dir/checkpoints/<step>/`.
+
+    The layout `load_params` restores onto any mesh (converted HF weights, exported eval
+    models). Host staging is bounded to `concurrent_gb` so a big model converts in bounded memory.
+    Refuses a directory that already holds checkpoints. Returns the step directory.
+    """
+    run_dir = Path(run_dir).absolute()
+    existing = run_dir / "checkpoints"
+    if existing.is_dir() and any(existing.iterdir()):
+        raise CheckpointError(f"{existing} already holds checkpoints: write into an empty or new "
+                              "directory")
+    meta = {"model": dataclasses.asdict(cfg)} | (extra_meta or {})
+    mgr = manager(run_dir, keep=1, concurrent_gb=concurrent_gb)
+    mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                           meta=ocp.args.JsonSave(meta)), force=True)
+    mgr.wait_until_finished()
+    mgr.close()
+    return existing / str(step)

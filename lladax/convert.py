@@ -6,9 +6,7 @@ PyTorch [out, in] to [in, out], places it directly in its target sharding and wr
 slot of the stacked [layers, ...] leaf on device (a donated in-place update). Host memory is about
 one HF tensor, whatever the checkpoint size; the params themselves live where the shardings put
 them. Saving streams the other way: one layer slice at a time goes device -> host -> file.
-
-The Orbax side (`save_orbax_params`) writes the params-only layout of `lladax.checkpoint`
-(checkpoints/<step>/{params,meta}), which `checkpoint.load_params` restores onto any mesh.
+The Orbax side of a conversion is `checkpoint.save_params` / `checkpoint.load_params`.
 """
 
 from __future__ import annotations
@@ -372,34 +370,11 @@ def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> list
     return copied
 
 
-def save_orbax_params(run_dir: str | os.PathLike, cfg: ModelConfig, params: Params, *,
-                      step: int = 0, extra_meta: dict[str, Any] | None = None) -> Path:
-    """Write params + meta as `run_dir/checkpoints/<step>/` (the `lladax.checkpoint` layout, no
-    train item); `checkpoint.load_params(run_dir)` restores it onto any mesh. Returns the step dir.
-    """
-    import orbax.checkpoint as ocp
-
-    from lladax import checkpoint
-
-    run_dir = Path(run_dir).absolute()
-    existing = run_dir / "checkpoints"
-    if existing.is_dir() and any(existing.iterdir()):
-        raise CheckpointFormatError(f"{existing} already holds checkpoints: convert into an empty "
-                                    "or new directory")
-    meta = {"model": dataclasses.asdict(cfg)} | (extra_meta or {})
-    mgr = checkpoint.manager(run_dir, keep=1, concurrent_gb=1)  # stage ≤ 1 GB at a time
-    mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                           meta=ocp.args.JsonSave(meta)), force=True)
-    mgr.wait_until_finished()
-    mgr.close()
-    return existing / str(step)
-
-
 def _tensor_reader(path: Path) -> tuple[list[str], Callable[[str], np.ndarray]]:
     """(names, read(name)) for one safetensors file."""
     infos = file_tensors(Path(path))
     return list(infos), lambda name: read_tensor(infos[name])
 
 __all__ = ["CheckpointFormatError", "ConfigError", "copy_tokenizer_files", "hf_shapes",
-           "hf_tensors", "load_config", "load_hf", "save_hf", "save_orbax_params",
+           "hf_tensors", "load_config", "load_hf", "save_hf",
            "stored_dtype", "write_safetensors"]

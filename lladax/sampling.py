@@ -1,25 +1,18 @@
 """Reverse diffusion: LLaDA's semi-autoregressive low-confidence remasking sampler.
 
-`generate` reproduces upstream `generate.py` token for token (see reference.md §4 and the golden
-README), as ONE jitted program per (shape, static options): a `lax.scan` over all global steps with
-the block index computed inside, so there is no Python loop and no per-step dispatch.
-
-Per step it does less work than the reference, exactly:
-  * window path: when no row still has a mask to the LEFT of the current block (the normal case),
-    only the current block can change, so the last layer and the LM head run on the block's
-    positions only (`model.apply(..., query_start=block_start, query_size=block_length)`);
-  * full path: otherwise (masks inside the prompt, leftovers from earlier blocks) the logits of
-    the whole canvas are computed, as the reference does;
-  * skip: a step that cannot commit anything (budget 0 for every live row, e.g. steps >
-    block_length) runs no forward at all.
-The three are branches of one `lax.switch`; all give the same tokens.
-
-`early_exit=True` additionally freezes a row once its answer is final (an EOS/EoT with no mask
-before it) and runs no forward once every row is frozen: answers are unchanged, compute is saved.
-Temperature and cfg_scale values and the boolean flags are traced, so they share one program.
-
-Randomness is drawn per (step, canvas position) with `fold_in`, so the window and full paths see
-the same noise for the same position and skipped steps shift nothing.
+`generate` reproduces upstream `generate.py` token for token (reference.md §4, golden README) as
+ONE jitted program per (shape, static options): a `lax.scan` over all global steps with the block
+index computed inside — no Python loop, no per-step dispatch. Each step does less work than the
+reference, exactly, by one `lax.switch`:
+  * window: when no row has a mask LEFT of the current block (the normal case) only the block can
+    change, so the last layer and LM head run on its positions only (`model.apply(query_size=)`);
+  * full: otherwise (prompt masks, leftovers of earlier blocks) the whole canvas, as upstream;
+  * skip: a step that cannot commit anything (zero budget for every live row) runs no forward.
+`early_exit=True` also freezes a row once its answer is final (an EOS/EoT with no mask before it)
+and skips the forward once every row is frozen. Temperature, cfg_scale and the flags are traced,
+so they share one program. Noise is drawn per (step, canvas position) with `fold_in`, so the
+window and full paths see the same noise and skipped steps shift nothing. `infill` runs the same
+program over a canvas whose masks sit anywhere.
 """
 
 from __future__ import annotations

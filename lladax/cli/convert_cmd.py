@@ -96,7 +96,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     if direction == "hf-to-orbax":
         dst.mkdir(parents=True, exist_ok=True)
         tokenizer = convert.copy_tokenizer_files(src, dst)
-        convert.save_orbax_params(dst, cfg, params, extra_meta={
+        checkpoint.save_params(dst, cfg, params, extra_meta={
             "source": str(src.absolute()), "tokenizer": tokenizer[0] if tokenizer else None})
     else:
         nbytes = sum(int(np.prod(s)) for s in convert.hf_shapes(cfg).values()) * np.dtype(
