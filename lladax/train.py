@@ -155,12 +155,15 @@ def peak_flops_per_device() -> tuple[float, str]:
 
 
 # --- the loop ------------------------------------------------------------------------------------
-def run(config: Any) -> dict[str, float]:
+def run(config: Any, stop_after: int | None = None) -> dict[str, float]:
     """Train as `config` (a run ConfigDict, see `config.run_config`) says; returns final metrics.
 
-    Resumes from the newest checkpoint in `log.workdir` if there is one, evaluates the held-out
-    loss every `eval.every` steps with fixed noise (comparable across steps), logs JSON lines to
-    `workdir/metrics.jsonl` and saves the final state.
+    Resumes from the newest checkpoint in `log.workdir` if there is one — params, optimizer
+    state, step, rng and the data iterator's position, so a resumed run sees exactly the batches
+    an uninterrupted one would. Evaluates the held-out loss every `eval.every` steps with fixed
+    noise (comparable across steps), logs JSON lines to `workdir/metrics.jsonl` and saves the
+    final state. `stop_after` ends (and checkpoints) the run early at that step, as a preemption
+    would, without changing the schedule of `train.steps`.
     """
     import json
     import shutil
@@ -193,14 +196,18 @@ def run(config: Any) -> dict[str, float]:
             str(config.data.tokenizer)}
     with jax.set_mesh(mesh):
         state = init_state(cfg, tc, optimizer, jax.random.key(tc.seed), mesh)
+        data_state = None
         if mgr.latest_step() is not None:
             state = checkpoint.restore(mgr, state)
+            data_state = checkpoint.read_meta(workdir, int(state.step))[1].get("data_state")
         state_sh = shardings_of(state)
         batch_sh = sharding.named_sharding(mesh, ("batch", None))
         step_fn = jit_train_step(cfg, tc, optimizer, state_sh, batch_sh)
         train_iter = iter(data.make_batches(tok, source=config.data.source, split="train",
                                             seq_len=config.data.seq_len,
                                             batch_size=tc.batch_size, seed=config.data.seed))
+        if data_state is not None:
+            train_iter.set_state(data_state)
         eval_set = [jax.device_put(b["tokens"], batch_sh) for b in data.eval_batches(
             tok, source=config.data.source, seq_len=config.data.seq_len,
             batch_size=config.eval.batch_size, max_batches=config.eval.batches)]
@@ -218,7 +225,8 @@ def run(config: Any) -> dict[str, float]:
         start_step = int(state.step)
         metrics_file = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 (closed below)
         last: dict[str, float] = {}
-        bar = tqdm(range(start_step, tc.steps), initial=start_step, total=tc.steps,
+        end_step = tc.steps if stop_after is None else min(tc.steps, stop_after)
+        bar = tqdm(range(start_step, end_step), initial=start_step, total=tc.steps,
                    disable=not config.log.progress, dynamic_ncols=True)
         if start_step == 0:
             last["eval_loss"] = evaluate(state.params)
@@ -232,14 +240,14 @@ def run(config: Any) -> dict[str, float]:
             if done == start_step + 1:  # keep compilation out of the throughput numbers
                 jax.block_until_ready(m)
                 t_last, steps_since = time.perf_counter(), 0
-            if done % config.log.every == 0 or done == tc.steps:
+            if done % config.log.every == 0 or done == end_step:
                 m = {k: float(v) for k, v in m.items()}
                 dt = time.perf_counter() - t_last
-                tok_s = steps_since * tokens_per_step / dt
+                tok_s = steps_since * tokens_per_step / dt  # 0 if only the compiling step ran
                 mfu = steps_since * flops_per_step / dt / (peak * mesh.size)
                 t_last, steps_since = time.perf_counter(), 0
                 record = {"step": done, **m, "tokens_per_s": tok_s, "mfu": mfu}
-                if config.eval.every and (done % config.eval.every == 0 or done == tc.steps):
+                if config.eval.every and (done % config.eval.every == 0 or done == end_step):
                     record["eval_loss"] = evaluate(state.params)
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
@@ -247,9 +255,9 @@ def run(config: Any) -> dict[str, float]:
                 bar.set_postfix(loss=f"{m['loss']:.3f}", eval=f"{last.get('eval_loss', 0):.3f}",
                                 tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}")
             if config.checkpoint.every and done % config.checkpoint.every == 0:
-                checkpoint.save(mgr, state, meta)
+                checkpoint.save(mgr, state, meta | {"data_state": train_iter.get_state()})
         if mgr.latest_step() != int(state.step):
-            checkpoint.save(mgr, state, meta, force=True)
+            checkpoint.save(mgr, state, meta | {"data_state": train_iter.get_state()}, force=True)
         mgr.wait_until_finished()
         metrics_file.close()
     last["peak_flops"] = peak

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -38,6 +39,23 @@ def test_train_saves_checkpoint_and_resumes(tmp_path, capsys):
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text()
              .splitlines()]
     assert steps.count(0) == 1 and steps[-1] == 6
+
+
+def test_interrupted_run_resumes_bit_exactly(tmp_path):
+    """Stop at step 3 and rerun: same params as 6 uninterrupted steps (same batches, same noise)."""
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert _train(straight, "--config.train.steps=6") == 0
+    assert main(["train", "--config", TINY, "--workdir", str(interrupted), "--stop-after", "3",
+                 "--config.log.progress=false", "--config.train.steps=6",
+                 "--config.eval.every=2", "--config.log.every=2"]) == 0
+    assert checkpoint.manager(interrupted).latest_step() == 3
+    assert _train(interrupted, "--config.train.steps=6") == 0
+    _, expected = checkpoint.load_params(straight)
+    _, resumed = checkpoint.load_params(interrupted)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert checkpoint.read_meta(interrupted)[1]["data_state"] == \
+        checkpoint.read_meta(straight)[1]["data_state"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -14,6 +14,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                                    "--config.section.key=value (unknown keys are errors).")
     p.add_argument("--config", required=True, help="configs/<name>.py[:arg]")
     p.add_argument("--workdir", help="shortcut for --config.log.workdir")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="checkpoint and stop at this step (rerun the command to resume)")
     p.set_defaults(accepts_overrides=True)
 
 
@@ -24,7 +26,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         config.log.workdir = args.workdir
     from lladax import train  # heavy imports only once the arguments are valid
 
-    final = train.run(config)
+    final = train.run(config, stop_after=args.stop_after)
     print(json.dumps({k: final[k] for k in ("step", "loss", "eval_loss", "tokens_per_s", "mfu")
                       if k in final}))
     print(f"saved to {config.log.workdir}")
