@@ -8,7 +8,7 @@ def get_config():
     c = run_config("small", remat_policy="none")
     # Many short rows: the noise level t is drawn per row, so more rows = less gradient noise.
     c.data.seq_len = 64
-    c.train.update(steps=300, batch_size=32, lr=3e-3, warmup_steps=30, decay_fraction=0.3)
+    c.train.update(steps=300, batch_size=32, lr=1e-3, warmup_steps=30, decay_fraction=0.3)
     c.eval.update(every=50, batches=8, batch_size=32)
     c.log.update(every=10, workdir="runs/small")
     return c
