@@ -22,28 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lladax import config, likelihood, model
-
-
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(repeats))
-    return 2 * n ** 3 / best / 1e9
+from lladax import config, likelihood, model, train
 
 
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
-
-
-def flops_per_row(cfg: config.ModelConfig, n: int) -> float:
-    d, f, v, L = cfg.d_model, cfg.mlp_hidden_size, cfg.vocab_size, cfg.n_layers
-    kv = cfg.n_kv_heads * cfg.head_dim
-    layer = 2 * n * d * d * 2 + 2 * n * d * kv * 2 + 2 * 2 * n * n * d + 2 * n * d * f * 3
-    return L * layer + 2 * n * d * v
 
 
 def loop_estimate(params, cfg, prompt, answer, *, mc_num, batch_size, rng) -> float:
@@ -83,7 +68,7 @@ def main() -> None:
     answer = r.integers(5, cfg.vocab_size, args.len - args.prompt).astype(np.int32)
     opts = dict(mc_num=args.mc_num, batch_size=args.batch)
 
-    peak = matmul_peak()
+    peak = train.measure_matmul_peak(2048) / 1e9  # GFLOP/s
     results = {}
     for name, fn in (
         ("(a) Python loop over MC iterations", lambda k: loop_estimate(
@@ -94,7 +79,7 @@ def main() -> None:
         est = fn(jax.random.key(1))   # warm-up: compile
         best = min(_timed(functools.partial(fn, jax.random.key(1))) for _ in range(args.repeats))
         results[name] = (est, best)
-    flops = flops_per_row(cfg, args.len) * args.mc_num
+    flops = cfg.forward_flops(args.len) * args.mc_num
     print(f"preset small, random weights; prompt {args.prompt} + answer "
           f"{args.len - args.prompt} = {args.len} tokens, mc_num {args.mc_num}, batch "
           f"{args.batch} ({args.mc_num // args.batch} iterations); best of {args.repeats}")

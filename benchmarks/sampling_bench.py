@@ -15,14 +15,13 @@ Prints a markdown table; checks that (a) and (b) return identical tokens.
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lladax import config, model, sampling
+from lladax import config, model, sampling, train
 
 PROMPT, GEN, STEPS, BLOCK = 64, 128, 128, 32
 
@@ -32,21 +31,6 @@ def bench_cfg() -> config.ModelConfig:
     # than 0.02 gives peaked logits (as a trained model has), so confidences are well separated
     # and (a) vs (b) token identity is a meaningful check rather than a coin flip on 1e-7 ties.
     return config.preset("small", init_std=0.15)
-
-
-def flops_per_forward(cfg: config.ModelConfig, batch: int, n: int, q: int | None = None) -> float:
-    """Matmul FLOPs of one forward over n positions; with q, the last layer + head see q rows."""
-    d, f, v, L = cfg.d_model, cfg.mlp_hidden_size, cfg.vocab_size, cfg.n_layers
-    kv_dim = cfg.n_kv_heads * cfg.head_dim
-
-    def layer(nq: int) -> float:
-        proj = 2 * nq * d * d * 2 + 2 * n * d * kv_dim * 2    # q, out on queries; k, v on all
-        attn = 2 * 2 * nq * n * d                              # scores + probs·V
-        mlp = 2 * nq * d * f * 3
-        return proj + attn + mlp
-
-    q = n if q is None else q
-    return batch * ((L - 1) * layer(n) + layer(q) + 2 * q * d * v)
 
 
 def baseline(params, cfg, prompt: np.ndarray) -> np.ndarray:
@@ -95,14 +79,6 @@ def timed(fn, repeats: int) -> tuple[float, np.ndarray]:
     return best, out
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """(c): best float32 GFLOP/s of a jitted [n, n] @ [n, n] in this process."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    mm = jax.jit(lambda a, b: a @ b)
-    secs, _ = timed(lambda: mm(a, a).block_until_ready(), repeats)
-    return 2 * n**3 / secs / 1e9
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
@@ -111,9 +87,11 @@ def main() -> None:
 
     cfg = bench_cfg()
     params = model.init_params(cfg, jax.random.key(0))
-    peak = matmul_peak()
+    peak = train.measure_matmul_peak(2048) / 1e9  # (c), GFLOP/s
     n = PROMPT + GEN
-    f_full = functools.partial(flops_per_forward, cfg, n=n)
+    def f_full(batch: int, q: int | None = None) -> float:
+        return batch * cfg.forward_flops(n, q)
+
     print(f"devices: {jax.devices()}; f32 matmul peak {peak:.1f} GFLOP/s")
     print(f"model: preset small (L={cfg.n_layers}, d={cfg.d_model}, H={cfg.n_heads}, "
           f"mlp={cfg.mlp_hidden_size}, V={cfg.vocab_size}); prompt {PROMPT}, gen {GEN}, "

@@ -116,6 +116,22 @@ class ModelConfig:
         attention = 2 * self.n_layers * seq_len * d
         return 6.0 * (matmul_params + attention)
 
+    def forward_flops(self, seq_len: int, query_len: int | None = None) -> float:
+        """Matmul FLOPs of one inference forward over one sequence of `seq_len` positions.
+
+        With `query_len`, the last layer's queries/MLP and the LM head see only that many rows
+        (the sampler's block window); keys and values always cover the whole sequence.
+        """
+        d, f, v, n = self.d_model, self.mlp_hidden_size, self.vocab_size, seq_len
+        kv = self.n_kv_heads * self.head_dim
+
+        def layer(nq: int) -> float:
+            projections = 2 * nq * d * d * 2 + 2 * n * d * kv * 2  # q, out on queries; k, v on all
+            return projections + 2 * 2 * nq * n * d + 2 * nq * d * f * 3  # scores·V, SwiGLU MLP
+
+        q = n if query_len is None else query_len
+        return (self.n_layers - 1) * layer(n) + layer(q) + 2 * q * d * v
+
     # --- Hugging Face config.json --------------------------------------------------------------
     @classmethod
     def from_hf_dict(cls, hf: dict[str, Any], special_tokens: dict[str, Any] | None = None,

@@ -48,3 +48,12 @@ def test_unknown_preset_and_field():
         preset("huge")
     with pytest.raises(ConfigError, match=r"unknown ModelConfig field\(s\) \['d_modle'\]"):
         preset("tiny", d_modle=3)
+
+
+def test_forward_flops_consistent_with_training_flops():
+    cfg = preset("small")
+    n = 192
+    # training = forward + backward = 3 × forward, per token
+    assert cfg.flops_per_token(n) == pytest.approx(3 * cfg.forward_flops(n) / n)
+    window = cfg.forward_flops(n, 32)
+    assert window < cfg.forward_flops(n) and cfg.forward_flops(n, n) == cfg.forward_flops(n)
