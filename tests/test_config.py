@@ -53,7 +53,8 @@ def test_unknown_preset_and_field():
 def test_forward_flops_consistent_with_training_flops():
     cfg = preset("small")
     n = 192
-    # training = forward + backward = 3 × forward, per token
-    assert cfg.flops_per_token(n) == pytest.approx(3 * cfg.forward_flops(n) / n)
+    # training = forward + backward = 3 × forward, per token (flops_per_token also counts the
+    # few norm weights as 6·N, hence the relative tolerance)
+    assert cfg.flops_per_token(n) == pytest.approx(3 * cfg.forward_flops(n) / n, rel=1e-3)
     window = cfg.forward_flops(n, 32)
     assert window < cfg.forward_flops(n) and cfg.forward_flops(n, n) == cfg.forward_flops(n)
