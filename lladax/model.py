@@ -63,19 +63,21 @@ class RMSNorm(nnx.Module):
 
 
 def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos/sin [len, head_dim] float32 tables of rotate-half RoPE at integer `positions` [len]."""
+    """cos/sin [batch, len, head_dim] float32 tables of rotate-half RoPE at integer `positions`
+    [batch, len] (batch may be 1: shared positions broadcast over the batch)."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.cos(angles), jnp.sin(angles)
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """x [batch, len, heads, head_dim]; rotation in float32, result cast back to x.dtype."""
+    """x [batch, len, heads, head_dim], cos/sin [batch | 1, len, head_dim]; rotation in float32,
+    result cast back to x.dtype."""
     xf = x.astype(jnp.float32)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
-    out = xf * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+    out = xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]
     return out.astype(x.dtype)
 
 
@@ -98,9 +100,10 @@ class Block(nnx.Module):
         self.ff_out = _param(init, rngs.params(), (f, d), w, ("mlp", "embed"))
 
     def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array],
-                 key_mask: jax.Array | None, query_start: jax.Array | None = None,
-                 query_size: int | None = None) -> jax.Array:
-        """x [batch, len, embed] -> [batch, len, embed].
+                 key_mask: jax.Array | None, segment_ids: jax.Array | None = None,
+                 query_start: jax.Array | None = None, query_size: int | None = None
+                 ) -> jax.Array:
+        """x [batch, len, embed] -> [batch, len, embed]; segment_ids [batch, len] or None.
 
         With `query_size`, only the `query_size` positions from `query_start` are updated
         (keys and values still come from the whole sequence) and the output is
@@ -109,18 +112,20 @@ class Block(nnx.Module):
         dt = self.cfg.compute_dtype
         cos, sin = rope
         n = self.attn_norm(x)
-        x_q, n_q, cos_q, sin_q = x, n, cos, sin
+        x_q, n_q, cos_q, sin_q, seg_q = x, n, cos, sin, segment_ids
         if query_size is not None:
-            x_q, n_q = (jax.lax.dynamic_slice_in_dim(a, query_start, query_size, axis=1)
-                        for a in (x, n))
-            cos_q, sin_q = (jax.lax.dynamic_slice_in_dim(a, query_start, query_size, axis=0)
-                            for a in (cos, sin))
+            x_q, n_q, cos_q, sin_q = (
+                jax.lax.dynamic_slice_in_dim(a, query_start, query_size, axis=1)
+                for a in (x, n, cos, sin))
+            if segment_ids is not None:
+                seg_q = jax.lax.dynamic_slice_in_dim(segment_ids, query_start, query_size, axis=1)
         q = jnp.einsum("bld,dhk->blhk", n_q, self.q_proj[...].astype(dt))
         k = jnp.einsum("bld,dhk->blhk", n, self.k_proj[...].astype(dt))
         v = jnp.einsum("bld,dhk->blhk", n, self.v_proj[...].astype(dt))
         q = constrain(apply_rope(q, cos_q, sin_q), ("batch", "length", "act_heads", None))
         k = constrain(apply_rope(k, cos, sin), ("batch", "length", "act_heads", None))
-        a = attention(q, k, v, key_mask, impl=self.cfg.attention_impl)
+        a = attention(q, k, v, key_mask, q_segment_ids=seg_q, kv_segment_ids=segment_ids,
+                      impl=self.cfg.attention_impl)
         a = checkpoint_name(a, "attn_out")
         h = x_q + jnp.einsum("blhk,hkd->bld", a, self.attn_out[...].astype(dt))
         m = self.ff_norm(h)
@@ -158,16 +163,19 @@ class LLaDA(nnx.Module):
                               cfg.weight_dtype, ("embed", "vocab"))
 
     def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None, *,
+                 segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
                  query_start: jax.Array | int = 0, query_size: int | None = None) -> jax.Array:
         cfg = self.cfg
         h = jnp.take(self.wte[...], tokens, axis=0).astype(cfg.compute_dtype)
         h = constrain(h, ("batch", "length", "act_embed"))
-        rope = rope_tables(jnp.arange(tokens.shape[1]), cfg.head_dim, cfg.rope_theta)
+        if positions is None:
+            positions = jnp.arange(tokens.shape[1])[None, :]
+        rope = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
         key_mask = None if attention_mask is None else attention_mask.astype(bool)
         block_def, block_state = nnx.split(self.blocks)
 
         def layer(x, state, **kwargs):
-            return nnx.merge(block_def, state)(x, rope, key_mask, **kwargs)
+            return nnx.merge(block_def, state)(x, rope, key_mask, segment_ids, **kwargs)
 
         def scan_body(x, state):
             return layer(x, state), None
@@ -228,21 +236,26 @@ def init_params(cfg: ModelConfig, key: jax.Array, mesh: jax.sharding.Mesh | None
 
 
 def apply(params: Params, cfg: ModelConfig, tokens: jax.Array,
-          attention_mask: jax.Array | None = None, *, query_start: jax.Array | int = 0,
+          attention_mask: jax.Array | None = None, *, segment_ids: jax.Array | None = None,
+          positions: jax.Array | None = None, query_start: jax.Array | int = 0,
           query_size: int | None = None) -> jax.Array:
     """Traceable forward pass: tokens [batch, len] int -> logits [batch, len, vocab] float32.
 
-    `attention_mask` [batch, len] (1 = real token) masks padded keys. With `query_size`, logits
-    are only computed for positions [query_start, query_start + query_size) ([batch, query_size,
-    vocab]); the result equals the same slice of the full forward.
+    `attention_mask` [batch, len] (1 = real token) masks padded keys. Packed rows pass
+    `segment_ids` [batch, len] (a token attends only to tokens with the same id; 0 = padding) and
+    `positions` [batch, len] (RoPE positions, restarting at 0 in each document); the logits of
+    each document then equal those of the document run alone. With `query_size`, logits are only
+    computed for positions [query_start, query_start + query_size) ([batch, query_size, vocab]);
+    the result equals the same slice of the full forward.
     """
-    return nnx.merge(graphdef(cfg), params)(tokens, attention_mask, query_start=query_start,
+    return nnx.merge(graphdef(cfg), params)(tokens, attention_mask, segment_ids=segment_ids,
+                                            positions=positions, query_start=query_start,
                                             query_size=query_size)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _forward_jit(params, cfg, tokens, attention_mask):
-    return apply(params, cfg, tokens, attention_mask)
+def _forward_jit(params, cfg, tokens, attention_mask, segment_ids, positions):
+    return apply(params, cfg, tokens, attention_mask, segment_ids=segment_ids, positions=positions)
 
 
 def check_tokens(tokens: Any, cfg: ModelConfig, name: str = "tokens") -> None:
@@ -262,13 +275,21 @@ def check_tokens(tokens: Any, cfg: ModelConfig, name: str = "tokens") -> None:
 
 
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
-            attention_mask: jax.Array | None = None) -> jax.Array:
-    """Jitted forward pass with input validation: [batch, len] -> logits [batch, len, vocab] f32."""
+            attention_mask: jax.Array | None = None, *, segment_ids: jax.Array | None = None,
+            positions: jax.Array | None = None) -> jax.Array:
+    """Jitted forward pass with input validation: [batch, len] -> logits [batch, len, vocab] f32.
+
+    `attention_mask`, `segment_ids` and `positions` are optional [batch, len] arrays (see `apply`).
+    """
     check_tokens(tokens, cfg)
     tokens = jnp.asarray(tokens, jnp.int32)
-    if attention_mask is not None:
-        attention_mask = jnp.asarray(attention_mask)
-        if attention_mask.shape != tokens.shape:
-            raise ValueError(f"attention_mask shape {attention_mask.shape} != tokens shape "
-                             f"{tokens.shape}: pass one 0/1 entry per token")
-    return _forward_jit(params, cfg, tokens, attention_mask)
+    extras = {"attention_mask": attention_mask, "segment_ids": segment_ids,
+              "positions": positions}
+    for name, value in extras.items():
+        if value is not None:
+            extras[name] = jnp.asarray(value)
+            if extras[name].shape != tokens.shape:
+                raise ValueError(f"{name} shape {extras[name].shape} != tokens shape "
+                                 f"{tokens.shape}: pass one entry per token")
+    return _forward_jit(params, cfg, tokens, extras["attention_mask"], extras["segment_ids"],
+                        extras["positions"])
