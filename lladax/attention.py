@@ -1,7 +1,9 @@
 """Bidirectional multi-head attention, one function with interchangeable implementations.
 
 `xla` is the reference (dense einsum, float32 softmax) and runs everywhere; `cudnn` dispatches to
-`jax.nn.dot_product_attention(implementation="cudnn")` (GPU, bf16/fp16 only). Both take the same
+`jax.nn.dot_product_attention(implementation="cudnn")` (GPU, bf16/fp16 only); `splash` is the
+Pallas TPU flash kernel shipped with jax (`splash_interpret` runs it in interpret mode on any
+backend, for tests); `auto` picks splash on TPU, cudnn on GPU, xla elsewhere. All take the same
 key-padding mask and segment ids (packed sequences: a query only sees keys of its own document)
 and give the same result up to rounding.
 """
@@ -10,6 +12,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from lladax.sharding import logical_to_spec
+
+IMPLS = ("auto", "xla", "cudnn", "splash", "splash_interpret")
 
 
 def allowed_keys(key_mask: jax.Array | None, q_segment_ids: jax.Array | None,
@@ -45,10 +51,23 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | No
     if n_rep > 1:
         k = jnp.repeat(k, n_rep, axis=2)
         v = jnp.repeat(v, n_rep, axis=2)
+    tiled = q.shape[1] % 128 == 0 and k.shape[1] % 128 == 0  # the splash kernel's tiling
+    if impl == "auto":
+        impl = {"tpu": "splash", "gpu": "cudnn"}.get(jax.default_backend(), "xla")
+        if (impl == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16)) or (
+                impl == "splash" and not tiled):
+            impl = "xla"  # cuDNN is half precision only; splash tiles are 128 positions
+    if impl in ("splash", "splash_interpret"):
+        if not tiled:
+            raise ValueError(f"splash attention needs query and key lengths that are multiples "
+                             f"of 128, got {q.shape[1]} and {k.shape[1]}: pad the sequence or "
+                             "use attention_impl='auto'")
+        return _splash(q, k, v, key_mask, q_segment_ids, kv_segment_ids,
+                       interpret=impl == "splash_interpret")
     if impl == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
     if impl != "xla":
-        raise ValueError(f"unknown attention impl {impl!r}; use 'xla' or 'cudnn'")
+        raise ValueError(f"unknown attention impl {impl!r}; use one of {IMPLS}")
     scale = q.shape[-1] ** -0.5
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     if mask is not None:
@@ -56,3 +75,51 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | No
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v, preferred_element_type=jnp.float32).astype(
         v.dtype)
+
+
+def _block(length: int) -> int:
+    """Largest kernel tile (512, 256 or 128 positions) dividing `length`."""
+    return next(size for size in (512, 256, 128) if length % size == 0)
+
+
+def _splash(q, k, v, key_mask, q_segment_ids, kv_segment_ids, *, interpret: bool):
+    """Splash attention: padding and documents become segment ids (keys outside a query's
+    segment, or padded, are skipped); a query with no visible key at all is undefined here,
+    unlike `xla` which averages all values for it. Runs per shard under the current mesh."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as kernel_lib,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as mask_lib,
+    )
+
+    batch, q_len, _, head_dim = q.shape
+    kv_len = k.shape[1]
+    if q_segment_ids is None:
+        q_segment_ids = jnp.ones((batch, q_len), jnp.int32)
+        kv_segment_ids = jnp.ones((batch, kv_len), jnp.int32)
+    if key_mask is not None:  # -1 matches no query's segment
+        kv_segment_ids = jnp.where(key_mask, kv_segment_ids, -1)
+    # [batch, heads, len, head_dim]; the kernel does not scale the scores itself.
+    q, k, v = (x.swapaxes(1, 2) for x in (q * head_dim**-0.5, k, v))
+    bq, bkv = _block(q_len), _block(kv_len)
+    sizes = kernel_lib.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
+                                  block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq,
+                                  block_kv_dq=bkv)
+
+    def local(q, k, v, q_seg, kv_seg):  # shapes are per shard: heads may be split over tensor
+        mask = mask_lib.MultiHeadMask([mask_lib.FullMask((q_len, kv_len))] * q.shape[1])
+        splash = kernel_lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1,
+                                            q_seq_shards=1, interpret=interpret)
+        segments = jax.vmap(kernel_lib.SegmentIds)(q_seg.astype(jnp.int32),
+                                                   kv_seg.astype(jnp.int32))
+        return jax.vmap(splash)(q, k, v, segment_ids=segments)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty:
+        qkv_spec = logical_to_spec(("batch", "act_heads", None, None))
+        seg_spec = logical_to_spec(("batch", None))
+        local = jax.shard_map(local, in_specs=(qkv_spec,) * 3 + (seg_spec,) * 2,
+                              out_specs=qkv_spec, check_vma=False)
+    out = local(q, k, v, q_segment_ids, kv_segment_ids)
+    return out.swapaxes(1, 2).astype(v.dtype)
