@@ -37,6 +37,7 @@ class Hardware:
     hbm_bytes: float          # per chip
     peak_flops: float         # dense bf16 per chip, data sheet
     topology: str | None = None   # `jax.experimental.topologies` name, e.g. "v5p:4x4x4"
+    slices: int = 1               # multislice: `chips` counts all slices together
 
 
 # generation -> (HBM GiB per chip, bf16 TFLOP/s per chip, TensorCores per chip in the name, dims)
@@ -56,8 +57,14 @@ def _grid(chips: int, dims: int) -> str:
 
 
 def hardware(name: str) -> Hardware:
-    """`v5p-128` (TPU names count TensorCores for v4/v5p, chips for v5e/v6e), `8xh100`, `cpu`."""
+    """`v5p-128` (TPU names count TensorCores for v4/v5p, chips for v5e/v6e), `2xv5p-128`
+    (multislice: two such slices), `8xh100`."""
     key = name.lower().replace("_", "-")
+    slices, sep, rest = key.partition("x")
+    if sep and slices.isdigit() and rest.partition("-")[0] in _TPU:
+        one = hardware(rest)
+        return dataclasses.replace(one, name=name, chips=one.chips * int(slices),
+                                   slices=int(slices))
     gen, _, count = key.partition("-")
     if gen in _TPU and count.isdigit():
         hbm, tflops, cores, dims = _TPU[gen]
@@ -90,16 +97,23 @@ class Plan:
         return sum(self.memory.values())
 
 
-def _mesh_sizes(mesh: Any, devices: int) -> dict[str, int]:
+def _mesh_sizes(mesh: Any, devices: int, slices: int = 1) -> dict[str, int]:
+    """Total data/fsdp/tensor sizes of a config's mesh section (per-slice sizes × slices)."""
+    dcn = {"data": int(mesh.get("dcn_data", 1)), "fsdp": int(mesh.get("dcn_fsdp", 1)),
+           "tensor": 1}
+    if dcn["data"] * dcn["fsdp"] != slices:
+        raise PlanError(f"mesh.dcn_data×mesh.dcn_fsdp = {dcn['data'] * dcn['fsdp']} but the "
+                        f"hardware has {slices} slice(s): set them to the slice count")
     sizes = {k: int(mesh[k]) for k in ("data", "fsdp", "tensor")}
+    per_slice = devices // slices
     fixed = math.prod(v for v in sizes.values() if v != -1)
     for k, v in sizes.items():
         if v == -1:
-            sizes[k] = devices // fixed
-    if math.prod(sizes.values()) != devices:
-        raise PlanError(f"mesh {sizes} does not use the {devices} devices of the hardware: "
-                         "set --config.mesh.* so data×fsdp×tensor = devices (or one -1)")
-    return sizes
+            sizes[k] = per_slice // fixed
+    if math.prod(sizes.values()) != per_slice:
+        raise PlanError(f"mesh {sizes} does not use the {per_slice} devices of a slice: "
+                        "set --config.mesh.* so data×fsdp×tensor = devices (or one -1)")
+    return {k: sizes[k] * dcn[k] for k in sizes}
 
 
 def activation_bytes(cfg: ModelConfig, micro_batch: float, seq_len: int,
@@ -129,7 +143,7 @@ def estimate(config: Any, hw: Hardware, mfu: float = 0.45) -> Plan:
     """The plan of run config `config` (a `run_config` ConfigDict) on `hw` at `mfu`."""
     cfg, tc = model_config_from(config.model), TrainConfig.from_config(config.train)
     seq = int(config.data.seq_len)
-    mesh = _mesh_sizes(config.mesh, hw.chips)
+    mesh = _mesh_sizes(config.mesh, hw.chips, hw.slices)
     batch_shards = mesh["data"] * mesh["fsdp"]
     if tc.batch_size % (tc.grad_accum * batch_shards):
         raise PlanError(f"batch {tc.batch_size} does not split into grad_accum {tc.grad_accum} "
@@ -198,7 +212,9 @@ def compile_train_step(config: Any, devices: Any) -> dict[str, float]:
     from lladax import sharding, train
 
     cfg, tc = model_config_from(config.model), TrainConfig.from_config(config.train)
-    mesh = sharding.make_mesh(**_mesh_sizes(config.mesh, len(devices)), devices=devices)
+    if cfg.attention_impl == "auto" and devices[0].platform == "tpu":
+        cfg = dataclasses.replace(cfg, attention_impl="splash")  # "auto" would see the CPU
+    mesh = sharding.make_mesh(**dict(config.mesh), devices=devices)
     optimizer = train.make_optimizer(tc)
     key = jax.eval_shape(lambda: jax.random.key(0))  # abstract: no array on any device
     t0 = time.perf_counter()
@@ -228,7 +244,7 @@ def aot_compile(config: Any, hw: Hardware) -> dict[str, float]:
         raise PlanError(f"ahead-of-time compilation needs a TPU slice name (e.g. v5p-64), "
                          f"not {hw.name}")
     try:
-        topo = topologies.get_topology_desc(hw.topology, "tpu")
+        topo = topologies.get_topology_desc(hw.topology, "tpu", num_slices=hw.slices)
     except Exception as e:  # libtpu missing or the topology unknown to it
         first_line = str(e).splitlines()[0] if str(e) else ""
         raise PlanError(f"cannot describe TPU topology {hw.topology} ({type(e).__name__}: "

@@ -18,6 +18,19 @@ def test_hardware_names(name, chips, topology):
     assert (hw.chips, hw.topology) == (chips, topology)
 
 
+def test_multislice_plan():
+    hw = plan.hardware("2xv5p-128")
+    assert (hw.chips, hw.slices, hw.topology) == (128, 2, "v5p:4x4x4")
+    config = load_config_file("configs/llada_8b.py:v5p-128")
+    with pytest.raises(plan.PlanError, match="slice count"):
+        plan.estimate(config, hw)
+    config.mesh.dcn_data = 2
+    config.train.grad_accum = 10
+    p = plan.estimate(config, hw)
+    assert p.mesh == {"data": 2, "fsdp": 64, "tensor": 1}
+    assert p.micro_batch_per_device == 1
+
+
 @pytest.mark.parametrize("name", ["v5p-24", "tpu-8", "8xv100", "v5p"])
 def test_unknown_hardware_is_a_clear_error(name):
     with pytest.raises(plan.PlanError, match="v5p-128|power of two"):
