@@ -77,9 +77,13 @@ def weighted_token_loss(logits: jax.Array, clean: jax.Array, noisy: jax.Array,
 
 
 def pretrain_token_loss(params: Any, cfg: ModelConfig, clean: jax.Array, noisy: jax.Array,
-                        p_mask: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
-    """Per-position pretraining loss [batch, seq] (see `weighted_token_loss`)."""
-    logits = model.apply(params, cfg, noisy, attention_mask)
+                        p_mask: jax.Array, attention_mask: jax.Array | None = None, *,
+                        segment_ids: jax.Array | None = None,
+                        positions: jax.Array | None = None) -> jax.Array:
+    """Per-position pretraining loss [batch, seq] (see `weighted_token_loss`); packed rows pass
+    `segment_ids`/`positions` [batch, seq] through to `model.apply`."""
+    logits = model.apply(params, cfg, noisy, attention_mask, segment_ids=segment_ids,
+                         positions=positions)
     token_loss = weighted_token_loss(logits, clean, noisy, p_mask, cfg.mask_token_id)
     if attention_mask is not None:
         token_loss = jnp.where(attention_mask.astype(bool), token_loss, 0.0)
@@ -87,13 +91,17 @@ def pretrain_token_loss(params: Any, cfg: ModelConfig, clean: jax.Array, noisy: 
 
 
 def pretrain_loss(params: Any, cfg: ModelConfig, clean: jax.Array, noisy: jax.Array,
-                  p_mask: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+                  p_mask: jax.Array, attention_mask: jax.Array | None = None, *,
+                  segment_ids: jax.Array | None = None,
+                  positions: jax.Array | None = None) -> jax.Array:
     """Σ_masked CE/p_mask ÷ number of positions (batch·seq, or the unmasked count if given).
 
     clean, noisy [batch, seq] int; p_mask [batch]; attention_mask [batch, seq] (1 = real token,
-    e.g. from `truncation_mask`) excludes positions from attention, loss and normaliser.
+    e.g. from `truncation_mask`, or `segment_ids > 0` for packed rows) excludes positions from
+    attention, loss and normaliser; segment_ids/positions [batch, seq] describe packed documents.
     """
-    token_loss = pretrain_token_loss(params, cfg, clean, noisy, p_mask, attention_mask)
+    token_loss = pretrain_token_loss(params, cfg, clean, noisy, p_mask, attention_mask,
+                                     segment_ids=segment_ids, positions=positions)
     n_positions = (clean.size if attention_mask is None
                    else jnp.sum(attention_mask.astype(jnp.float32)))
     return jnp.sum(token_loss) / n_positions

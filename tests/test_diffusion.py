@@ -94,3 +94,29 @@ def test_stratified_noise_levels_cover_the_batch_evenly():
     assert all(sorted(np.floor(row * 16).astype(int)) == list(range(16)) for row in t)
     # ...and each row's t is still U(0, 1) marginally (unbiased ELBO).
     assert abs(t[:, 0].mean() - 0.5) < 0.04 and abs(t[:, 5].std() - 12**-0.5) < 0.03
+
+
+def test_packed_loss_equals_per_document_losses(tiny_llada):
+    """Packed rows (segment ids, restarting positions, padding excluded) give the same loss sum as
+    each document alone: the loss normaliser counts real tokens only."""
+    cfg, params = tiny_llada
+    rng = np.random.default_rng(3)
+    docs = [rng.integers(5, cfg.vocab_size, size=n) for n in (9, 14)]
+    pad = 5
+    clean = np.concatenate([*docs, np.full(pad, cfg.eos_token_id)])[None]
+    segment_ids = np.concatenate([np.full(9, 1), np.full(14, 2), np.zeros(pad, int)])[None]
+    positions = np.concatenate([np.arange(9), np.arange(14), np.arange(pad)])[None]
+    noisy = np.where(rng.random(clean.shape) < 0.5, cfg.mask_token_id, clean)
+    p_mask = np.array([0.5], np.float32)
+    packed = diffusion.pretrain_loss(params, cfg, jnp.asarray(clean), jnp.asarray(noisy),
+                                     jnp.asarray(p_mask), jnp.asarray(segment_ids > 0),
+                                     segment_ids=jnp.asarray(segment_ids),
+                                     positions=jnp.asarray(positions))
+    total, start = 0.0, 0
+    for doc in docs:
+        sl = slice(start, start + len(doc))
+        total += float(diffusion.pretrain_token_loss(
+            params, cfg, jnp.asarray(clean[:, sl]), jnp.asarray(noisy[:, sl]),
+            jnp.asarray(p_mask)).sum())
+        start += len(doc)
+    np.testing.assert_allclose(float(packed), total / 23, rtol=1e-5)
