@@ -307,10 +307,15 @@ def run_config(model_preset: str, **model_overrides: Any):
     c.model = ml_collections.ConfigDict(
         {f.name: getattr(model_cfg, f.name) for f in dataclasses.fields(ModelConfig)})
     c.data = ml_collections.ConfigDict(dict(
-        source="embedded",   # "embedded" (Python's own docs) or a .txt/.jsonl file or directory
+        # "embedded" (Python's own docs), a .txt/.jsonl file or directory, a `lladax data
+        # prepare` directory (or "arrayrecord:GLOB"), or "tfds:NAME[:SPLIT]" (docs/data.md)
+        source="embedded",
         tokenizer="",        # "" = sentencepiece trained on the embedded text (vocab_size)
         seq_len=128,
         seed=0,
+        field="text",        # the text field of .jsonl lines / TFDS records
+        pack=False,          # True: one document per segment (segment_ids, positions), padded
+        workers=0,           # grain worker processes (0 = in-process); keep it fixed on resume
     ))
     c.train = ml_collections.ConfigDict(dataclasses.asdict(TrainConfig()))
     c.eval = ml_collections.ConfigDict(dict(every=100, batches=8, batch_size=16))

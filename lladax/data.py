@@ -1,204 +1,66 @@
-"""Text sources, tokenisation, packing and batching with grain.
+"""Pack, shuffle, shard and batch tokenised training data with grain; assemble global batches.
 
-Sources (`load_documents`):
-  * ``"embedded"``: text that ships with Python itself (``pydoc_data.topics`` plus the docstrings
-    of a fixed list of pure-Python standard-library modules), so training works offline on a fresh
-    machine. Deterministic for a given Python build.
-  * a ``.txt`` file: documents are separated by one or more blank lines.
-  * a ``.jsonl`` file: one JSON object per line, the document is its ``"text"`` field.
-  * a directory: every ``*.txt`` / ``*.jsonl`` file below it (recursive, sorted by path), each read
-    with the rule above.
+Sources (`lladax.sources`): ``"embedded"``, ``.txt`` / ``.jsonl`` files and directories,
+``tfds:NAME[:SPLIT]``, and ArrayRecord shards written by `prepare` (``lladax data prepare``).
+Each text document is split into ``"train"`` / ``"eval"`` by a hash of its text; prepared shards
+keep that split in separate files. Token ids come from `lladax.prepared` (the cached token stream
+of a text source, or prepared shards read lazily). The public names of both modules that callers
+have always used as ``data.NAME`` (``DataError``, ``load_documents``, ``token_stream``,
+``prepare``, ...) are re-exported here.
 
-Every source is split deterministically into ``"train"`` and ``"eval"`` by a hash of each
-document's text (about `EVAL_FRACTION` of the documents go to eval); ``split="all"`` keeps both.
+Two batch layouts (`make_batches`):
 
-Pipeline (`make_batches`): tokenise each document, append EOS, concatenate into one stream, cut
-into rows of ``seq_len`` tokens (LLaDA pretraining packs documents with EOS separators under full
-attention), shuffle rows with a seed (a fresh permutation each epoch), repeat, batch with
-``drop_remainder``. Elements are ``{"tokens": np.int32 [batch, seq_len]}``. The returned grain
-iterator checkpoints with ``get_state()`` / ``set_state()``. The token stream is cached as ``.npy``
-under the cache directory, keyed by tokenizer fingerprint, source fingerprint and split.
+* ``pack=False`` (default, LLaDA's pretraining layout): tokenise every document, append EOS,
+  concatenate into one stream, cut it into rows of ``seq_len`` that ignore document boundaries
+  (full attention across them), shuffle rows. Elements ``{"tokens": int32 [batch, seq_len]}``.
+* ``pack=True``: every document (+ EOS) is its own segment; documents longer than ``seq_len`` are
+  cut into pieces (counted: ``it.info["documents_split"]``); segments are shuffled, then packed
+  into rows with grain's first-fit packer and padded with the pad id. Elements add
+  ``"segment_ids"`` (1, 2, ... per segment in a row, 0 = padding) and ``"positions"`` (0, 1, ...
+  restarting in each segment), both int32 ``[batch, seq_len]``, which `lladax.model.apply` takes
+  so that no token attends across a document boundary.
+
+Shuffling is seeded (a fresh permutation per epoch); each JAX process reads a disjoint, equally
+sized shard (``ShardByJaxProcess`` semantics); ``workers > 0`` runs the pipeline in that many
+grain worker processes. The iterator's ``get_state()`` / ``set_state()`` resume it exactly (with
+workers too); `set_state` refuses a state saved by a differently configured pipeline.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import os
-import re
-import tempfile
-from collections.abc import Sequence
+import functools
+import logging
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lladax.corpus import embedded_documents, embedded_fingerprint
+from lladax import prepared, sources
+from lladax.corpus import embedded_documents, embedded_fingerprint  # noqa: F401 (re-exported)
+
+# Names this module has always exported (callers use data.DataError, data.prepare, ...).
+EMBEDDED, EVAL_FRACTION, SPLITS, DataError = (sources.EMBEDDED, sources.EVAL_FRACTION,
+                                              sources.SPLITS, sources.DataError)
+atomic_write_bytes, cache_root, documents_digest = (sources.atomic_write_bytes,
+                                                    sources.cache_root, sources.documents_digest)
+load_documents, read_documents, source_fingerprint, split_of = (
+    sources.load_documents, sources.read_documents, sources.source_fingerprint, sources.split_of)
+corpus_tokens, token_stream, tokenize_corpus, tokenize_documents, prepare = (
+    prepared.corpus_tokens, prepared.token_stream, prepared.tokenize_corpus,
+    prepared.tokenize_documents, prepared.prepare)
 
 if TYPE_CHECKING:
     import grain
+    import jax
 
     from lladax.tokenizer import Tokenizer
 
-EVAL_FRACTION = 0.02
-SPLITS = ("train", "eval", "all")
-EMBEDDED = "embedded"
-
-class DataError(ValueError):
-    """A data source is missing, empty or malformed; the message names the source and the fix."""
+log = logging.getLogger("lladax.data")
+PACKING_BINS = 64  # first-fit bins per packing round: more bins, less padding (see docs/data.md)
 
 
-def source_fingerprint(source: str | Path) -> str:
-    """Cheap identity of a source for cache keys: `embedded_fingerprint` for ``"embedded"``,
-    else the resolved path with each file's size and mtime."""
-    if str(source) == EMBEDDED:
-        return embedded_fingerprint()
-    p = Path(source).expanduser().resolve()
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
-    return hashlib.sha256(json.dumps([str(p), stats]).encode()).hexdigest()[:16]
-
-
-# --- files, cache, splits -----------------------------------------------------------------------
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir`` or ``$LLADAX_CACHE`` or ``~/.cache/lladax`` (created on demand by writers)."""
-    if cache_dir is None:
-        cache_dir = os.environ.get("LLADAX_CACHE") or Path.home() / ".cache" / "lladax"
-    return Path(cache_dir).expanduser()
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> Path:
-    """Write ``payload`` to a temp file beside ``path`` then rename it into place (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def documents_digest(documents: Sequence[str]) -> str:
-    """A short content hash of a list of documents (order-sensitive)."""
-    h = hashlib.sha256()
-    for doc in documents:
-        h.update(doc.encode("utf-8", "surrogatepass"))
-        h.update(b"\x00")
-    return h.hexdigest()[:16]
-
-
-def split_of(document: str) -> str:
-    """``"eval"`` for about `EVAL_FRACTION` of documents (by content hash), else ``"train"``."""
-    bucket = int(hashlib.sha256(document.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16)
-    return "eval" if bucket % 10_000 < EVAL_FRACTION * 10_000 else "train"
-
-
-def _read_txt(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return [doc.strip("\n") for doc in re.split(r"\n[ \t\r]*\n", text) if doc.strip()]
-
-
-def _read_jsonl(path: Path) -> list[str]:
-    docs = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                text = record["text"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{path}:{lineno}: expected a JSON object with a 'text' field "
-                                f"({type(e).__name__}: {e})") from None
-            if not isinstance(text, str):
-                raise DataError(f"{path}:{lineno}: 'text' must be a string, got {type(text)}")
-            if text.strip():
-                docs.append(text)
-    return docs
-
-
-def read_documents(path: str | Path) -> list[str]:
-    """All documents of a ``.txt`` / ``.jsonl`` file or a directory of them (see module doc)."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(
-            f"data path {p} does not exist: pass a .txt/.jsonl file or a directory of them, "
-            f"or {EMBEDDED!r} for the built-in corpus")
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in (".txt", ".jsonl"))
-        if not files:
-            raise DataError(f"data directory {p} holds no .txt or .jsonl files")
-    elif p.suffix in (".txt", ".jsonl"):
-        files = [p]
-    else:
-        raise DataError(f"data file {p} has an unknown type: use a .txt or .jsonl file")
-    docs: list[str] = []
-    for f in files:
-        docs.extend(_read_jsonl(f) if f.suffix == ".jsonl" else _read_txt(f))
-    return docs
-
-
-def load_documents(source: str | Path = EMBEDDED, split: str = "train") -> list[str]:
-    """Documents of ``source`` (``"embedded"`` or a path) in ``split`` (train / eval / all)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-    name = str(source)
-    docs = embedded_documents() if name == EMBEDDED else read_documents(source)
-    if split != "all":
-        docs = [d for d in docs if split_of(d) == split]
-    if not docs:
-        raise DataError(f"data source {name!r} has no documents in split {split!r}: add text "
-                        "(eval takes ~2% of documents by hash; a tiny source may have none), "
-                        "or use split='all'")
-    return docs
-
-
-# --- tokenise, pack, batch ----------------------------------------------------------------------
-def tokenize_documents(tokenizer: Tokenizer, documents: Sequence[str], *,
-                       add_eos: bool = True) -> np.ndarray:
-    """Documents -> one int32 stream ``[n_tokens]``, EOS after each document if ``add_eos``."""
-    encoded = tokenizer.encode_batch(list(documents))
-    eos = [tokenizer.eos_id] if add_eos else []
-    lengths = [len(ids) + len(eos) for ids in encoded]
-    stream = np.empty(sum(lengths), np.int32)
-    pos = 0
-    for ids, n in zip(encoded, lengths, strict=True):
-        stream[pos:pos + n] = ids + eos
-        pos += n
-    return stream
-
-
-def token_stream(tokenizer: Tokenizer, *, source: str | Path = EMBEDDED, split: str = "train",
-                 add_eos: bool = True, cache_dir: str | Path | None = None,
-                 use_cache: bool = True) -> np.ndarray:
-    """The tokenised split as int32 ``[n_tokens]``, cached at
-    ``<cache>/tokens/<tokenizer fingerprint>_<source fingerprint>_<split>_<eos>.npy``."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-    if str(source) != EMBEDDED and not Path(source).expanduser().exists():
-        read_documents(source)  # raises the FileNotFoundError with the fix
-    key = (f"{tokenizer.fingerprint}_{source_fingerprint(source)}_{split}_"
-           f"{'eos' if add_eos else 'noeos'}")
-    path = cache_root(cache_dir) / "tokens" / f"{key}.npy"
-    if use_cache and path.is_file():
-        try:
-            return np.load(path)
-        except (OSError, ValueError):
-            pass  # a corrupt cache file: rebuild it
-    docs = load_documents(source, split)
-    stream = tokenize_documents(tokenizer, docs, add_eos=add_eos)
-    if use_cache:
-        buf = io.BytesIO()
-        np.save(buf, stream)
-        atomic_write_bytes(path, buf.getvalue())
-    return stream
-
-
+# --- rows and segments --------------------------------------------------------------------------
 def pack_rows(stream: np.ndarray, seq_len: int) -> np.ndarray:
     """Cut a stream ``[n]`` into rows ``[n // seq_len, seq_len]`` (the tail is dropped)."""
     if seq_len <= 0:
@@ -207,74 +69,314 @@ def pack_rows(stream: np.ndarray, seq_len: int) -> np.ndarray:
     return stream[:n_rows * seq_len].reshape(n_rows, seq_len)
 
 
-def _as_example(row: np.ndarray) -> dict[str, np.ndarray]:
-    return {"tokens": row}
+def document_spans(starts: np.ndarray, seq_len: int) -> tuple[np.ndarray, int]:
+    """Segments of at most ``seq_len`` tokens: (spans int64 ``[n_segments, 2]`` of [start, end)
+    stream offsets, number of documents longer than ``seq_len`` that were cut into pieces)."""
+    if seq_len <= 0:
+        raise ValueError(f"seq_len must be positive, got {seq_len}")
+    lengths = np.diff(starts)
+    pieces = -(-lengths // seq_len)
+    doc = np.repeat(np.arange(len(lengths)), pieces)
+    first_piece = np.repeat(np.cumsum(pieces) - pieces, pieces)
+    begin = starts[doc] + (np.arange(len(doc)) - first_piece) * seq_len
+    end = np.minimum(begin + seq_len, starts[doc + 1])
+    return np.stack([begin, end], axis=1), int((pieces > 1).sum())
 
 
-def _rows(tokenizer: Tokenizer, source: str | Path, split: str, seq_len: int, batch_size: int,
-          add_eos: bool, cache_dir: str | Path | None) -> np.ndarray:
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    stream = token_stream(tokenizer, source=source, split=split, add_eos=add_eos,
-                          cache_dir=cache_dir)
-    rows = pack_rows(stream, seq_len)
-    if len(rows) == 0:
-        raise DataError(f"data source {str(source)!r} split {split!r} has {len(stream)} tokens, "
-                        f"fewer than one row of seq_len={seq_len}: add data or lower seq_len")
-    return rows
+class _Rows:
+    """Map: a row ``[seq_len]`` -> ``{"tokens": row}`` (module level: picklable for workers)."""
+
+    def __call__(self, row: np.ndarray) -> dict[str, np.ndarray]:
+        return {"tokens": row}
+
+
+class _Span:
+    """Map: a [start, end) span -> ``{"tokens": stream[start:end]}``."""
+
+    def __init__(self, stream: np.ndarray) -> None:
+        self.stream = stream
+
+    def __call__(self, span: np.ndarray) -> dict[str, np.ndarray]:
+        return {"tokens": self.stream[span[0]:span[1]]}
+
+
+class _Record:
+    """Map: a prepared ArrayRecord record -> ``{"tokens": int32 [n]}``."""
+
+    def __call__(self, record: bytes) -> dict[str, np.ndarray]:
+        return {"tokens": prepared.decode_record(record)}
+
+
+class _Pieces:
+    """FlatMap: a segment longer than ``seq_len`` -> its pieces (prepared with a larger
+    ``--seq-len`` than the run's)."""
+
+    def __init__(self, seq_len: int, max_len: int) -> None:
+        self.seq_len, self.max_fan_out = seq_len, -(-max_len // seq_len)
+
+    def flat_map(self, element: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        t = element["tokens"]
+        return [{"tokens": t[i:i + self.seq_len]} for i in range(0, len(t), self.seq_len)]
+
+
+class _Packed:
+    """Map: grain's packer output -> ``{"tokens", "segment_ids", "positions"}``."""
+
+    def __call__(self, e: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"tokens": e["tokens"], "segment_ids": e["tokens_segment_ids"].astype(np.int32),
+                "positions": e["tokens_positions"].astype(np.int32)}
+
+
+class _TokensOnly:
+    def __call__(self, e: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"tokens": e["tokens"]}
+
+
+# --- the grain pipeline -------------------------------------------------------------------------
+def _shard(ds: grain.MapDataset, shard: Any, what: str) -> grain.MapDataset:
+    """This process's interleaved slice; with ``drop_remainder`` every shard has the same length
+    (hosts must agree on the number of steps in a finite epoch)."""
+    if shard.shard_count == 1:
+        return ds
+    n = len(ds) - len(ds) % shard.shard_count if shard.drop_remainder else len(ds)
+    ds = ds[:n][shard.shard_index::shard.shard_count]
+    if len(ds) == 0:
+        raise DataError(f"{what} are too few for {shard.shard_count} processes: add data")
+    return ds
+
+
+def _shard_options(process_index: int | None, process_count: int | None, shard: Any) -> Any:
+    import grain
+
+    if shard is not None:
+        return shard
+    if process_index is None and process_count is None:
+        return grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    process_count = 1 if process_count is None else process_count
+    process_index = 0 if process_index is None else process_index
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+    return grain.sharding.ShardOptions(process_index, process_count, drop_remainder=True)
+
+
+def _build(tokenizer: Tokenizer, *, source: str | Path, split: str, seq_len: int,
+           batch_size: int, seed: int, num_epochs: int | None, add_eos: bool, field: str,
+           pack: bool, workers: int, shard: Any, cache_dir: str | Path | None
+           ) -> tuple[Any, dict[str, Any]]:
+    import grain
+    import grain.experimental as gx
+    # Grain's read threads only add overhead on data in RAM or on local disk (0 threads read
+    # prepared shards 3-4x faster here than the default 16); `workers` parallelise instead.
+    in_process = grain.ReadOptions(num_threads=0)
+
+    if batch_size <= 0 or seq_len <= 0:
+        raise ValueError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
+    if workers < 0:
+        raise ValueError(f"data.workers must be >= 0 (0 = in-process), got {workers}")
+    spec = sources.parse_source(source)
+    info: dict[str, Any] = {"source": str(source), "split": split, "pack": pack}
+    where = f"data source {str(source)!r} split {split!r}"
+    if spec.tokenized:  # lazy: records are read from disk as the iterator advances
+        manifest, files = prepared.prepared_files(spec.location, split)
+        prepared.check_prepared(manifest, tokenizer, str(source))
+        stats = [manifest["splits"][s] for s in (["train", "eval"] if split == "all" else [split])]
+        max_len = max(s["max_len"] for s in stats)
+        info.update({k: sum(s[k] for s in stats) for k in ("documents", "documents_split",
+                                                            "tokens")})
+        info["split_at"] = manifest["seq_len"]  # prepare cut (and counted) at its --seq-len
+        ds = grain.MapDataset.source(prepared.record_source(files))
+        ds = _shard(ds, shard, f"{where} records")
+        ds = ds.shuffle(seed=seed).repeat(num_epochs).map(_Record())
+        it = ds.to_iter_dataset(in_process)
+        if pack and max_len > seq_len:
+            log.info("%s: records of up to %d tokens are cut to seq_len=%d as they are read "
+                     "(prepare with --seq-len %d to count them up front)", where, max_len,
+                     seq_len, seq_len)
+            it = gx.FlatMapIterDataset(it, _Pieces(seq_len, max_len))
+        if not pack:
+            it = gx.ConcatThenSplitIterDataset(it, length_struct={"tokens": seq_len}).map(
+                _TokensOnly())
+    else:
+        stream, starts = corpus_tokens(tokenizer, source=source, split=split, field=field,
+                                       add_eos=add_eos, cache_dir=cache_dir)
+        spans, n_split = document_spans(starts, seq_len)
+        info.update(documents=len(starts) - 1, documents_split=n_split, tokens=len(stream),
+                    split_at=seq_len)
+        if not pack:  # the original continuous-stream layout, unchanged
+            rows = pack_rows(stream, seq_len)
+            if len(rows) == 0:
+                raise DataError(f"{where} has {len(stream)} tokens, fewer than one row of "
+                                f"seq_len={seq_len}: add data or lower seq_len")
+            info["rows"] = len(rows)
+            ds = _shard(grain.MapDataset.source(rows), shard, f"{len(rows)} rows")
+            ds = ds.shuffle(seed=seed).repeat(num_epochs).map(_Rows())
+            ds = ds.batch(batch_size, drop_remainder=True)
+            if workers:
+                ds = ds.to_iter_dataset(in_process).mp_prefetch(
+                    grain.MultiprocessingOptions(workers))
+            return ds, info
+        if len(spans) == 0:
+            raise DataError(f"{where} has no tokens: add data")
+        ds = _shard(grain.MapDataset.source(spans), shard, f"{len(spans)} documents")
+        it = ds.shuffle(seed=seed).repeat(num_epochs).map(_Span(stream))
+        it = it.to_iter_dataset(in_process)
+    if info["documents_split"]:
+        log.info("%s: %d of %d documents are longer than %d tokens and cut into pieces",
+                 where, info["documents_split"], info["documents"], info["split_at"])
+    if pack:
+        it = gx.FirstFitPackIterDataset(
+            it, length_struct={"tokens": seq_len}, num_packing_bins=max(PACKING_BINS, batch_size),
+            seed=seed, padding_struct={"tokens": tokenizer.pad_id}).map(_Packed())
+    it = it.batch(batch_size, drop_remainder=True)
+    if workers:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(workers))
+    return it, info
 
 
 def make_dataset(tokenizer: Tokenizer, *, source: str | Path = EMBEDDED, split: str = "train",
                  seq_len: int, batch_size: int, seed: int = 0, num_epochs: int | None = None,
-                 add_eos: bool = True, process_index: int = 0, process_count: int = 1,
-                 cache_dir: str | Path | None = None) -> grain.MapDataset:
-    """The grain `MapDataset` behind `make_batches` (rows -> shard -> shuffle -> repeat -> batch).
+                 add_eos: bool = True, process_index: int | None = None,
+                 process_count: int | None = None, cache_dir: str | Path | None = None,
+                 field: str = "text", pack: bool = False, workers: int = 0,
+                 shard: Any = None) -> grain.MapDataset | grain.IterDataset:
+    """The grain dataset behind `make_batches` (a `MapDataset` for the default unpacked layout of
+    a text source without workers, else an `IterDataset`).
 
-    Each process (host) takes every ``process_count``-th row starting at ``process_index``, so
-    hosts see disjoint data; ``batch_size`` is per process.
+    Sharding: ``shard`` (a ``grain.sharding.ShardOptions``), or ``process_index`` /
+    ``process_count``, or by default this JAX process's share (``ShardByJaxProcess``). Shards
+    interleave (row ``i`` goes to process ``i % count``) and have equal length (the remainder is
+    dropped); ``batch_size`` is per process.
     """
-    import grain
-
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} not in [0, {process_count})")
-    rows = _rows(tokenizer, source, split, seq_len, batch_size, add_eos, cache_dir)
-    ds = grain.MapDataset.source(rows)
-    if process_count > 1:
-        ds = ds.slice(slice(process_index, None, process_count))
-        if len(ds) == 0:
-            raise DataError(f"{len(rows)} rows are too few for {process_count} processes")
-    ds = ds.shuffle(seed=seed).repeat(num_epochs).map(_as_example)
-    return ds.batch(batch_size, drop_remainder=True)
+    sources.check_split(split)
+    return _build(tokenizer, source=source, split=split, seq_len=seq_len, batch_size=batch_size,
+                  seed=seed, num_epochs=num_epochs, add_eos=add_eos, field=field, pack=pack,
+                  workers=workers, shard=_shard_options(process_index, process_count, shard),
+                  cache_dir=cache_dir)[0]
 
 
 def make_batches(tokenizer: Tokenizer, *, source: str | Path = EMBEDDED, split: str = "train",
                  seq_len: int, batch_size: int, seed: int = 0, num_epochs: int | None = None,
-                 add_eos: bool = True, process_index: int = 0, process_count: int = 1,
-                 cache_dir: str | Path | None = None) -> grain.DatasetIterator:
-    """A checkpointable iterator of ``{"tokens": np.int32 [batch_size, seq_len]}``.
+                 add_eos: bool = True, process_index: int | None = None,
+                 process_count: int | None = None, cache_dir: str | Path | None = None,
+                 field: str = "text", pack: bool = False, workers: int = 0,
+                 shard: Any = None) -> Any:
+    """A checkpointable iterator of batches of int32 ``[batch_size, seq_len]`` arrays:
+    ``{"tokens"}``, plus ``{"segment_ids", "positions"}`` when ``pack`` (see module doc).
 
-    Documents are tokenised, joined with EOS and packed into rows; rows are shuffled with
-    ``seed`` (a new permutation every epoch) and repeated ``num_epochs`` times (None: forever).
-    Resume exactly with ``it.get_state()`` / ``it.set_state(state)`` (or grain's Orbax handler).
+    ``it.get_state()`` is a JSON-able dict; ``it.set_state(state)`` on a freshly built iterator
+    with the same arguments continues exactly where ``state`` was taken (also with ``workers``).
+    ``it.info`` holds counts (documents, documents_split, tokens). Arguments as `make_dataset`.
     """
-    return iter(make_dataset(tokenizer, source=source, split=split, seq_len=seq_len,
-                             batch_size=batch_size, seed=seed, num_epochs=num_epochs,
-                             add_eos=add_eos, process_index=process_index,
-                             process_count=process_count, cache_dir=cache_dir))
+    import grain
+
+    sources.check_split(split)
+    shard = _shard_options(process_index, process_count, shard)
+    ds, info = _build(tokenizer, source=source, split=split, seq_len=seq_len,
+                      batch_size=batch_size, seed=seed, num_epochs=num_epochs, add_eos=add_eos,
+                      field=field, pack=pack, workers=workers, shard=shard, cache_dir=cache_dir)
+    if workers:
+        _absl_flags_parsed()
+    signature = dict(source=str(source), split=split, field=field, seq_len=seq_len,
+                     batch_size=batch_size, seed=seed, num_epochs=num_epochs, add_eos=add_eos,
+                     pack=pack, workers=workers, shard_index=shard.shard_index,
+                     shard_count=shard.shard_count, tokenizer=tokenizer.fingerprint)
+    if isinstance(ds, grain.MapDataset):
+        ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0))  # as in `_build`
+    return _iterator_class()(iter(ds), signature, info)
+
+
+def options_from_config(data_config: Any) -> dict[str, Any]:
+    """`make_batches` keyword arguments from a run config's ``data`` section."""
+    d = data_config
+    return dict(source=d.source, seq_len=d.seq_len, seed=d.seed, field=d.get("field", "text"),
+                pack=bool(d.get("pack", False)), workers=int(d.get("workers", 0)))
+
+
+def _absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags, which raise unless parsed (outside app.run)."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(sys.argv[:1])
+
+
+@functools.cache
+def _iterator_class() -> type:
+    import grain
+
+    class PipelineIterator(grain.DatasetIterator):
+        """A grain iterator whose state also records the pipeline settings it belongs to."""
+
+        def __init__(self, parent: Any, signature: dict[str, Any], info: dict[str, Any]):
+            super().__init__(parent)
+            self.signature, self.info = signature, info
+
+        def __next__(self) -> dict[str, np.ndarray]:
+            return next(self._parent)
+
+        def get_state(self) -> dict[str, Any]:
+            return {"pipeline": self.signature, "grain": self._parent.get_state()}
+
+        def set_state(self, state: dict[str, Any]) -> None:
+            if "pipeline" not in state:  # a bare grain state (checkpoints before this wrapper)
+                self._parent.set_state(state)
+                return
+            saved = state["pipeline"]
+            diff = {k: (saved.get(k), v) for k, v in self.signature.items() if saved.get(k) != v}
+            if diff:
+                what = ", ".join(f"{k}={a!r} then, {b!r} now" for k, (a, b) in diff.items())
+                raise DataError(f"the data iterator state was saved by another pipeline ({what})"
+                                ": resume with the same data settings, batch size and process "
+                                "count, or start a new run directory")
+            self._parent.set_state(state["grain"])
+
+        def close(self) -> None:
+            close = getattr(self._parent, "close", None)
+            if close is not None:
+                close()
+
+    return PipelineIterator
 
 
 def eval_batches(tokenizer: Tokenizer, *, source: str | Path = EMBEDDED, split: str = "eval",
                  seq_len: int, batch_size: int, max_batches: int | None = None,
-                 add_eos: bool = True, cache_dir: str | Path | None = None
-                 ) -> list[dict[str, np.ndarray]]:
-    """The held-out split as a fixed list of ``{"tokens": np.int32 [batch_size, seq_len]}``,
-    in order (no shuffle), at most ``max_batches``; the last partial batch is dropped."""
-    rows = _rows(tokenizer, source, split, seq_len, batch_size, add_eos, cache_dir)
+                 add_eos: bool = True, cache_dir: str | Path | None = None,
+                 field: str = "text") -> list[dict[str, np.ndarray]]:
+    """The held-out split as a fixed list of ``{"tokens": np.int32 [batch_size, seq_len]}``
+    (continuous-stream rows, in order, no shuffle), at most ``max_batches``."""
+    stream = token_stream(tokenizer, source=source, split=split, add_eos=add_eos,
+                          cache_dir=cache_dir, field=field)
+    rows = pack_rows(stream, seq_len)
+    where = f"data source {str(source)!r} split {split!r}"
+    if len(rows) == 0:
+        raise DataError(f"{where} has {len(stream)} tokens, fewer than one row of "
+                        f"seq_len={seq_len}: add data or lower seq_len")
     n = len(rows) // batch_size
     if max_batches is not None:
         n = min(n, max_batches)
     if n == 0:
-        raise DataError(f"data source {str(source)!r} split {split!r} has {len(rows)} rows of "
-                        f"seq_len={seq_len}, fewer than batch_size={batch_size}: lower one")
+        raise DataError(f"{where} has {len(rows)} rows of seq_len={seq_len}, fewer than "
+                        f"batch_size={batch_size}: lower one")
     return [{"tokens": rows[i * batch_size:(i + 1) * batch_size].copy()} for i in range(n)]
 
+
+# --- global batches -----------------------------------------------------------------------------
+def global_batch(local_batch: dict[str, np.ndarray], sharding: jax.sharding.NamedSharding
+                 ) -> dict[str, jax.Array]:
+    """This process's rows ``[local_batch, ...]`` -> global arrays ``[local_batch * processes,
+    ...]`` laid out by ``sharding`` (rows of process ``i`` follow those of ``i - 1``); every
+    process calls it with its own rows. With one process it is a sharded ``device_put``."""
+    import jax
+
+    rows = {k: np.shape(v)[0] for k, v in local_batch.items()}
+    if len(set(rows.values())) > 1:
+        raise ValueError(f"batch leaves have different row counts {rows}")
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local_batch.items()}
+
+
+__all__ = [
+    "EMBEDDED", "SPLITS", "DataError", "corpus_tokens", "document_spans", "eval_batches",
+    "global_batch", "load_documents", "make_batches", "make_dataset", "options_from_config",
+    "pack_rows", "prepare", "token_stream", "tokenize_corpus", "tokenize_documents",
+]

@@ -1,4 +1,4 @@
-"""Data: embedded corpus, sources, splits, token cache, grain batches and iterator resume."""
+"""Data: embedded corpus, sources, splits, grain batches and iterator resume."""
 
 from __future__ import annotations
 
@@ -83,26 +83,20 @@ def test_bad_sources_give_clear_errors(tmp_path):
         data.load_documents(tmp_path / "d")
 
 
-# --- tokenising and batching ----------------------------------------------------------------------
-def test_token_stream_eos_and_cache(tok, tmp_path, cache_dir, monkeypatch):
-    docs = _write_txt(tmp_path / "a.txt", n=10)
-    stream = data.token_stream(tok, source=tmp_path / "a.txt", split="all", cache_dir=cache_dir)
-    assert stream.dtype == np.int32 and (stream == tok.eos_id).sum() == len(docs)
-    pieces = np.split(stream, np.flatnonzero(stream == tok.eos_id) + 1)[:-1]
-    assert [tok.decode(p[:-1]) for p in pieces] == docs
+def test_reexported_names_are_the_defining_modules():
+    """`lladax.data` keeps the names callers have always used; they are the same objects."""
+    from lladax import prepared, sources
 
-    def boom(*args, **kwargs):
-        raise AssertionError("re-tokenised although cached")
-
-    monkeypatch.setattr(data, "tokenize_documents", boom)
-    again = data.token_stream(tok, source=tmp_path / "a.txt", split="all", cache_dir=cache_dir)
-    np.testing.assert_array_equal(again, stream)
-    monkeypatch.undo()
-    no_eos = data.token_stream(tok, source=tmp_path / "a.txt", split="all", add_eos=False,
-                               cache_dir=cache_dir)
-    assert len(no_eos) == len(stream) - len(docs) and tok.eos_id not in no_eos
+    for name in ("DataError", "EMBEDDED", "SPLITS", "load_documents", "read_documents",
+                 "split_of", "cache_root", "atomic_write_bytes", "source_fingerprint"):
+        assert getattr(data, name) is getattr(sources, name), name
+    for name in ("prepare", "token_stream", "corpus_tokens", "tokenize_corpus",
+                 "tokenize_documents"):
+        assert getattr(data, name) is getattr(prepared, name), name
+    assert all(hasattr(data, name) for name in data.__all__)
 
 
+# --- batching -------------------------------------------------------------------------------------
 def test_batches_shape_dtype_and_vocab(tok, cache_dir):
     it = data.make_batches(tok, seq_len=64, batch_size=4, seed=1, cache_dir=cache_dir)
     batches = [next(it) for _ in range(3)]
@@ -146,11 +140,11 @@ def test_epochs_reshuffle_and_finite(tok, tmp_path, cache_dir):
     assert len(list(data.make_batches(tok, batch_size=3, num_epochs=1, **kwargs))) == (
         len(rows) // 3)
     shards = [np.concatenate([b["tokens"] for b in data.make_batches(
-        tok, batch_size=1, num_epochs=1, process_index=i, process_count=2, **kwargs)])
-        for i in range(2)]
-    assert abs(len(shards[0]) - len(shards[1])) <= 1
-    both = np.concatenate(shards)  # the two hosts partition the rows
-    assert sorted(map(bytes, both)) == sorted(map(bytes, rows))
+        tok, batch_size=1, num_epochs=1, process_index=i, process_count=3, **kwargs)])
+        for i in range(3)]
+    assert len(shards[0]) == len(shards[1]) == len(shards[2]) == len(rows) // 3  # equal steps
+    both = np.concatenate(shards)  # the hosts partition the rows (the remainder is dropped)
+    assert sorted(map(bytes, both)) == sorted(map(bytes, rows[:len(rows) - len(rows) % 3]))
     with pytest.raises(data.DataError, match="seq_len"):
         data.make_batches(tok, batch_size=1, **{**kwargs, "seq_len": 10**6})
 
@@ -168,3 +162,166 @@ def test_eval_batches_fixed(tok, cache_dir):
     assert len(everything) >= 3
     with pytest.raises(data.DataError, match="batch_size"):
         data.eval_batches(tok, seq_len=64, batch_size=10**5, cache_dir=cache_dir)
+
+
+# --- packing --------------------------------------------------------------------------------------
+def _expected_segments(tok, docs: list[str], seq_len: int) -> list[bytes]:
+    """Each document + EOS cut into pieces of at most seq_len, computed one document at a time."""
+    out = []
+    for d in docs:
+        ids = np.array([*tok.encode(d), tok.eos_id], np.int32)
+        out += [ids[i:i + seq_len].tobytes() for i in range(0, len(ids), seq_len)]
+    return out
+
+
+def _segments(batch: dict[str, np.ndarray], pad_id: int) -> list[bytes]:
+    """Split packed rows back into segments, checking the segment/position invariants."""
+    out = []
+    for toks, seg, pos in zip(batch["tokens"], batch["segment_ids"], batch["positions"],
+                              strict=True):
+        n_seg = int(seg.max())
+        assert n_seg >= 1 and (seg[seg > 0] == np.maximum.accumulate(seg)[seg > 0]).all()
+        used = seg > 0
+        assert used[:used.sum()].all()  # segments first, then padding
+        assert (toks[~used] == pad_id).all() and (pos[~used] == 0).all()
+        for s in range(1, n_seg + 1):
+            where = np.flatnonzero(seg == s)
+            assert (np.diff(where) == 1).all()  # contiguous
+            np.testing.assert_array_equal(pos[where], np.arange(len(where)))
+            out.append(toks[where].tobytes())
+    return out
+
+
+def test_packed_epoch_holds_every_document_once(tok, tmp_path, cache_dir, caplog):
+    docs = _write_txt(tmp_path / "a.txt", n=30)
+    long_doc = " ".join(f"word{i}" for i in range(120))  # far longer than seq_len tokens
+    (tmp_path / "b.txt").write_text(long_doc)
+    docs.append(long_doc)
+    seq_len = 48
+    caplog.set_level("INFO", logger="lladax.data")
+    it = data.make_batches(tok, source=tmp_path, split="all", seq_len=seq_len, batch_size=1,
+                           num_epochs=1, pack=True, seed=0, cache_dir=cache_dir)
+    batches = list(it)
+    for b in batches:
+        assert set(b) == {"tokens", "segment_ids", "positions"}
+        assert all(v.shape == (1, seq_len) and v.dtype == np.int32 for v in b.values())
+    got = [s for b in batches for s in _segments(b, tok.pad_id)]
+    assert sorted(got) == sorted(_expected_segments(tok, docs, seq_len))
+    n_long = sum(len(tok.encode(d)) + 1 > seq_len for d in docs)
+    assert n_long >= 1 and it.info["documents_split"] == n_long
+    assert it.info["documents"] == len(docs)
+    assert f"{n_long} of {len(docs)} documents are longer than 48 tokens" in caplog.text
+    fill = np.mean([(b["segment_ids"] > 0).mean() for b in batches])
+    assert fill > 0.7  # first-fit packing wastes little (~20-token documents, rows of 48)
+
+
+def test_packed_batches_shuffle_and_shard(tok, tmp_path, cache_dir):
+    _write_txt(tmp_path / "a.txt", n=50)
+    kwargs = dict(source=tmp_path / "a.txt", split="all", seq_len=32, batch_size=1,
+                  num_epochs=1, pack=True, cache_dir=cache_dir)
+
+    def segments(**kw):
+        return [s for b in data.make_batches(tok, **kwargs, **kw) for s in
+                _segments(b, tok.pad_id)]
+    a, b = segments(seed=1), segments(seed=2)
+    assert a != b and sorted(a) == sorted(b)
+    parts = [segments(seed=1, process_index=i, process_count=2) for i in range(2)]
+    assert not set(parts[0]) & set(parts[1])
+    assert len(set(parts[0]) | set(parts[1])) >= len(set(a)) - 1  # at most the remainder lost
+
+
+def test_packed_state_round_trip_and_mismatch(tok, cache_dir):
+    kwargs = dict(seq_len=64, batch_size=4, seed=5, pack=True, cache_dir=cache_dir)
+    it = data.make_batches(tok, **kwargs)
+    for _ in range(5):  # part-way through a packing round (64 bins = 16 batches)
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))  # what a checkpoint stores
+    want = [next(it) for _ in range(20)]  # crosses into the next packing round
+    fresh = data.make_batches(tok, **kwargs)
+    fresh.set_state(state)
+    for w in want:
+        got = next(fresh)
+        for k in w:
+            np.testing.assert_array_equal(got[k], w[k])
+    other = data.make_batches(tok, **{**kwargs, "batch_size": 8})
+    with pytest.raises(data.DataError, match=r"batch_size=4 then, 8 now"):
+        other.set_state(state)
+
+
+def test_workers_resume_bit_exact(tok, cache_dir):
+    """A worker process gives the in-process batches, and its state resumes exactly (set_state
+    is served by the running worker: one process start keeps the test cheap)."""
+    kwargs = dict(seq_len=64, batch_size=4, seed=2, pack=True, cache_dir=cache_dir)
+    ref = data.make_batches(tok, **kwargs)
+    expected = [next(ref) for _ in range(6)]
+    it = data.make_batches(tok, workers=1, **kwargs)
+    try:
+        for w in expected[:3]:
+            np.testing.assert_array_equal(next(it)["segment_ids"], w["segment_ids"])
+        state = json.loads(json.dumps(it.get_state()))
+        for w in expected[3:]:
+            np.testing.assert_array_equal(next(it)["tokens"], w["tokens"])
+        next(it)
+        it.set_state(state)
+        for w in expected[3:]:
+            got = next(it)
+            for k in w:
+                np.testing.assert_array_equal(got[k], w[k])
+    finally:
+        it.close()
+    with pytest.raises(data.DataError, match="workers=1 then, 0 now"):
+        data.make_batches(tok, **kwargs).set_state(state)
+
+
+def test_packed_logits_equal_documents_alone(tok, tmp_path, cache_dir, tiny_llada):
+    """(f) A packed row's logits equal each document's logits run alone: nothing attends across
+    a document boundary and RoPE positions restart."""
+    from lladax import model
+
+    short = [f"Doc {i} on topic {i % 5}." for i in range(40)]  # ~10 tokens: several per row
+    (tmp_path / "a.txt").write_text("\n\n".join(short))
+    cfg, params = tiny_llada  # a trained-shape LLaDA (vocab 320): ids are folded into it
+    batch = next(data.make_batches(tok, source=tmp_path / "a.txt", split="all", seq_len=64,
+                                   batch_size=2, seed=0, pack=True, cache_dir=cache_dir))
+    batch["tokens"] %= cfg.vocab_size
+    assert (batch["segment_ids"].max(axis=1) >= 2).all()  # rows really hold several documents
+    packed = np.asarray(model.forward(params, cfg, batch["tokens"],
+                                      segment_ids=batch["segment_ids"],
+                                      positions=batch["positions"]))
+    plain = np.asarray(model.forward(params, cfg, batch["tokens"]))
+    docs = [(r, np.flatnonzero(batch["segment_ids"][r] == s)) for r in range(2)
+            for s in range(1, int(batch["segment_ids"][r].max()) + 1)]
+    # Each document alone at positions 0.. in its own row, right-padded with masked keys (one
+    # compiled shape instead of one per length).
+    alone = np.full((len(docs), 64), tok.pad_id, np.int32)
+    mask = np.zeros((len(docs), 64), np.int32)
+    for i, (r, where) in enumerate(docs):
+        alone[i, :len(where)] = batch["tokens"][r, where]
+        mask[i, :len(where)] = 1
+    alone_logits = np.asarray(model.forward(params, cfg, alone, mask))
+    for i, (r, where) in enumerate(docs):
+        np.testing.assert_allclose(packed[r, where], alone_logits[i, :len(where)], atol=2e-5,
+                                   rtol=2e-5)
+    later = np.flatnonzero(batch["segment_ids"][0] == 2)  # unpacked, doc 2 sees doc 1
+    assert np.abs(plain[0, later] - packed[0, later]).max() > 1e-3
+
+
+# --- global batches -------------------------------------------------------------------------------
+def test_global_batch_sharded(tok, cache_dir):
+    import jax
+
+    from lladax import sharding
+
+    mesh = sharding.make_mesh(data=-1)
+    sh = sharding.named_sharding(mesh, ("batch", None))
+    local = next(data.make_batches(tok, seq_len=32, batch_size=8, pack=True,
+                                   cache_dir=cache_dir))
+    out = data.global_batch(local, sh)
+    assert set(out) == set(local)
+    for k, v in out.items():
+        assert isinstance(v, jax.Array) and v.shape == (8 * jax.process_count(), 32)
+        assert v.dtype == np.int32 and v.sharding == sh
+        assert len(v.addressable_shards) == 8 and v.addressable_shards[0].data.shape == (1, 32)
+        np.testing.assert_array_equal(np.asarray(v), local[k])
+    with pytest.raises(ValueError, match="row counts"):
+        data.global_batch({"tokens": local["tokens"], "positions": local["positions"][:4]}, sh)

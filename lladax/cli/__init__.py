@@ -6,6 +6,7 @@
   lladax chat --checkpoint <run or HF dir> [--gen-length 128 --block-length 32]
   lladax convert <hf_dir> <out_dir> [--dtype bfloat16]        (HF <-> lladax round trip check)
   lladax plan --config configs/llada_8b.py:v5p-128 [--aot v5p-64]   (HBM per chip, tokens/s)
+  lladax data prepare --source corpus/ --out data/tok [--tokenizer tok.model --shards 8]
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lladax.cli import chat_cmd, convert_cmd, eval_cmd, plan_cmd, sample_cmd, train_cmd
+from lladax.cli import chat_cmd, convert_cmd, data_cmd, eval_cmd, plan_cmd, sample_cmd, train_cmd
 
 COMMANDS = {"train": train_cmd, "sample": sample_cmd, "chat": chat_cmd, "convert": convert_cmd,
-            "eval": eval_cmd, "plan": plan_cmd}
+            "eval": eval_cmd, "plan": plan_cmd, "data": data_cmd}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,183 @@
+"""Prepared data: the token cache of text sources, `prepare` (ArrayRecord shards + manifest),
+reading shards back (directly and through `lladax.data`), `lladax data prepare`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lladax import data, prepared, sources
+from lladax import tokenizer as T
+from lladax.cli import main as cli_main
+
+
+@pytest.fixture(scope="module")
+def tok(cache_dir) -> T.SentencePieceTokenizer:
+    return T.default_tokenizer(512, cache_dir=cache_dir)
+
+
+def _write_txt(path: Path, n: int = 60) -> list[str]:
+    docs = [f"Document number {i}.\nIt has two lines about topic {i % 7}." for i in range(n)]
+    path.write_text("\n\n".join(docs) + "\n\n\n")
+    return docs
+
+
+def _corpus(directory: Path, n: int = 150) -> list[str]:
+    """A directory with a .txt and a .jsonl file; returns its documents in reading order."""
+    directory.mkdir(parents=True, exist_ok=True)
+    txt = [f"Plain doc {i}: " + " ".join(f"w{j}" for j in range(i % 23)) for i in range(n)]
+    (directory / "a.txt").write_text("\n\n".join(txt))
+    body = [f"json doc {i} " + "x" * (i % 50) for i in range(n // 2)]
+    (directory / "b.jsonl").write_text("\n".join(json.dumps({"body": b, "id": i})
+                                                 for i, b in enumerate(body)))
+    return txt + body
+
+
+def _pieces(tok, docs: list[str], seq_len: int | None) -> list[bytes]:
+    out = []
+    for d in docs:
+        ids = np.array([*tok.encode(d), tok.eos_id], np.int32)
+        step = seq_len or len(ids)
+        out += [ids[i:i + step].tobytes() for i in range(0, len(ids), step)]
+    return out
+
+
+# --- token cache ----------------------------------------------------------------------------------
+def test_token_stream_eos_and_cache(tok, tmp_path, cache_dir, monkeypatch):
+    docs = _write_txt(tmp_path / "a.txt", n=10)
+    src = tmp_path / "a.txt"
+    stream = prepared.token_stream(tok, source=src, split="all", cache_dir=cache_dir)
+    assert stream.dtype == np.int32 and (stream == tok.eos_id).sum() == len(docs)
+    pieces = np.split(stream, np.flatnonzero(stream == tok.eos_id) + 1)[:-1]
+    assert [tok.decode(p[:-1]) for p in pieces] == docs
+
+    def boom(*args, **kwargs):
+        raise AssertionError("re-tokenised although cached")
+
+    monkeypatch.setattr(prepared, "tokenize_corpus", boom)
+    again = prepared.token_stream(tok, source=src, split="all", cache_dir=cache_dir)
+    np.testing.assert_array_equal(again, stream)
+    monkeypatch.undo()
+    no_eos = prepared.token_stream(tok, source=src, split="all", add_eos=False,
+                                   cache_dir=cache_dir)
+    assert len(no_eos) == len(stream) - len(docs) and tok.eos_id not in no_eos
+
+
+# --- prepare and prepared shards ------------------------------------------------------------------
+def test_prepare_round_trip(tok, tmp_path, cache_dir):
+    docs = _corpus(tmp_path / "c")
+    out = tmp_path / "prep"
+    manifest = prepared.prepare(tmp_path / "c", out, tok, field="body", seq_len=12, shards=3,
+                                progress=False)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [sources.MANIFEST, "eval-00000-of-00001.array_record"]
+        + [f"train-{i:05d}-of-00003.array_record" for i in range(3)])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
+    assert json.loads((out / sources.MANIFEST).read_text()) == manifest
+    assert manifest["tokenizer"]["fingerprint"] == tok.fingerprint
+    for split in ("train", "eval"):
+        split_docs = [d for d in docs if sources.split_of(d) == split]
+        expected = _pieces(tok, split_docs, 12)
+        st = manifest["splits"][split]
+        assert st["documents"] == len(split_docs) and st["records"] == len(expected)
+        assert st["documents_split"] == sum(len(tok.encode(d)) + 1 > 12 for d in split_docs)
+        assert st["max_len"] <= 12
+        _, files = prepared.prepared_files(str(out), split)
+        got = [r.tobytes() for r in prepared.read_records(files)]
+        assert sorted(got) == sorted(expected)
+    # The eval split is one shard in document order: the same stream as the text source's.
+    np.testing.assert_array_equal(
+        data.token_stream(tok, source=out, split="eval"),
+        data.token_stream(tok, source=tmp_path / "c", split="eval", field="body",
+                          cache_dir=cache_dir))
+    # Training reads the shards lazily, packed (pieces of <= 12 re-cut to 8) or not.
+    packed = list(data.make_batches(tok, source=f"arrayrecord:{out}", seq_len=8, batch_size=1,
+                                    num_epochs=1, pack=True, seed=0))
+    segs = [b["tokens"][0][b["segment_ids"][0] == s].tobytes() for b in packed
+            for s in range(1, b["segment_ids"].max() + 1)]
+    records = [np.frombuffer(r, np.int32) for r in _pieces(
+        tok, [d for d in docs if sources.split_of(d) == "train"], 12)]
+    assert sorted(segs) == sorted(r[i:i + 8].tobytes() for r in records
+                                  for i in range(0, len(r), 8))
+    rows = list(data.make_batches(tok, source=out, seq_len=16, batch_size=4, num_epochs=1))
+    n_tokens = manifest["splits"]["train"]["tokens"]
+    assert len(rows) == n_tokens // 16 // 4 and set(rows[0]) == {"tokens"}
+    glob_only = data.make_batches(tok, source=f"arrayrecord:{out}/train-00001-*", seq_len=16,
+                                  batch_size=1, num_epochs=1)
+    assert 0 < len(list(glob_only)) < n_tokens // 16
+
+
+def test_prepared_state_resumes(tok, tmp_path):
+    _corpus(tmp_path / "c")
+    prepared.prepare(tmp_path / "c", tmp_path / "p", tok, field="body", shards=2, progress=False)
+    for pack in (False, True):
+        kwargs = dict(source=tmp_path / "p", seq_len=16, batch_size=2, seed=4, pack=pack)
+        it = data.make_batches(tok, **kwargs)
+        for _ in range(3):
+            next(it)
+        state = json.loads(json.dumps(it.get_state()))
+        want = [next(it)["tokens"] for _ in range(4)]
+        again = data.make_batches(tok, **kwargs)
+        again.set_state(state)
+        for w in want:
+            np.testing.assert_array_equal(next(again)["tokens"], w)
+
+
+def test_prepared_bad_input(tok, tmp_path, cache_dir):
+    _corpus(tmp_path / "c")
+    out = tmp_path / "p"
+    prepared.prepare(tmp_path / "c", out, tok, field="body", progress=False)
+    other = T.default_tokenizer(600, cache_dir=cache_dir)
+    with pytest.raises(data.DataError, match=r"tokenised by .* \(vocab 512.*this run uses .*"
+                                             r"vocab 600.*data\.tokenizer"):
+        data.make_batches(other, source=out, seq_len=16, batch_size=2)
+    with pytest.raises(data.DataError, match="not empty: pass a new directory or --overwrite"):
+        prepared.prepare(tmp_path / "c", out, tok, field="body", progress=False)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(data.DataError, match="cannot write to .*afile.*writable --out"):
+        prepared.prepare(tmp_path / "c", tmp_path / "afile" / "sub", tok, field="body",
+                         progress=False)
+    # A bad line part-way through: nothing is left behind, the old output stays intact.
+    (tmp_path / "c" / "z.jsonl").write_text('{"body": "fine"}\n{"text": "no body"}\n')
+    before = sorted(out.iterdir())
+    with pytest.raises(data.DataError, match=r"z\.jsonl:2: .*'body'"):
+        prepared.prepare(tmp_path / "c", out, tok, field="body", overwrite=True, progress=False)
+    assert sorted(out.iterdir()) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    shard = out / "train-00000-of-00001.array_record"
+    shard.write_bytes(shard.read_bytes()[:40])  # truncated
+    with pytest.raises(data.DataError, match="damaged; re-run `lladax data prepare`"):
+        data.eval_batches(tok, source=out, split="train", seq_len=8, batch_size=1)
+    shard.unlink()
+    with pytest.raises(data.DataError, match="missing shard.*train-00000-of-00001"):
+        data.make_batches(tok, source=out, seq_len=16, batch_size=2)
+    (out / sources.MANIFEST).write_text("{not json")
+    with pytest.raises(data.DataError, match="manifest.json is unreadable"):
+        data.make_batches(tok, source=out, seq_len=16, batch_size=2)
+    (out / sources.MANIFEST).unlink()
+    with pytest.raises(data.DataError, match="no manifest.json"):
+        data.make_batches(tok, source=f"arrayrecord:{out}", seq_len=16, batch_size=2)
+    with pytest.raises(data.DataError, match="a prepared record has 5 bytes"):
+        prepared.decode_record(b"\x00" * 5)
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(data.DataError, match="has no documents"):
+        prepared.prepare(tmp_path / "empty.txt", tmp_path / "e", tok, progress=False)
+
+
+def test_cli_prepare(tok, tmp_path, capsys, cache_dir, monkeypatch):
+    monkeypatch.setenv("LLADAX_CACHE", str(cache_dir))
+    _corpus(tmp_path / "c")
+    out = tmp_path / "p"
+    rc = cli_main(["data", "prepare", "--source", str(tmp_path / "c"), "--out", str(out),
+                   "--vocab-size", "512", "--field", "body", "--shards", "2", "--no-progress"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert summary["train"]["files"] == 2 and summary["train"]["documents"] > 0
+    assert prepared.read_manifest(out)["tokenizer"]["fingerprint"] == tok.fingerprint
+    rc = cli_main(["data", "prepare", "--source", str(tmp_path / "missing"), "--out",
+                   str(tmp_path / "q"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "missing does not exist" in err
