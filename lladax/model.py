@@ -19,7 +19,7 @@ Parameter layout (HF name -> lladax path, shape; see convert.py for the mapping)
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,14 @@ from lladax.config import ModelConfig
 from lladax.sharding import constrain
 
 Params = dict[str, Any]
+
+
+class KVCache(NamedTuple):
+    """Keys (RoPE applied) and values of every layer over a whole sequence, from `apply(...,
+    return_cache=True)`: k, v [layers, batch, len, kv_heads, head_dim] in the compute dtype."""
+
+    k: jax.Array
+    v: jax.Array
 
 
 def _param(init, key, shape, dtype, names: tuple[str | None, ...]) -> nnx.Param:
@@ -101,17 +109,28 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array, rope: tuple[jax.Array, jax.Array],
                  key_mask: jax.Array | None, segment_ids: jax.Array | None = None,
-                 query_start: jax.Array | None = None, query_size: int | None = None
-                 ) -> jax.Array:
-        """x [batch, len, embed] -> [batch, len, embed]; segment_ids [batch, len] or None.
+                 query_start: jax.Array | None = None, query_size: int | None = None, *,
+                 cache: tuple[jax.Array, jax.Array] | None = None,
+                 cache_start: jax.Array | int = 0) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """x [batch, len, embed] -> (out [batch, len, embed], (k, v) [batch, kv_len, kv_heads, hd]).
 
         With `query_size`, only the `query_size` positions from `query_start` are updated
         (keys and values still come from the whole sequence) and the output is
         [batch, query_size, embed]: the last layer of the sampler needs nothing else.
+        With `cache` (this layer's k, v [batch, kv_len, ...]), x holds only the positions
+        [cache_start, cache_start + len) of a kv_len-long sequence: their fresh keys and values
+        overwrite the cache there (the write mask) and the queries attend to the whole result.
+        The returned (k, v) are the keys/values every query saw (RoPE applied to k).
         """
         dt = self.cfg.compute_dtype
         cos, sin = rope
         n = self.attn_norm(x)
+        k = jnp.einsum("bld,dhk->blhk", n, self.k_proj[...].astype(dt))
+        v = jnp.einsum("bld,dhk->blhk", n, self.v_proj[...].astype(dt))
+        k = constrain(apply_rope(k, cos, sin), ("batch", "length", "act_heads", None))
+        if cache is not None:  # stale entries elsewhere, fresh ones in the window
+            k, v = (jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), cache_start, 1)
+                    for c, new in zip(cache, (k, v), strict=True))
         x_q, n_q, cos_q, sin_q, seg_q = x, n, cos, sin, segment_ids
         if query_size is not None:
             x_q, n_q, cos_q, sin_q = (
@@ -120,10 +139,7 @@ class Block(nnx.Module):
             if segment_ids is not None:
                 seg_q = jax.lax.dynamic_slice_in_dim(segment_ids, query_start, query_size, axis=1)
         q = jnp.einsum("bld,dhk->blhk", n_q, self.q_proj[...].astype(dt))
-        k = jnp.einsum("bld,dhk->blhk", n, self.k_proj[...].astype(dt))
-        v = jnp.einsum("bld,dhk->blhk", n, self.v_proj[...].astype(dt))
         q = constrain(apply_rope(q, cos_q, sin_q), ("batch", "length", "act_heads", None))
-        k = constrain(apply_rope(k, cos, sin), ("batch", "length", "act_heads", None))
         a = attention(q, k, v, key_mask, q_segment_ids=seg_q, kv_segment_ids=segment_ids,
                       impl=self.cfg.attention_impl)
         a = checkpoint_name(a, "attn_out")
@@ -133,7 +149,7 @@ class Block(nnx.Module):
         up = jnp.einsum("bld,df->blf", m, self.up_proj[...].astype(dt))
         hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
         out = h + jnp.einsum("blf,fd->bld", hidden, self.ff_out[...].astype(dt))
-        return constrain(out, ("batch", "length", "act_embed"))
+        return constrain(out, ("batch", "length", "act_embed")), (k, v)
 
 
 _REMAT_POLICIES = {
@@ -164,40 +180,51 @@ class LLaDA(nnx.Module):
 
     def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None, *,
                  segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
-                 query_start: jax.Array | int = 0, query_size: int | None = None) -> jax.Array:
+                 query_start: jax.Array | int = 0, query_size: int | None = None,
+                 cache: KVCache | None = None, cache_start: jax.Array | int = 0,
+                 return_cache: bool = False) -> jax.Array | tuple[jax.Array, KVCache]:
         cfg = self.cfg
+        if cache is not None and (segment_ids is not None or return_cache):
+            raise ValueError("a cached forward takes no segment_ids and returns no cache")
         h = jnp.take(self.wte[...], tokens, axis=0).astype(cfg.compute_dtype)
         h = constrain(h, ("batch", "length", "act_embed"))
-        if positions is None:
-            positions = jnp.arange(tokens.shape[1])[None, :]
+        if positions is None:  # a cached forward's tokens start at cache_start
+            positions = (cache_start + jnp.arange(tokens.shape[1]))[None, :]
         rope = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
         key_mask = None if attention_mask is None else attention_mask.astype(bool)
         block_def, block_state = nnx.split(self.blocks)
+        caches = None if cache is None else (cache.k, cache.v)
 
-        def layer(x, state, **kwargs):
-            return nnx.merge(block_def, state)(x, rope, key_mask, segment_ids, **kwargs)
+        def layer(x, state, layer_cache, **kwargs):
+            out, kv = nnx.merge(block_def, state)(x, rope, key_mask, segment_ids, cache=layer_cache,
+                                                  cache_start=cache_start, **kwargs)
+            return out, (kv if return_cache else None)
 
-        def scan_body(x, state):
-            return layer(x, state), None
+        def scan_body(x, inputs):
+            return layer(x, *inputs)
 
         if cfg.remat_policy != "none":
             scan_body = jax.checkpoint(scan_body, policy=_REMAT_POLICIES[cfg.remat_policy],
                                        prevent_cse=False)
         if query_size is None:
-            h, _ = jax.lax.scan(scan_body, h, block_state)
+            h, kv = jax.lax.scan(scan_body, h, (block_state, caches))
         else:  # all layers but the last see every position; the last only the query window
-            def layer_params(i):  # index in place: slicing the stack first would copy it
+            def inputs(i):  # index in place: slicing the stack first would copy it
                 return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False),
-                                    block_state)
+                                    (block_state, caches))
 
-            h, _ = jax.lax.scan(lambda x, i: scan_body(x, layer_params(i)), h,
-                                jnp.arange(cfg.n_layers - 1))
-            h = layer(h, layer_params(cfg.n_layers - 1),
-                      query_start=jnp.asarray(query_start, jnp.int32), query_size=query_size)
+            h, kv = jax.lax.scan(lambda x, i: scan_body(x, inputs(i)), h,
+                                 jnp.arange(cfg.n_layers - 1))
+            h, kv_last = layer(h, *inputs(cfg.n_layers - 1),
+                               query_start=jnp.asarray(query_start, jnp.int32),
+                               query_size=query_size)
+            if return_cache:
+                kv = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), kv, kv_last)
         h = self.ln_f(h)
         logits = jnp.einsum("bld,dv->blv", h, self.lm_head[...].astype(cfg.compute_dtype),
                             preferred_element_type=jnp.float32)
-        return constrain(logits, ("batch", "length", "act_vocab"))
+        logits = constrain(logits, ("batch", "length", "act_vocab"))
+        return (logits, KVCache(*kv)) if return_cache else logits
 
 
 @functools.lru_cache(maxsize=32)
@@ -238,19 +265,30 @@ def init_params(cfg: ModelConfig, key: jax.Array, mesh: jax.sharding.Mesh | None
 def apply(params: Params, cfg: ModelConfig, tokens: jax.Array,
           attention_mask: jax.Array | None = None, *, segment_ids: jax.Array | None = None,
           positions: jax.Array | None = None, query_start: jax.Array | int = 0,
-          query_size: int | None = None) -> jax.Array:
+          query_size: int | None = None, cache: KVCache | None = None,
+          cache_start: jax.Array | int = 0, return_cache: bool = False):
     """Traceable forward pass: tokens [batch, len] int -> logits [batch, len, vocab] float32.
 
     `attention_mask` [batch, len] (1 = real token) masks padded keys. Packed rows pass
     `segment_ids` [batch, len] (a token attends only to tokens with the same id; 0 = padding) and
     `positions` [batch, len] (RoPE positions, restarting at 0 in each document); the logits of
     each document then equal those of the document run alone. With `query_size`, logits are only
-    computed for positions [query_start, query_start + query_size) ([batch, query_size, vocab]);
-    the result equals the same slice of the full forward.
+    computed for positions [query_start, query_size + query_start) of `tokens`
+    ([batch, query_size, vocab]); the result equals the same slice of the full forward.
+
+    KV caching (the fast sampler): `return_cache=True` also returns a `KVCache` of the whole
+    sequence, (logits, cache). Given `cache` [layers, batch, kv_len, ...], `tokens` [batch, len]
+    are only the positions [cache_start, cache_start + len) of a kv_len-long sequence (RoPE
+    positions default to those) and `attention_mask` is [batch, kv_len]: every layer writes the
+    fresh keys/values of those positions into its cache slice and attends to the whole of it;
+    other positions keep their (possibly stale) cached keys/values. Shapes are static, so one
+    compiled program serves any `cache_start`. With a cache that is exact for the current
+    sequence, the logits equal the same slice of the uncached forward.
     """
     return nnx.merge(graphdef(cfg), params)(tokens, attention_mask, segment_ids=segment_ids,
                                             positions=positions, query_start=query_start,
-                                            query_size=query_size)
+                                            query_size=query_size, cache=cache,
+                                            cache_start=cache_start, return_cache=return_cache)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))

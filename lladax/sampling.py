@@ -139,19 +139,32 @@ def _decide(logits: jax.Array, positions: jax.Array, key: jax.Array | None, cfg:
 
 
 def _model_logits(params, cfg: ModelConfig, x: jax.Array, attn: jax.Array | None,
-                  fixed: jax.Array, o: _Opts, dyn: dict[str, jax.Array],
-                  query_start=None) -> jax.Array:
-    """Guided logits [B, Q, V] of the canvas x [B, N] (Q = N, or block_length from query_start)."""
-    kw = {} if query_start is None else dict(query_start=query_start,
-                                              query_size=o.block_length)
-    if not o.guided:
-        return model.apply(params, cfg, x, attn, **kw)
+                  fixed: jax.Array, guided: bool, dyn: dict[str, jax.Array], **window):
+    """Guided logits [B, Q, V] of tokens x [B, L]; `window`: model.apply's query/cache options
+    (with return_cache=True: (logits, cache), the cache holding 2B rows under guidance)."""
+    if not guided:
+        return model.apply(params, cfg, x, attn, **window)
     # CFG: the unconditional copy masks every fixed (prompt and pad) position; 2B batch.
     uncond = jnp.where(fixed, cfg.mask_token_id, x)
     both_attn = None if attn is None else jnp.concatenate([attn, attn], axis=0)
-    both = model.apply(params, cfg, jnp.concatenate([x, uncond], axis=0), both_attn, **kw)
+    out = model.apply(params, cfg, jnp.concatenate([x, uncond], axis=0), both_attn, **window)
+    both, cache = out if window.get("return_cache") else (out, None)
     c, u = both[: x.shape[0]], both[x.shape[0]:]
-    return u + (dyn["cfg_scale"] + 1.0) * (c - u)
+    logits = u + (dyn["cfg_scale"] + 1.0) * (c - u)
+    return (logits, cache) if window.get("return_cache") else logits
+
+
+def rank_by_confidence(conf: jax.Array) -> jax.Array:
+    """conf [B, N] -> rank [B, N], descending, ties to the lower index (top-k = ranks < k)."""
+    return jnp.argsort(jnp.argsort(-conf, axis=1, stable=True), axis=1)
+
+
+def eos_fill_frozen(x: jax.Array, done: jax.Array, cfg: ModelConfig, prompt_len: int):
+    """Rows frozen by early exit never decoded the masks after their answer: show them as EOS."""
+    _, stop_at = _first_stop(x, cfg, prompt_len)
+    pos = jnp.arange(x.shape[1])
+    tail = done[:, None] & (pos[None, :] > stop_at[:, None]) & (x == cfg.mask_token_id)
+    return jnp.where(tail, cfg.eos_token_id, x)
 
 
 def _first_stop(x: jax.Array, cfg: ModelConfig, prompt_len: int) -> tuple[jax.Array, jax.Array]:
@@ -213,7 +226,8 @@ def _run(params, canvas: jax.Array, attn: jax.Array | None, rng: jax.Array | Non
             return x, jnp.full((B, N), -jnp.inf, jnp.float32)
 
         def window(_):
-            logits = _model_logits(params, cfg, x, attn, fixed, o, dyn, query_start=block_start)
+            logits = _model_logits(params, cfg, x, attn, fixed, o.guided, dyn,
+                                   query_start=block_start, query_size=o.block_length)
             x0_w, conf_w = _decide(logits, block_start + jnp.arange(o.block_length), key, cfg, o,
                                     dyn)
             x0 = jax.lax.dynamic_update_slice(x, x0_w, (0, block_start))
@@ -222,8 +236,8 @@ def _run(params, canvas: jax.Array, attn: jax.Array | None, rng: jax.Array | Non
             return x0, conf
 
         def full(_):
-            return _decide(_model_logits(params, cfg, x, attn, fixed, o, dyn), pos, key, cfg, o,
-                           dyn)
+            return _decide(_model_logits(params, cfg, x, attn, fixed, o.guided, dyn), pos, key,
+                           cfg, o, dyn)
 
         active = ((k > 0) & ~done).any()
         left_clear = (~(masked & (pos[None, :] < block_start)).any(axis=1) | done).all()
@@ -238,21 +252,14 @@ def _run(params, canvas: jax.Array, attn: jax.Array | None, rng: jax.Array | Non
         eligible = masked & (pos[None, :] < block_end) & ~done[:, None]
         conf = jnp.where(eligible, conf, -jnp.inf)
         x0 = jnp.where(masked, x0, x)
-        # top-k with a per-row k, static shapes: rank every position by confidence (stable sort,
-        # ties to the lower index) and commit ranks < k. k never exceeds the eligible count.
-        order = jnp.argsort(-conf, axis=1, stable=True)
-        rank = jnp.argsort(order, axis=1)
-        commit = (rank < k[:, None]) & eligible
+        commit = (rank_by_confidence(conf) < k[:, None]) & eligible
         x = constrain(jnp.where(commit, x0, x), ("batch", None))
         return (x, m, done, done_at, n_fwd, n_win), (x if o.return_history else None)
 
     init = (x, jnp.zeros((B,), jnp.int32), jnp.zeros((B,), bool),
             jnp.full((B,), o.steps, jnp.int32), jnp.int32(0), jnp.int32(0))
     (x, _, done, done_at, n_fwd, n_win), history = jax.lax.scan(step, init, jnp.arange(o.steps))
-    # Frozen rows (early exit): masks after the final answer are never decoded; show them as EOS.
-    _, stop_at = _first_stop(x, cfg, P)
-    tail = done[:, None] & (pos[None, :] > stop_at[:, None]) & (x == mask_id)
-    x = jnp.where(tail, cfg.eos_token_id, x)
+    x = eos_fill_frozen(x, done, cfg, P)
     stats = {"forward_passes": n_fwd, "window_passes": n_win, "steps": jnp.int32(o.steps),
              "steps_saved": jnp.int32(o.steps) - n_fwd, "done_step": done_at}
     return x, history, stats

@@ -61,3 +61,27 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                 remasking=args.remasking, logits_eos_inf=args.logits_eos_inf,
                 confidence_eos_eot_inf=args.confidence_eos_eot_inf,
                 rng=jax.random.key(args.seed))
+
+
+def add_fast_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("fast decoding (lladax.fast_sampling; docs/fast_decoding.md)")
+    g.add_argument("--fast", action="store_true",
+                   help="Fast-dLLM decoding: dual KV cache + confidence threshold 0.9 unless "
+                        "--cache / --threshold / --factor say otherwise (each implies --fast)")
+    g.add_argument("--cache", choices=["none", "prefix", "dual"], default=None,
+                   help="KV cache refreshed at each block start (default with --fast: dual)")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="also commit every block mask with confidence >= this (default with "
+                        "--fast: 0.9; > 1 turns parallel commits off)")
+    g.add_argument("--factor", type=float, default=None,
+                   help="Fast-dLLM factor rule instead of a fixed threshold (e.g. 1.0)")
+
+
+def fast_kwargs(args: argparse.Namespace) -> dict[str, Any] | None:
+    """`fast_sampling.generate` options, or None when no fast-decoding flag was given."""
+    if not (args.fast or args.cache or args.threshold is not None or args.factor is not None):
+        return None
+    threshold = args.threshold
+    if threshold is None and args.factor is None:
+        threshold = 0.9
+    return dict(cache=args.cache or "dual", threshold=threshold, factor=args.factor)

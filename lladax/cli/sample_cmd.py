@@ -2,6 +2,8 @@
 
     lladax sample --checkpoint runs/small --prompt "The list type" --gen-length 32
     lladax sample --checkpoint runs/small --infill "A <mask:6> is an ordered <mask> of items."
+    lladax sample --checkpoint runs/small --prompt "The list type" --gen-length 256 \
+        --block-length 32 --fast      (dual KV cache + confidence threshold 0.9; NFE on stderr)
 
 `<mask>` expands to `--mask-span` mask tokens, `<mask:N>` to N. Infilling uses the bidirectional
 model's native strength: the masks inside the text are filled by the same reverse process.
@@ -15,7 +17,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lladax.cli.common import add_model_args, add_sampling_args, load_model, sampling_kwargs
+from lladax.cli.common import (
+    add_fast_args,
+    add_model_args,
+    add_sampling_args,
+    fast_kwargs,
+    load_model,
+    sampling_kwargs,
+)
 
 MASK_MARKER = re.compile(r"<mask(?::(\d+))?>")
 
@@ -33,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--show-steps", action="store_true",
                    help="render the canvas filling in, step by step")
     add_sampling_args(p)
+    add_fast_args(p)
 
 
 def encode_infill(text: str, tokenizer: Any, mask_id: int, default_span: int) -> list[int]:
@@ -99,6 +109,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from lladax import sampling
     from lladax.tokenizer import apply_chat_template
 
+    fast = fast_kwargs(args)
+    if fast is not None and (args.infill is not None or args.show_steps):
+        raise ValueError("fast decoding applies to --prompt / --prompt-file without "
+                         "--show-steps: drop --fast/--cache/--threshold/--factor")
     cfg, params, tokenizer = load_model(args.checkpoint, args.dtype)
     kwargs = sampling_kwargs(args)
     if args.infill is not None:
@@ -124,8 +138,17 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     else:
         rows = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
     tokens, attention_mask = left_pad(rows, cfg.pad_token_id)
-    out = sampling.generate(params, cfg, tokens, attention_mask, **kwargs,
-                            return_history=args.show_steps, early_exit=args.early_exit)
+    if fast is not None:
+        from lladax import fast_sampling
+
+        out, stats = fast_sampling.generate(params, cfg, tokens, attention_mask, **kwargs, **fast,
+                                            early_exit=args.early_exit, return_stats=True)
+        print(f"fast decoding ({fast}): model evaluations per prompt "
+              f"{[int(n) for n in stats['nfe']]}, plain decoding would use {kwargs['steps']}",
+              file=sys.stderr)
+    else:
+        out = sampling.generate(params, cfg, tokens, attention_mask, **kwargs,
+                                return_history=args.show_steps, early_exit=args.early_exit)
     if args.show_steps:
         out, history = out
         show_history(tokenizer, history, tokens.shape[1], cfg.mask_token_id)
