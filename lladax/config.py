@@ -282,6 +282,11 @@ class TrainConfig:
     mask_eps: float = MASK_EPS_DEFAULT
     stratified_t: bool = False  # low-discrepancy noise levels across the batch (see diffusion.py)
     seed: int = 0
+    # Robustness (train.py): a step with a non-finite loss or gradient is skipped (counted).
+    nan_lr_drop_after: int = 0     # after this many consecutive skips scale the LR (0 = never)
+    nan_lr_drop_factor: float = 0.25  # ... by this (the paper resumed its NaN crash at LR/4)
+    spike_factor: float = 4.0      # log a spike when loss > this × its running mean (0 = off)
+    ema_decay: float = 0.0         # EMA of params kept in the state and checkpoint (0 = off)
 
     @classmethod
     def from_config(cls, config_dict: Any) -> TrainConfig:
@@ -291,6 +296,14 @@ class TrainConfig:
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"train.batch_size={self.batch_size} is not divisible by "
                               f"train.grad_accum={self.grad_accum}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay={self.ema_decay} must be in [0, 1) (0 = off; "
+                              "0.999 averages over ~1000 steps)")
+        if self.nan_lr_drop_after < 0 or not 0.0 < self.nan_lr_drop_factor <= 1.0:
+            raise ConfigError(f"train.nan_lr_drop_after={self.nan_lr_drop_after} must be >= 0 "
+                              f"and train.nan_lr_drop_factor={self.nan_lr_drop_factor} in (0, 1]")
+        if self.spike_factor != 0 and self.spike_factor <= 1.0:
+            raise ConfigError(f"train.spike_factor={self.spike_factor} must be > 1 (or 0 = off)")
 
 
 # --- run configuration (ml_collections) ---------------------------------------------------------
@@ -310,6 +323,7 @@ def run_config(model_preset: str, **model_overrides: Any):
         # "embedded" (Python's own docs), a .txt/.jsonl file or directory, a `lladax data
         # prepare` directory (or "arrayrecord:GLOB"), or "tfds:NAME[:SPLIT]" (docs/data.md)
         source="embedded",
+        format="text",       # "text": pretraining rows; "chat": SFT batches (lladax.sft)
         tokenizer="",        # "" = sentencepiece trained on the embedded text (vocab_size)
         seq_len=128,
         seed=0,
@@ -320,8 +334,13 @@ def run_config(model_preset: str, **model_overrides: Any):
     c.train = ml_collections.ConfigDict(dataclasses.asdict(TrainConfig()))
     c.eval = ml_collections.ConfigDict(dict(every=100, batches=8, batch_size=16))
     c.log = ml_collections.ConfigDict(dict(every=10, workdir="runs/default", progress=True))
-    c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=2))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.checkpoint = ml_collections.ConfigDict(dict(
+        every=0,        # async save every N steps (0 = only at the end / on preemption)
+        keep=2,         # newest N kept; >= 2 lets a damaged latest fall back to the one before
+        init_from="",   # start a NEW run from these params (a run dir, Orbax params or HF dir)
+    ))
+    # Sizes within one slice (-1 = fill); dcn_* = slices along data/fsdp (multislice TPU).
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1))
     return c
 
 

@@ -1,17 +1,27 @@
-"""Training: the `TrainState` pytree, a pure jitted `train_step`, and the loop around it.
+"""Training: the `TrainState` pytree and a pure jitted `train_step` (the loop is in `loop.py`).
 
     state, metrics = train_step(state, batch)      # jitted, state donated
 
 `train_step` draws the forward-process noise from `state.rng` folded with the step, runs the
 micro-batches with `lax.scan` (gradient accumulation), and applies one optax update. Everything
 static (model config, run config) is closed over; the state is a plain pytree of arrays.
+
+Batches are dicts of [batch, ...] arrays:
+  {"tokens"}                                  pretraining on rows cut from a token stream
+  {"tokens", "segment_ids", "positions"}      packed documents: no attention across documents,
+                                              RoPE positions restart, segment id 0 = padding
+  {"tokens", "prompt_lengths" [batch]}        SFT: prompt never masked, `diffusion.sft_loss`
+
+Robustness, all inside the jitted step (no host sync): a step whose loss or gradients are not
+finite leaves params and optimizer state untouched and is counted in `state.guard`; after
+`nan_lr_drop_after` consecutive skips the learning rate is scaled by `nan_lr_drop_factor`; a loss
+above `spike_factor` × its running mean is counted as a spike; with `ema_decay` > 0 an f32
+exponential moving average of the params is kept in `state.ema`. The loop logs the counters.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,14 +32,37 @@ from flax import struct
 
 from lladax import diffusion, model, sharding
 from lladax.config import ModelConfig, TrainConfig
+from lladax.throughput import measure_matmul_peak, peak_flops_per_device
+
+__all__ = ["TrainConfig", "TrainState", "abstract_state", "eval_loss", "init_state",
+           "jit_train_step", "loss_fn", "lr_schedule", "make_optimizer", "measure_matmul_peak",
+           "peak_flops_per_device", "run", "shardings_of", "state_shardings", "train_step"]
+
+SPIKE_WARMUP = 20    # finite steps before spikes are judged (the running mean must exist first)
+SPIKE_HORIZON = 100  # the running mean of the loss averages over about this many steps
 
 
 @struct.dataclass
 class TrainState:
-    step: jax.Array           # [] int32
+    step: jax.Array           # [] int32: steps taken, skipped ones included (drives the noise)
     params: Any               # model params pytree
     opt_state: Any            # optax state pytree
     rng: jax.Array            # base key; each step folds in `step`
+    guard: dict[str, jax.Array]  # [] counters of the non-finite/spike guard, see `new_guard`
+    ema: Any = None           # f32 EMA of params (train.ema_decay > 0), else None
+
+
+def new_guard() -> dict[str, jax.Array]:
+    """The guard's counters at step 0 (all [] scalars)."""
+    i32, f32 = functools.partial(jnp.asarray, dtype=jnp.int32), functools.partial(
+        jnp.asarray, dtype=jnp.float32)
+    return {"skipped": i32(0),          # steps whose update was skipped (non-finite), in total
+            "streak": i32(0),           # ... consecutively, up to now (reset by an LR drop)
+            "lr_scale": f32(1.0),       # product of the automatic LR drops
+            "spikes": i32(0),           # loss spikes seen
+            "last_spike_step": i32(-1), "last_spike_loss": f32(0.0),
+            "loss_mean": f32(0.0),      # running mean of finite, non-spike losses
+            "loss_count": i32(0)}       # how many losses went into it
 
 
 def lr_schedule(tc: TrainConfig) -> optax.Schedule:
@@ -44,8 +77,12 @@ def lr_schedule(tc: TrainConfig) -> optax.Schedule:
         boundaries=[warmup, stable_end])
 
 
+@functools.cache  # one object per config: jitted steps built on it share their compilation
 def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
-    """AdamW (decoupled weight decay on matrices only, not norms) with global-norm clipping."""
+    """AdamW (decoupled weight decay on matrices only, not norms) with global-norm clipping.
+
+    The schedule advances with the optimizer's own update count, so skipped steps do not move it.
+    """
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
     return optax.chain(
         optax.clip_by_global_norm(tc.clip_norm),
@@ -53,63 +90,186 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
                     weight_decay=tc.weight_decay, mask=decay_mask))
 
 
+def state_shardings(cfg: ModelConfig, tc: TrainConfig, optimizer: optax.GradientTransformation,
+                    mesh: jax.sharding.Mesh | None = None) -> TrainState:
+    """The sharding of every leaf of a TrainState: params (and the optimizer's param-shaped
+    moments, and the EMA) by the logical-axis rules, scalars replicated; without a mesh,
+    everything on device 0. One rule for fresh and restored states, so both compile the same."""
+
+    shapes = jax.eval_shape(lambda k: init_state(cfg, tc, optimizer, k), jax.random.key(0))
+    if mesh is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        return jax.tree.map(lambda _: device, shapes)
+    param_sh = sharding.tree_shardings(mesh, model.param_logical_axes(cfg))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    opt_sh = optax.tree_map_params(optimizer, lambda _, sh: sh, shapes.opt_state, param_sh,
+                                   transform_non_params=lambda _: replicated,
+                                   is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+    return TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated,
+                      guard=jax.tree.map(lambda _: replicated, shapes.guard),
+                      ema=None if shapes.ema is None else param_sh)
+
+
+def abstract_state(cfg: ModelConfig, tc: TrainConfig, optimizer: optax.GradientTransformation,
+                   mesh: jax.sharding.Mesh | None = None) -> TrainState:
+    """ShapeDtypeStructs (with shardings) of the TrainState: a restore target that allocates
+    nothing, so resuming a big model never materialises a random init first."""
+    shapes = jax.eval_shape(lambda k: init_state(cfg, tc, optimizer, k), jax.random.key(0))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, state_shardings(cfg, tc, optimizer, mesh))
+
+
 def init_state(cfg: ModelConfig, tc: TrainConfig, optimizer: optax.GradientTransformation,
                key: jax.Array, mesh: jax.sharding.Mesh | None = None) -> TrainState:
-    """Fresh state; with a mesh, params and optimizer state are created sharded."""
+    """Fresh state; with a mesh, every leaf is placed by `state_shardings` (params created
+    sharded; scalars replicated, so every leaf is a global array in a multi-process run)."""
     param_key, rng = jax.random.split(key)
     params = model.init_params(cfg, param_key, mesh)
-    opt_state = jax.jit(optimizer.init)(params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rng)
+    # With a mesh, the moments and EMA are created in their sharded layout: initialising them
+    # replicated first would put every optimizer byte on every chip (an 8B model OOMs there).
+    target = None if mesh is None else state_shardings(cfg, tc, optimizer, mesh)
+    opt_state = jax.jit(optimizer.init, out_shardings=target and target.opt_state)(params)
+    ema = None
+    if tc.ema_decay > 0:  # a copy (never the params' own buffers: both are donated)
+        ema = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(jnp.float32) + 0.0, p),
+                      out_shardings=target and target.ema)(params)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                       rng=rng, guard=new_guard(), ema=ema)
+    if mesh is None or isinstance(key, jax.core.Tracer):
+        return state
+    return jax.device_put(state, state_shardings(cfg, tc, optimizer, mesh))
 
 
-def loss_fn(params: Any, cfg: ModelConfig, tc: TrainConfig, tokens: jax.Array,
+def loss_fn(params: Any, cfg: ModelConfig, tc: TrainConfig, batch: dict[str, jax.Array],
             key: jax.Array) -> jax.Array:
-    """Pretraining loss of one micro-batch under fresh forward-process noise."""
+    """Loss of one micro-batch (see the module doc for the batch kinds) under fresh noise."""
+    tokens = batch["tokens"]
     mask_key, trunc_key = jax.random.split(key)
+    prompt_lengths = batch.get("prompt_lengths")
     noisy, p_mask, _ = diffusion.mask_tokens(mask_key, tokens, cfg.mask_token_id, tc.mask_eps,
+                                             prompt_lengths=prompt_lengths,
                                              stratified=tc.stratified_t)
+    if prompt_lengths is not None:
+        return diffusion.sft_loss(params, cfg, tokens, noisy, p_mask, prompt_lengths)
+    packed = {k: batch[k] for k in ("segment_ids", "positions") if k in batch}
     attention_mask = None
+    if "segment_ids" in packed:  # id 0 marks the padding at the end of a packed row
+        attention_mask = packed["segment_ids"] > 0
     if tc.truncate_prob > 0:
-        attention_mask = diffusion.truncation_mask(trunc_key, *tokens.shape, tc.truncate_prob)
-    return diffusion.pretrain_loss(params, cfg, tokens, noisy, p_mask, attention_mask)
+        cut = diffusion.truncation_mask(trunc_key, *tokens.shape, tc.truncate_prob)
+        attention_mask = cut if attention_mask is None else attention_mask & cut
+    return diffusion.pretrain_loss(params, cfg, tokens, noisy, p_mask, attention_mask, **packed)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return functools.reduce(jnp.logical_and, leaves, jnp.asarray(True))
+
+
+def _update_guard(g: dict[str, jax.Array], loss: jax.Array, finite: jax.Array,
+                  step: jax.Array, tc: TrainConfig) -> dict[str, jax.Array]:
+    """The guard's counters after a step with `loss` ([] f32; `finite` [] bool)."""
+    g = dict(g)
+    g["skipped"] = g["skipped"] + (~finite).astype(jnp.int32)
+    g["streak"] = jnp.where(finite, 0, g["streak"] + 1)
+    if tc.nan_lr_drop_after:
+        drop = g["streak"] >= tc.nan_lr_drop_after
+        g["lr_scale"] = jnp.where(drop, g["lr_scale"] * tc.nan_lr_drop_factor, g["lr_scale"])
+        g["streak"] = jnp.where(drop, 0, g["streak"])
+    spike = jnp.asarray(False)
+    if tc.spike_factor:
+        spike = finite & (g["loss_count"] >= SPIKE_WARMUP) & \
+            (loss > tc.spike_factor * g["loss_mean"])
+        g["spikes"] = g["spikes"] + spike.astype(jnp.int32)
+        g["last_spike_step"] = jnp.where(spike, step, g["last_spike_step"])
+        g["last_spike_loss"] = jnp.where(spike, loss, g["last_spike_loss"])
+    # An exact mean over the first SPIKE_HORIZON losses, then an EMA; spikes do not enter it.
+    take = finite & ~spike
+    count = g["loss_count"] + take.astype(jnp.int32)
+    rate = jnp.maximum(1.0 / jnp.maximum(count, 1), 1.0 / SPIKE_HORIZON)
+    g["loss_mean"] = jnp.where(take, g["loss_mean"] + rate * (loss - g["loss_mean"]),
+                               g["loss_mean"])
+    g["loss_count"] = count
+    return g
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: ModelConfig,
                tc: TrainConfig, optimizer: optax.GradientTransformation
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update on batch["tokens"] [batch, seq] in `grad_accum` micro-batches."""
-    tokens = batch["tokens"]
-    micro = tokens.reshape(tc.grad_accum, -1, tokens.shape[-1])
+    """One optimizer update on `batch` (leading dim [batch]) in `grad_accum` micro-batches.
+
+    A non-finite loss or gradient skips the update (params, optimizer state and EMA unchanged);
+    the step counter still advances, so the next step draws fresh noise on the next batch.
+    """
+    # Row i goes to micro-batch i % grad_accum: each device's contiguous block of the sharded
+    # batch splits evenly over the micro-batches, so no rows move between devices.
+    micro = jax.tree.map(lambda x: x.reshape(-1, tc.grad_accum, *x.shape[1:]).swapaxes(0, 1),
+                         batch)
     step_key = jax.random.fold_in(state.rng, state.step)
     grad_fn = jax.value_and_grad(loss_fn)
 
     def accumulate(carry, xs):
         loss_sum, grad_sum = carry
-        micro_tokens, index = xs
-        loss, grads = grad_fn(state.params, cfg, tc, micro_tokens,
+        micro_batch, index = xs
+        loss, grads = grad_fn(state.params, cfg, tc, micro_batch,
                               jax.random.fold_in(step_key, index))
         return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+    # The f32 accumulator is laid out like the params (unconstrained, XLA may replicate it).
+    zeros = jax.tree.map(lambda p, names: sharding.constrain(jnp.zeros(p.shape, jnp.float32),
+                                                             names),
+                         state.params, model.param_logical_axes(cfg))
     (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros),
                                     (micro, jnp.arange(tc.grad_accum)))
     loss, grads = loss / tc.grad_accum, jax.tree.map(lambda g: g / tc.grad_accum, grads)
+    finite = jnp.isfinite(loss) & _all_finite(grads)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-               "lr": lr_schedule(tc)(state.step)}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    lr_scale = state.guard["lr_scale"]
+
+    def apply(operand):
+        params, opt_state, ema = operand
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        if tc.nan_lr_drop_after:  # the LR scale multiplies adamw's -lr·update exactly
+            updates = jax.tree.map(lambda u: u * lr_scale.astype(u.dtype), updates)
+        params = optax.apply_updates(params, updates)
+        if ema is not None:
+            d = tc.ema_decay
+            ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p.astype(jnp.float32), ema,
+                               params)
+        return params, opt_state, ema
+
+    # lax.cond, not a select: a skipped step does not even compute the optimizer update.
+    params, opt_state, ema = jax.lax.cond(finite, apply, lambda operand: operand,
+                                          (state.params, state.opt_state, state.ema))
+    guard = _update_guard(state.guard, loss, finite, state.step, tc)
+    applied = state.step - state.guard["skipped"]  # = the optimizer's own update count
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "finite": finite,
+               "lr": lr_schedule(tc)(applied) * lr_scale, **guard}
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema,
+                              guard=guard)
+    return new_state, metrics
+
+
+@functools.cache
+def _bound_step(cfg: ModelConfig, tc: TrainConfig, optimizer: optax.GradientTransformation
+                ) -> Callable:
+    # The same function object for the same statics: JAX's tracing/lowering/compilation caches
+    # are keyed on it, so a second run in one process (a resume, a test) reuses the program.
+    return functools.partial(train_step, cfg=cfg, tc=tc, optimizer=optimizer)
 
 
 def jit_train_step(cfg: ModelConfig, tc: TrainConfig, optimizer: optax.GradientTransformation,
                    state_shardings: Any = None, batch_sharding: Any = None) -> Callable:
-    """`train_step` jitted with the state donated (and pinned shardings when given)."""
-    step = functools.partial(train_step, cfg=cfg, tc=tc, optimizer=optimizer)
+    """`train_step` jitted with the state donated (and pinned shardings when given).
+
+    `batch_sharding` applies to every array of the batch dict (a prefix): shard the leading
+    [batch] dimension only, e.g. `sharding.named_sharding(mesh, ("batch",))`, so [batch, seq]
+    tokens and [batch] prompt lengths share it.
+    """
+    step = _bound_step(cfg, tc, optimizer)
     if state_shardings is None:
         return jax.jit(step, donate_argnums=0)
-    return jax.jit(step, donate_argnums=0,
-                   in_shardings=(state_shardings, {"tokens": batch_sharding}),
+    return jax.jit(step, donate_argnums=0, in_shardings=(state_shardings, batch_sharding),
                    out_shardings=(state_shardings, None))
 
 
@@ -119,147 +279,19 @@ def shardings_of(tree: Any) -> Any:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def eval_loss(params: Any, cfg: ModelConfig, tokens: jax.Array, key: jax.Array) -> jax.Array:
-    """Pretraining loss on [batch, seq] with noise from `key` (fixed key = comparable numbers)."""
-    noisy, p_mask, _ = diffusion.mask_tokens(key, tokens, cfg.mask_token_id)
+def eval_loss(params: Any, cfg: ModelConfig, tokens: jax.Array, key: jax.Array,
+              prompt_lengths: jax.Array | None = None) -> jax.Array:
+    """Loss on tokens [batch, seq] with noise from `key` (fixed key = comparable numbers): the
+    pretraining loss, or with `prompt_lengths` [batch] the SFT loss."""
+    noisy, p_mask, _ = diffusion.mask_tokens(key, tokens, cfg.mask_token_id,
+                                             prompt_lengths=prompt_lengths)
+    if prompt_lengths is not None:
+        return diffusion.sft_loss(params, cfg, tokens, noisy, p_mask, prompt_lengths)
     return diffusion.pretrain_loss(params, cfg, tokens, noisy, p_mask)
 
 
-# --- throughput / MFU ----------------------------------------------------------------------------
-_PEAK_TFLOPS = {  # dense bf16 per chip, from vendor data sheets
-    "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0,
-    "TPU v6 lite": 918.0, "TPU v6e": 918.0, "H100": 989.0, "H200": 989.0, "A100": 312.0,
-}
+def run(config: Any, stop_after: int | None = None) -> dict[str, Any]:
+    """Train as the run ConfigDict `config` says (resuming); see `lladax.loop.run`."""
+    from lladax import loop
 
-
-def measure_matmul_peak(n: int = 1024, dtype: Any = jnp.float32, repeats: int = 5) -> float:
-    """Best-of-`repeats` FLOP/s of a jitted [n, n] @ [n, n] on the default device."""
-    a = jnp.ones((n, n), dtype)
-    matmul = jax.jit(lambda x, y: x @ y)
-    matmul(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        matmul(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
-
-
-def peak_flops_per_device() -> tuple[float, str]:
-    """(FLOP/s, source): the data-sheet peak for known accelerators, else a measured matmul."""
-    kind = jax.devices()[0].device_kind
-    for name, tflops in _PEAK_TFLOPS.items():
-        if name.lower() in kind.lower():
-            return tflops * 1e12, f"{kind} data sheet"
-    return measure_matmul_peak(), f"measured f32 matmul on {kind}"
-
-
-# --- the loop ------------------------------------------------------------------------------------
-def run(config: Any, stop_after: int | None = None) -> dict[str, float]:
-    """Train as `config` (a run ConfigDict, see `config.run_config`) says; returns final metrics.
-
-    Resumes from the newest checkpoint in `log.workdir` if there is one — params, optimizer
-    state, step, rng and the data iterator's position, so a resumed run sees exactly the batches
-    an uninterrupted one would. Evaluates the held-out loss every `eval.every` steps with fixed
-    noise (comparable across steps), logs JSON lines to `workdir/metrics.jsonl` and saves the
-    final state. `stop_after` ends (and checkpoints) the run early at that step, as a preemption
-    would, without changing the schedule of `train.steps`.
-    """
-    import json
-    import shutil
-    from pathlib import Path
-
-    from tqdm import tqdm
-
-    from lladax import checkpoint, data
-    from lladax.config import model_config_from
-    from lladax.tokenizer import SentencePieceTokenizer, check_compatible, load_tokenizer
-
-    cfg = model_config_from(config.model)
-    tc = TrainConfig.from_config(config.train)
-    workdir = Path(config.log.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    tok = load_tokenizer(config.data.tokenizer or "embedded", vocab_size=cfg.vocab_size)
-    check_compatible(tok, cfg)
-    if isinstance(tok, SentencePieceTokenizer):  # the run directory is self-contained
-        shutil.copyfile(tok.name, workdir / "tokenizer.model")
-
-    mesh = sharding.make_mesh(**dict(config.mesh))
-    n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if (tc.batch_size // tc.grad_accum) % n_batch_shards:
-        raise ValueError(f"micro-batch {tc.batch_size // tc.grad_accum} is not divisible by the "
-                         f"{n_batch_shards} data×fsdp shards: change train.batch_size or mesh")
-    optimizer = make_optimizer(tc)
-    mgr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
-    meta = {"model": dataclasses.asdict(cfg), "run": config.to_dict(),
-            "tokenizer": "tokenizer.model" if (workdir / "tokenizer.model").exists() else
-            str(config.data.tokenizer)}
-    with jax.set_mesh(mesh):
-        state = init_state(cfg, tc, optimizer, jax.random.key(tc.seed), mesh)
-        data_state = None
-        if mgr.latest_step() is not None:
-            state = checkpoint.restore(mgr, state)
-            data_state = checkpoint.read_meta(workdir, int(state.step))[1].get("data_state")
-        state_sh = shardings_of(state)
-        batch_sh = sharding.named_sharding(mesh, ("batch", None))
-        step_fn = jit_train_step(cfg, tc, optimizer, state_sh, batch_sh)
-        train_iter = iter(data.make_batches(tok, source=config.data.source, split="train",
-                                            seq_len=config.data.seq_len,
-                                            batch_size=tc.batch_size, seed=config.data.seed))
-        if data_state is not None:
-            train_iter.set_state(data_state)
-        eval_set = [jax.device_put(b["tokens"], batch_sh) for b in data.eval_batches(
-            tok, source=config.data.source, seq_len=config.data.seq_len,
-            batch_size=config.eval.batch_size, max_batches=config.eval.batches)]
-        eval_key = jax.random.key(12345)
-
-        def evaluate(params) -> float:
-            losses = [eval_loss(params, cfg, t, jax.random.fold_in(eval_key, i))
-                      for i, t in enumerate(eval_set)]
-            return float(jnp.mean(jnp.stack(losses))) if losses else float("nan")
-
-        peak, peak_source = peak_flops_per_device()
-        flops_per_step = cfg.flops_per_token(config.data.seq_len) * tc.batch_size * \
-            config.data.seq_len
-        tokens_per_step = tc.batch_size * config.data.seq_len
-        start_step = int(state.step)
-        metrics_file = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 (closed below)
-        last: dict[str, float] = {}
-        end_step = tc.steps if stop_after is None else min(tc.steps, stop_after)
-        bar = tqdm(range(start_step, end_step), initial=start_step, total=tc.steps,
-                   disable=not config.log.progress, dynamic_ncols=True)
-        if start_step == 0:
-            last["eval_loss"] = evaluate(state.params)
-            metrics_file.write(json.dumps({"step": 0, "eval_loss": last["eval_loss"]}) + "\n")
-        t_last, steps_since = time.perf_counter(), 0
-        for step in bar:
-            batch = {"tokens": jax.device_put(next(train_iter)["tokens"], batch_sh)}
-            state, m = step_fn(state, batch)
-            steps_since += 1
-            done = step + 1
-            if done == start_step + 1:  # keep compilation out of the throughput numbers
-                jax.block_until_ready(m)
-                t_last, steps_since = time.perf_counter(), 0
-            if done % config.log.every == 0 or done == end_step:
-                m = {k: float(v) for k, v in m.items()}
-                dt = time.perf_counter() - t_last
-                tok_s = steps_since * tokens_per_step / dt  # 0 if only the compiling step ran
-                mfu = steps_since * flops_per_step / dt / (peak * mesh.size)
-                t_last, steps_since = time.perf_counter(), 0
-                record = {"step": done, **m, "tokens_per_s": tok_s, "mfu": mfu}
-                if config.eval.every and (done % config.eval.every == 0 or done == end_step):
-                    record["eval_loss"] = evaluate(state.params)
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-                last.update(record)
-                bar.set_postfix(loss=f"{m['loss']:.3f}", eval=f"{last.get('eval_loss', 0):.3f}",
-                                tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}")
-            if config.checkpoint.every and done % config.checkpoint.every == 0:
-                checkpoint.save(mgr, state, meta | {"data_state": train_iter.get_state()})
-        if mgr.latest_step() != int(state.step):
-            checkpoint.save(mgr, state, meta | {"data_state": train_iter.get_state()}, force=True)
-        mgr.wait_until_finished()
-        metrics_file.close()
-    last["peak_flops"] = peak
-    last["peak_source"] = peak_source  # type: ignore[assignment]
-    return last
+    return loop.run(config, stop_after=stop_after)

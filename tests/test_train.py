@@ -1,12 +1,15 @@
-"""The jitted train step: learning, sharding, accumulation and the LR schedule."""
+"""The jitted train step: learning, sharding, accumulation, LR schedule, batch kinds, and the
+robustness guard (non-finite skip, LR drop, spikes, EMA)."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lladax import sharding, train
-from lladax.config import preset
+from lladax import diffusion, model, sharding, train
+from lladax.config import ConfigError, preset
 
 CFG = preset("tiny")
 TC = train.TrainConfig(steps=40, batch_size=8, grad_accum=1, lr=3e-3, warmup_steps=2,
@@ -20,9 +23,36 @@ def tokens():
     return (start + jnp.arange(32)[None, :]) % CFG.vocab_size
 
 
+def _leaves_equal(a, b) -> bool:
+    return all(np.array_equal(np.asarray(x), np.asarray(y))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+@functools.lru_cache
+def _initial(tc):
+    """init_state(tc, key 0), built once per config (callers that donate it get a copy)."""
+    return train.init_state(CFG, tc, train.make_optimizer(tc), jax.random.key(0))
+
+
+def _fresh(tc):
+    return jax.tree.map(lambda x: x.copy(), _initial(tc))
+
+
+@functools.lru_cache
+def _step(tc):
+    """The (not donated) jitted step, compiled once per config for the whole module."""
+    return jax.jit(lambda s, b: train.train_step(s, b, cfg=CFG, tc=tc,
+                                                 optimizer=train.make_optimizer(tc)))
+
+
+# One config for the guard tests, so they share one compiled step.
+GUARDED = train.TrainConfig(steps=10, batch_size=8, lr=1e-3, warmup_steps=0, truncate_prob=0.0,
+                            nan_lr_drop_after=2, nan_lr_drop_factor=0.25, ema_decay=0.9)
+
+
 def test_train_step_decreases_loss(tokens):
     opt = train.make_optimizer(TC)
-    state = train.init_state(CFG, TC, opt, jax.random.key(0))
+    state = _fresh(TC)
     key = jax.random.key(7)
     before = float(train.eval_loss(state.params, CFG, tokens, key))
     step = train.jit_train_step(CFG, TC, opt)
@@ -30,13 +60,14 @@ def test_train_step_decreases_loss(tokens):
         state, metrics = step(state, {"tokens": tokens})
     after = float(train.eval_loss(state.params, CFG, tokens, key))
     assert int(state.step) == 25 and np.isfinite(float(metrics["grad_norm"]))
+    assert int(state.guard["skipped"]) == 0 and bool(metrics["finite"])
     assert after < 0.85 * before
 
 
 def test_sharded_step_equals_single_device(tokens):
     tc = TC
     opt = train.make_optimizer(tc)
-    single = train.init_state(CFG, tc, opt, jax.random.key(0))
+    single = _fresh(tc)
     step = train.jit_train_step(CFG, tc, opt)
     for _ in range(2):
         single, m_single = step(single, {"tokens": tokens})
@@ -44,7 +75,7 @@ def test_sharded_step_equals_single_device(tokens):
     with jax.set_mesh(mesh):
         state = train.init_state(CFG, tc, opt, jax.random.key(0), mesh)
         assert not state.params["blocks"]["q_proj"].sharding.is_fully_replicated
-        batch_sh = sharding.named_sharding(mesh, ("batch", None))
+        batch_sh = sharding.named_sharding(mesh, ("batch",))
         sharded_step = train.jit_train_step(CFG, tc, opt, train.shardings_of(state), batch_sh)
         for _ in range(2):
             state, m_sharded = sharded_step(state, {"tokens": jax.device_put(tokens, batch_sh)})
@@ -55,14 +86,43 @@ def test_sharded_step_equals_single_device(tokens):
 
 def test_grad_accumulation_averages_micro_batches(tokens):
     tc = train.TrainConfig(steps=10, batch_size=8, grad_accum=2, lr=1e-3, truncate_prob=0.0)
-    opt = train.make_optimizer(tc)
-    state = train.init_state(CFG, tc, opt, jax.random.key(0))
-    _, metrics = jax.jit(lambda s, b: train.train_step(s, b, cfg=CFG, tc=tc, optimizer=opt))(
-        state, {"tokens": tokens})
+    state = _initial(TC)  # the same state layout
+    _, metrics = _step(tc)(state, {"tokens": tokens})
     step_key = jax.random.fold_in(state.rng, 0)
     micro = tokens.reshape(2, 4, -1)
-    expected = np.mean([train.loss_fn(state.params, CFG, tc, micro[i],
+    expected = np.mean([train.loss_fn(state.params, CFG, tc, {"tokens": micro[i]},
                                       jax.random.fold_in(step_key, i)) for i in range(2)])
+    np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+
+
+def test_sft_batch_uses_sft_loss(tokens):
+    """{"tokens", "prompt_lengths"}: prompts never masked, loss = diffusion.sft_loss."""
+    state = _initial(TC)
+    prompt_lengths = jnp.arange(8, dtype=jnp.int32) + 3
+    _, metrics = _step(TC)(state, {"tokens": tokens, "prompt_lengths": prompt_lengths})
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, 0), 0)
+    mask_key, _ = jax.random.split(key)
+    noisy, p_mask, masked = diffusion.mask_tokens(mask_key, tokens, CFG.mask_token_id,
+                                                  prompt_lengths=prompt_lengths)
+    assert not bool(jnp.any(masked & (jnp.arange(32)[None] < prompt_lengths[:, None])))
+    expected = diffusion.sft_loss(state.params, CFG, tokens, noisy, p_mask, prompt_lengths)
+    np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-6)
+
+
+def test_packed_batch_passes_segments_to_the_model(tokens):
+    """Packed rows: segment ids / positions reach the model; padding (id 0) leaves the loss."""
+    seg = jnp.concatenate([jnp.full((8, 20), 1), jnp.full((8, 8), 2), jnp.zeros((8, 4))], 1)
+    seg = seg.astype(jnp.int32)
+    pos = jnp.concatenate([jnp.arange(20), jnp.arange(8), jnp.zeros(4)]).astype(jnp.int32)
+    pos = jnp.broadcast_to(pos, (8, 32))
+    state = _initial(TC)
+    batch = {"tokens": tokens, "segment_ids": seg, "positions": pos}
+    _, metrics = _step(TC)(state, batch)
+    mask_key, _ = jax.random.split(jax.random.fold_in(jax.random.fold_in(state.rng, 0), 0))
+    noisy, p_mask, _ = diffusion.mask_tokens(mask_key, tokens, CFG.mask_token_id)
+    logits = model.apply(state.params, CFG, noisy, seg > 0, segment_ids=seg, positions=pos)
+    per_token = diffusion.weighted_token_loss(logits, tokens, noisy, p_mask, CFG.mask_token_id)
+    expected = jnp.sum(jnp.where(seg > 0, per_token, 0.0)) / jnp.sum(seg > 0)
     np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
 
 
@@ -85,6 +145,94 @@ def test_weight_decay_skips_norms():
     assert float(jnp.abs(updates["norm"]).max()) == 0.0
 
 
-def test_batch_not_divisible_by_accumulation():
-    with pytest.raises(ValueError, match="not divisible by train.grad_accum"):
-        train.TrainConfig(batch_size=6, grad_accum=4)
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size=6, grad_accum=4), "not divisible by train.grad_accum"),
+    (dict(ema_decay=1.0), "ema_decay=1.0 must be in"),
+    (dict(nan_lr_drop_factor=0.0), "nan_lr_drop_factor=0.0"),
+    (dict(spike_factor=0.5), "spike_factor=0.5 must be > 1"),
+])
+def test_bad_train_config(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        train.TrainConfig(**kwargs)
+
+
+# --- robustness ----------------------------------------------------------------------------------
+def _poisoned(tokens):
+    """A corrupted batch: one id outside the vocabulary gathers a NaN embedding (jnp.take fills
+    out-of-range rows with NaN), so the loss and every gradient are NaN."""
+    return tokens.at[3, 5].set(CFG.vocab_size)
+
+
+def test_non_finite_step_is_skipped(tokens):
+    tc = GUARDED
+    step = _step(tc)
+    state, _ = step(_initial(tc),
+                    {"tokens": tokens})
+    after, m = step(state, {"tokens": _poisoned(tokens)})
+    assert not np.isfinite(float(m["loss"])) and not bool(m["finite"])
+    assert _leaves_equal(after.params, state.params)
+    assert _leaves_equal(after.opt_state, state.opt_state)
+    assert _leaves_equal(after.ema, state.ema)
+    assert int(after.step) == 2 and int(after.guard["skipped"]) == 1
+    assert int(after.guard["streak"]) == 1
+    # Training continues: the next finite batch updates the params and resets the streak.
+    resumed, m = step(after, {"tokens": tokens})
+    assert bool(m["finite"]) and not _leaves_equal(resumed.params, after.params)
+    assert int(resumed.guard["skipped"]) == 1 and int(resumed.guard["streak"]) == 0
+    assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(resumed.params))
+
+
+def test_lr_drops_after_consecutive_skips(tokens):
+    tc = GUARDED
+    step = _step(tc)
+    state = _initial(tc)
+    clean, _ = step(state, {"tokens": tokens})
+    dropped = clean
+    for _ in range(2):
+        dropped, _ = step(dropped, {"tokens": _poisoned(tokens)})
+    assert float(dropped.guard["lr_scale"]) == 0.25 and int(dropped.guard["streak"]) == 0
+    # Same optimizer state and params, same noise -> the update is exactly 1/4 of the unscaled.
+    undropped = dropped.replace(guard=dropped.guard | {"lr_scale": jnp.float32(1.0)})
+    new_dropped, m = step(dropped, {"tokens": tokens})
+    new_full, _ = step(undropped, {"tokens": tokens})
+    for p, a, b in zip(jax.tree.leaves(dropped.params), jax.tree.leaves(new_dropped.params),
+                       jax.tree.leaves(new_full.params), strict=True):
+        # atol: one f32 ulp of the params (~1) the deltas are taken from
+        np.testing.assert_allclose(np.asarray(a - p), 0.25 * np.asarray(b - p), rtol=1e-4,
+                                   atol=2.5e-7)
+    assert float(m["lr"]) == pytest.approx(0.25 * 1e-3)
+
+
+def test_spikes_counted_and_kept_out_of_the_mean():
+    tc = train.TrainConfig(spike_factor=3.0)
+    g = train.new_guard()
+    true = jnp.asarray(True)
+    for i in range(train.SPIKE_WARMUP):
+        g = train._update_guard(g, jnp.float32(2.0 + 0.01 * (i % 3)), true, jnp.int32(i), tc)
+    mean = float(g["loss_mean"])
+    assert mean == pytest.approx(2.01, abs=0.01) and int(g["spikes"]) == 0
+    g = train._update_guard(g, jnp.float32(5.0), true, jnp.int32(20), tc)  # 5 < 3 x 2.01
+    assert int(g["spikes"]) == 0
+    g = train._update_guard(g, jnp.float32(9.0), true, jnp.int32(21), tc)
+    assert int(g["spikes"]) == 1 and int(g["last_spike_step"]) == 21
+    assert float(g["last_spike_loss"]) == 9.0
+    before = float(g["loss_mean"])
+    g = train._update_guard(g, jnp.float32(100.0), true, jnp.int32(22), tc)
+    assert int(g["spikes"]) == 2 and float(g["loss_mean"]) == before
+
+
+def test_ema_follows_params(tokens):
+    tc = GUARDED
+    state = _initial(tc)
+    assert _leaves_equal(state.ema, state.params)
+    expected = jax.tree.map(np.asarray, state.ema)
+    step = _step(tc)
+    for batch in (tokens, _poisoned(tokens), tokens):  # the skipped step leaves the EMA alone
+        new, m = step(state, {"tokens": batch})
+        if bool(m["finite"]):
+            expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * np.asarray(p), expected,
+                                    new.params)
+        state = new
+    for e, got in zip(jax.tree.leaves(expected), jax.tree.leaves(state.ema), strict=True):
+        np.testing.assert_allclose(np.asarray(got), e, rtol=1e-6, atol=1e-7)
+    assert not _leaves_equal(state.ema, state.params)

@@ -1,0 +1,121 @@
+"""Checkpoint save cost: the whole save, and the time the train loop is blocked by an async save.
+
+    python benchmarks/checkpoint_bench.py [--preset small] [--batch 32] [--seq 64] [--saves 5]
+
+A TrainState (params, AdamW moments, guard counters; `--ema` adds an f32 EMA) is saved with
+`checkpoint.save` into a local temporary directory, as the loop does. Reported, all in one run:
+  * synchronous save  = `checkpoint.save` + `wait_until_finished` (everything written, committed)
+  * blocking time     = the `checkpoint.save` call alone (device->host copy, checksums, Orbax
+                        bookkeeping); the write itself runs in Orbax's background thread
+  * checksum share    = the per-array checksums inside the blocking time
+  * loop overhead     = (wall time of N train steps saving every K steps − N steps without
+                        saving) ÷ saves: what an async save really costs the loop, background
+                        writing competing for the same cores included (the last save has K
+                        steps to finish before the clock stops)
+Steps and saves are timed after a warm-up (compilation excluded); each figure is the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+
+from lladax import checkpoint, train
+from lladax.config import preset
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--saves", type=int, default=5)
+    parser.add_argument("--every", type=int, default=4, help="steps between saves (overhead)")
+    parser.add_argument("--ema", type=float, default=0.0, help="train.ema_decay (0 = no EMA)")
+    args = parser.parse_args()
+
+    cfg = preset(args.preset, remat_policy="none")
+    tc = train.TrainConfig(steps=10_000, batch_size=args.batch, truncate_prob=0.0,
+                           ema_decay=args.ema)
+    opt = train.make_optimizer(tc)
+    state = train.init_state(cfg, tc, opt, jax.random.key(0))
+    step = train.jit_train_step(cfg, tc, opt)
+    batch = {"tokens": jax.random.randint(jax.random.key(1), (args.batch, args.seq), 0,
+                                          cfg.vocab_size)}
+    state, m = step(state, batch)
+    jax.block_until_ready(m)
+    meta = {"model": dataclasses.asdict(cfg)}
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state)
+                      if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mgr = checkpoint.manager(tmp, keep=2)
+        checkpoint.save(mgr, state, meta)  # warm-up: compiles the checksums, starts Orbax
+        mgr.wait_until_finished()
+        sync, block, cks = [], [], []
+        for _ in range(args.saves):
+            state, m = step(state, batch)
+            jax.block_until_ready(m)
+            t0 = time.perf_counter()
+            for tree in checkpoint.state_items(state).values():
+                checkpoint.checksums(tree)
+            cks.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            checkpoint.save(mgr, state, meta)
+            t1 = time.perf_counter()
+            mgr.wait_until_finished()
+            block.append(t1 - t0)
+            sync.append(time.perf_counter() - t0)
+        on_disk = _size(Path(tmp) / "checkpoints" / str(int(state.step)))
+
+        def steps(n: int, save: bool) -> float:
+            nonlocal state
+            t0 = time.perf_counter()
+            for i in range(n):
+                state, m = step(state, batch)
+                if save and (i + 1) % args.every == 0 and i + 1 < n:
+                    checkpoint.save(mgr, state, meta)
+            jax.block_until_ready(m)
+            mgr.wait_until_finished()
+            return time.perf_counter() - t0
+
+        n = args.every * (args.saves + 1)  # the last save has `every` steps to finish in
+        plain, saving = [], []
+        for _ in range(3):  # interleaved, so machine-speed drift hits both alike
+            plain.append(steps(n, False))
+            saving.append(steps(n, True))
+        mgr.close()
+
+    step_s = min(plain) / n
+    overhead = (statistics.median(saving) - statistics.median(plain)) / args.saves
+    med = statistics.median
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} "
+          f"({platform.processor() or platform.machine()}), jax {jax.__version__}")
+    print(f"model: {args.preset} ({cfg.param_count() / 1e6:.2f}M params), state "
+          f"{state_bytes / 2**20:.1f} MiB in memory, {on_disk / 2**20:.1f} MiB on disk"
+          f"{', EMA on' if args.ema else ''}; train step {step_s * 1e3:.0f} ms "
+          f"(batch {args.batch} x seq {args.seq})")
+    print(f"synchronous save (write + commit): {med(sync) * 1e3:.0f} ms "
+          f"({state_bytes / 2**20 / med(sync):.0f} MiB/s)")
+    print(f"loop blocked by an async save:     {med(block) * 1e3:.0f} ms "
+          f"({med(block) / med(sync):.0%} of the synchronous save; checksums "
+          f"{med(cks) * 1e3:.0f} ms of it)")
+    print(f"measured loop overhead per save:   {overhead * 1e3:.0f} ms "
+          f"({overhead / step_s:.2f} train steps; {args.saves} saves every {args.every} "
+          f"steps, median of 3 interleaved runs)")
+
+
+if __name__ == "__main__":
+    main()

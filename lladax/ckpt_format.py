@@ -1,0 +1,156 @@
+"""What a lladax checkpoint stores and how it is checked: the per-process data-iterator item,
+position-sensitive per-array checksums, and the comparison of a stored tree with a target.
+
+Orbax's array files carry no checksum of the data (a flipped bit restores as silent garbage), so
+`checkpoint.save` records `checksums` of every array in the step's JSON meta and every restore
+recomputes and compares them. Used by `lladax.checkpoint`; nothing else needs this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from lladax.config import ModelConfig
+
+
+class CheckpointError(ValueError):
+    """A run directory or checkpoint is missing or unreadable."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint was written for a different model (shapes or structure differ)."""
+
+
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was skipped in favour of an earlier one."""
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+    """An `epath.Path` (local paths made absolute; `gs://...` and other URLs kept as they are)."""
+    text = os.fspath(path)
+    return epath.Path(text if "://" in text else os.path.abspath(os.path.expanduser(text)))
+
+
+# --- the per-process data-iterator item ------------------------------------------------------
+class DataStateHandler(ocp.CheckpointHandler):
+    """Each process writes its own iterator state (JSON) as `process_<i>-of-<n>.json`."""
+
+    def save(self, directory: epath.Path, args: DataStateSave) -> None:
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        (epath.Path(directory) / name).write_text(json.dumps(args.state))
+
+    def restore(self, directory: epath.Path, args: DataStateRestore | None = None
+                ) -> dict[str, Any]:
+        """{"state": this process's state or None, "processes": how many processes saved}."""
+        directory = epath.Path(directory)
+        files = sorted(p.name for p in directory.iterdir() if p.name.startswith("process_"))
+        saved = int(files[0].rsplit("-of-", 1)[1].removesuffix(".json")) if files else 0
+        own = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        state = json.loads(own.read_text()) if own.exists() else None
+        return {"state": state, "processes": saved}
+
+    def metadata(self, directory: epath.Path) -> None:
+        return None
+
+    def finalize(self, directory: epath.Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+    state: Any
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+# --- checksums ---------------------------------------------------------------------------------
+def _path_str(path: tuple[Any, ...]) -> str:
+    def key(k: Any) -> str:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+    return "/".join(key(k) for k in path)
+
+
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+    """[] uint32: Σ (bits·K₁ ⊕ (index·K₂ + K₃)) mod 2³², exact under any sharding; any change of
+    a single element changes it, and so does moving elements."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
+    bits = bits.astype(jnp.uint32)
+    index, stride = jnp.zeros(x.shape, jnp.uint32), 1
+    for dim in reversed(range(x.ndim)):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, x.shape, dim) * jnp.uint32(stride)
+        stride = stride * x.shape[dim] % 2**32
+    mixed = (bits * jnp.uint32(0x9E3779B1)) ^ (index * jnp.uint32(0x85EBCA77) +
+                                               jnp.uint32(0x165667B1))
+    return jnp.sum(mixed, dtype=jnp.uint32)
+
+
+@jax.jit
+def _tree_checksums(tree: Any) -> Any:
+    return jax.tree.map(_leaf_checksum, tree)
+
+
+def checksums(tree: Any) -> dict[str, int]:
+    """{"a/b/c": uint32 checksum} of every array leaf of `tree` (computed on device)."""
+    values = jax.tree_util.tree_flatten_with_path(_tree_checksums(tree))[0]
+    return {_path_str(p): int(np.asarray(v)) for p, v in values}
+
+
+def _stored_signature(x: Any) -> tuple[tuple[int, ...], str]:
+    """(shape, dtype) as Orbax stores a leaf (typed PRNG keys as their uint32 key data)."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.eval_shape(jax.random.key_data, x)
+    return tuple(x.shape), jnp.dtype(x.dtype).name
+
+
+def compare_structure(item: str, saved_md: Any, like: Any, where: str, meta: dict[str, Any],
+             model_cfg: ModelConfig | None) -> set[str]:
+    """Raise CheckpointMismatchError if the stored item's paths/shapes differ from `like`;
+    return the paths whose dtype differs (restored with a cast, so not checksum-verified)."""
+    tree = getattr(saved_md, "tree", saved_md)
+    saved = {_path_str(p): (tuple(m.shape), jnp.dtype(m.dtype).name) for p, m in
+             jax.tree_util.tree_flatten_with_path(tree)[0]}
+    wanted = {_path_str(p): _stored_signature(x) for p, x in
+              jax.tree_util.tree_flatten_with_path(like)[0]}
+    problems = [f"{item}/{k} is missing from the checkpoint" for k in wanted if k not in saved]
+    problems += [f"{item}/{k} is in the checkpoint but not in this model" for k in saved
+                 if k not in wanted]
+    problems += [f"{item}/{k} has shape {list(saved[k][0])} in the checkpoint but "
+                 f"{list(wanted[k][0])} here" for k in wanted
+                 if k in saved and saved[k][0] != wanted[k][0]]
+    if problems:
+        fields = ""
+        if model_cfg is not None and isinstance(meta.get("model"), dict):
+            now = dataclasses.asdict(model_cfg)
+            diff = [f"{k} {v} vs {now[k]}" for k, v in meta["model"].items()
+                    if k in now and v != now[k] and k not in ("dtype", "param_dtype",
+                                                              "remat_policy", "attention_impl")]
+            fields = f" (model config differs: {', '.join(diff)})" if diff else ""
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise CheckpointMismatchError(
+            f"checkpoint {where} was written for a different model: {problems[0]}{more}{fields}; "
+            "train with the config it was saved with, or use a new workdir")
+    return {k for k in wanted if saved[k][1] != wanted[k][1]}
