@@ -54,8 +54,7 @@ def test_interrupted_run_resumes_bit_exactly(tmp_path):
     _, resumed = checkpoint.load_params(interrupted)
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert checkpoint.read_meta(interrupted)[1]["data_state"] == \
-        checkpoint.read_meta(straight)[1]["data_state"]
+    assert checkpoint.read_data_state(interrupted) == checkpoint.read_data_state(straight)
 
 
 @pytest.mark.parametrize("args, message", [
