@@ -16,7 +16,12 @@ def get_config():
     c.data.format = "chat"               # lladax.sft batches: tokens + prompt_lengths
     c.data.source = "synthetic:all"      # copy, reverse, sort, add, lookup
     c.data.seq_len = 64
-    c.train.update(steps=600, batch_size=32, lr=1e-3, warmup_steps=30, decay_fraction=0.3)
+    # mask_eps: p_mask = (1 - eps)·t + eps. At batch 32, LLaDA's eps = 1e-3 lets the rare rows
+    # with p near 1e-3 carry weights 1/p up to 1000x: they dominate (and, clipped, shrink) every
+    # gradient, and this model learns nothing in 600 steps. eps = 0.2 bounds the weights at 5x
+    # (answers are then never less than 20% masked); copying is learned within ~150 steps.
+    c.train.update(steps=600, batch_size=32, lr=1e-3, warmup_steps=30, decay_fraction=0.3,
+                   mask_eps=0.2, stratified_t=True)
     c.eval.update(every=100, batches=4, batch_size=32)
     c.log.update(every=20, workdir="runs/sft_small")
     c.checkpoint.init_from = "runs/small"  # the pretrained `small` run (configs/small.py)
