@@ -89,7 +89,7 @@ def test_grad_accumulation_averages_micro_batches(tokens):
     state = _initial(TC)  # the same state layout
     _, metrics = _step(tc)(state, {"tokens": tokens})
     step_key = jax.random.fold_in(state.rng, 0)
-    micro = tokens.reshape(2, 4, -1)
+    micro = tokens.reshape(4, 2, -1).swapaxes(0, 1)  # row i -> micro-batch i % grad_accum
     expected = np.mean([train.loss_fn(state.params, CFG, tc, {"tokens": micro[i]},
                                       jax.random.fold_in(step_key, i)) for i in range(2)])
     np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
