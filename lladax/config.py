@@ -11,7 +11,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_out")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_out", "save_qkv_proj",
+                  "offload")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "splash_interpret")
 DTYPES = ("float32", "bfloat16", "float16")
 

@@ -35,7 +35,7 @@ from etils import epath
 
 from lladax import checkpoint, data, sharding
 from lladax.config import ConfigError, ModelConfig, TrainConfig, model_config_from
-from lladax.throughput import Meter, peak_flops_per_device
+from lladax.throughput import Meter, device_memory_gib, peak_flops_per_device
 from lladax.train import (
     abstract_state,
     eval_loss,
@@ -275,7 +275,7 @@ def run(config: Any, stop_after: int | None = None) -> dict[str, Any]:
         peak, peak_source = peak_flops_per_device()
         seq = config.data.seq_len
         meter = Meter(tc.batch_size * seq, cfg.flops_per_token(seq) * tc.batch_size * seq,
-                      peak * mesh.size)
+                      peak, mesh.size)
         start_step = int(state.step)
         metrics_file = MetricsFile(workdir / "metrics.jsonl", main)
         last: dict[str, Any] = {"step": start_step, "stopped": None}
@@ -305,11 +305,11 @@ def run(config: Any, stop_after: int | None = None) -> dict[str, Any]:
                     meter.tick()
                 if done % config.log.every == 0 or done == end_step:
                     m = {k: v.item() for k, v in jax.device_get(m).items()}
-                    tok_s, mfu = meter.read()
+                    speed = meter.read()
                     report.report(m, done)
                     record = {"step": done, "loss": m["loss"], "grad_norm": m["grad_norm"],
                               "lr": m["lr"], "skipped": m["skipped"], "spikes": m["spikes"],
-                              "lr_scale": m["lr_scale"], "tokens_per_s": tok_s, "mfu": mfu}
+                              "lr_scale": m["lr_scale"], **speed, **device_memory_gib()}
                     if report.save_block_s is not None:
                         record["ckpt_block_s"], report.save_block_s = report.save_block_s, None
                     if evals and (done % config.eval.every == 0 or done == end_step):
@@ -318,7 +318,10 @@ def run(config: Any, stop_after: int | None = None) -> dict[str, Any]:
                     last.update(record)
                     bar.set_postfix(loss=f"{m['loss']:.3f}",
                                     eval=f"{last.get('eval_loss', 0):.3f}",
-                                    tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}")
+                                    tok_s=f"{speed['tokens_per_s']:,.0f}",
+                                    mfu=f"{speed['mfu']:.1%}",
+                                    **({"hbm": f"{record['hbm_peak_gib']:.1f}G"}
+                                       if "hbm_peak_gib" in record else {}))
                 if config.checkpoint.every and done % config.checkpoint.every == 0:
                     save(done)
                 if stop_requested(done):

@@ -128,6 +128,7 @@ class Block(nnx.Module):
         k = jnp.einsum("bld,dhk->blhk", n, self.k_proj[...].astype(dt))
         v = jnp.einsum("bld,dhk->blhk", n, self.v_proj[...].astype(dt))
         k = constrain(apply_rope(k, cos, sin), ("batch", "length", "act_heads", None))
+        k, v = checkpoint_name(k, "k_proj"), checkpoint_name(v, "v_proj")
         if cache is not None:  # stale entries elsewhere, fresh ones in the window
             k, v = (jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), cache_start, 1)
                     for c, new in zip(cache, (k, v), strict=True))
@@ -140,6 +141,7 @@ class Block(nnx.Module):
                 seg_q = jax.lax.dynamic_slice_in_dim(segment_ids, query_start, query_size, axis=1)
         q = jnp.einsum("bld,dhk->blhk", n_q, self.q_proj[...].astype(dt))
         q = constrain(apply_rope(q, cos_q, sin_q), ("batch", "length", "act_heads", None))
+        q = checkpoint_name(q, "q_proj")
         a = attention(q, k, v, key_mask, q_segment_ids=seg_q, kv_segment_ids=segment_ids,
                       impl=self.cfg.attention_impl)
         a = checkpoint_name(a, "attn_out")
@@ -152,11 +154,19 @@ class Block(nnx.Module):
         return constrain(out, ("batch", "length", "act_embed")), (k, v)
 
 
-_REMAT_POLICIES = {
+_QKV = ("q_proj", "k_proj", "v_proj")  # after RoPE: the backward pass reuses them as they are
+_REMAT_POLICIES = {  # what each scanned layer keeps for the backward pass (docs/scaling.md)
     "full": None,  # save nothing, recompute the whole block
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "save_attn_out": jax.checkpoint_policies.save_only_these_names("attn_out"),
+    "save_qkv_proj": jax.checkpoint_policies.save_only_these_names(*_QKV),
+    # q, k, v and the attention output go to pinned host memory during the forward pass and
+    # come back for the backward: device memory of `full`, recompute of `save_qkv_proj` minus
+    # attention, paid for in host<->device transfers that XLA overlaps with the next layer.
+    "offload": jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=[*_QKV, "attn_out"],
+        offload_src="device", offload_dst="pinned_host"),
 }
 
 

@@ -131,6 +131,8 @@ def activation_bytes(cfg: ModelConfig, micro_batch: float, seq_len: int,
         "dots": projections + scores * 2,         # f32 scores are a dot output too
         "dots_no_batch": projections,
         "save_attn_out": b * n * d,
+        "save_qkv_proj": qkv,
+        "offload": 0.0,                           # kept in host memory, not HBM
     }[cfg.remat_policy]
     working = projections + 2 * b * n * d + scores * (4 + c) / c  # f32 scores + probs, one layer
     return {"residual stream (all layers)": cfg.n_layers * b * n * d * c,

@@ -41,16 +41,30 @@ def peak_flops_per_device() -> tuple[float, str]:
     return measure_matmul_peak(), f"measured f32 matmul on {kind}"
 
 
+def device_memory_gib() -> dict[str, float]:
+    """{"hbm_gib": in use now, "hbm_peak_gib": peak so far}: the largest over local devices, in
+    GiB; {} where the backend keeps no allocator statistics (CPU)."""
+    stats = [d.memory_stats() for d in jax.local_devices()]
+    if not all(stats) or "bytes_in_use" not in stats[0]:
+        return {}
+    out = {"hbm_gib": max(s["bytes_in_use"] for s in stats) / 2**30}
+    if "peak_bytes_in_use" in stats[0]:
+        out["hbm_peak_gib"] = max(s["peak_bytes_in_use"] for s in stats) / 2**30
+    return out
+
+
 class Meter:
-    """Tokens/s and MFU between log points, with the compiling first step kept out.
+    """Tokens/s (total and per device), step time and MFU between log points, with the compiling
+    first step kept out.
 
     Call `start()` once the first step has finished (after `block_until_ready`), `tick()` after
     every later step, and `read()` at a log point (after the metrics were fetched, which syncs).
     """
 
-    def __init__(self, tokens_per_step: int, flops_per_step: float, peak_total: float):
+    def __init__(self, tokens_per_step: int, flops_per_step: float, peak_per_device: float,
+                 devices: int):
         self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
-        self.peak_total = peak_total
+        self.peak_per_device, self.devices = peak_per_device, devices
         self.start()
 
     def start(self) -> None:
@@ -59,10 +73,13 @@ class Meter:
     def tick(self) -> None:
         self.steps += 1
 
-    def read(self) -> tuple[float, float]:
-        """(tokens/s, MFU) since the last read or start; (0, 0) if no timed step ran."""
+    def read(self) -> dict[str, float]:
+        """tokens_per_s, tokens_per_s_per_device, step_s, mfu since the last read or start (zeros
+        if no timed step ran)."""
         dt = max(time.perf_counter() - self.t0, 1e-9)
         tok_s = self.steps * self.tokens_per_step / dt
-        mfu = self.steps * self.flops_per_step / dt / self.peak_total
+        out = {"tokens_per_s": tok_s, "tokens_per_s_per_device": tok_s / self.devices,
+               "step_s": dt / self.steps if self.steps else 0.0,
+               "mfu": self.steps * self.flops_per_step / dt / (self.peak_per_device * self.devices)}
         self.start()
-        return tok_s, mfu
+        return out

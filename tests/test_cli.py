@@ -29,7 +29,10 @@ def test_train_saves_checkpoint_and_resumes(tmp_path, capsys):
     assert json.loads(out.splitlines()[0])["step"] == 4
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[0] == {"step": 0, "eval_loss": records[0]["eval_loss"]}
-    assert {"loss", "tokens_per_s", "mfu", "eval_loss"} <= set(records[-1])
+    assert {"loss", "tokens_per_s", "tokens_per_s_per_device", "step_s", "mfu",
+            "eval_loss"} <= set(records[-1])
+    assert records[-1]["tokens_per_s_per_device"] == pytest.approx(
+        records[-1]["tokens_per_s"] / jax.device_count())
     assert (tmp_path / "tokenizer.model").exists()
     cfg, params = checkpoint.load_params(tmp_path)
     assert cfg.n_layers == 2 and params["wte"].shape == (cfg.vocab_size, cfg.d_model)

@@ -62,11 +62,14 @@ def test_every_llada_8b_layout_fits(hardware):
 def test_remat_policies_order_activation_memory():
     cfg = run_config("llada_1b")
     totals = {}
-    for policy in ("none", "dots", "dots_no_batch", "save_attn_out", "full"):
+    for policy in ("none", "dots", "dots_no_batch", "save_qkv_proj", "save_attn_out", "full",
+                   "offload"):
         cfg.model.remat_policy = policy
         totals[policy] = sum(plan.activation_bytes(plan.model_config_from(cfg.model), 1, 2048)
                              .values())
     assert totals["full"] < totals["save_attn_out"] < totals["dots_no_batch"] < totals["none"]
+    assert totals["save_attn_out"] < totals["save_qkv_proj"] < totals["dots_no_batch"]
+    assert totals["offload"] == totals["full"]  # offloaded activations live in host memory
 
 
 def test_estimate_tracks_the_compiler():
