@@ -1,4 +1,7 @@
-"""Bidirectional multi-head attention, one function with interchangeable implementations.
+"""Multi-head attention, one function with interchangeable implementations.
+
+LLaDA's mask predictor attends bidirectionally; `causal=True` (the autoregressive baseline,
+`ModelConfig.kind="autoregressive"`) lets query i see keys <= i + q_offset only.
 
 `xla` is the reference (dense einsum, float32 softmax) and runs everywhere; `cudnn` dispatches to
 `jax.nn.dot_product_attention(implementation="cudnn")` (GPU, bf16/fp16 only); `splash` is the
@@ -19,34 +22,43 @@ IMPLS = ("auto", "xla", "cudnn", "splash", "splash_interpret")
 
 
 def allowed_keys(key_mask: jax.Array | None, q_segment_ids: jax.Array | None,
-                 kv_segment_ids: jax.Array | None) -> jax.Array | None:
-    """Boolean [batch, 1, q_len | 1, kv_len] mask of the keys each query may attend to, or None.
+                 kv_segment_ids: jax.Array | None, *, causal: bool = False, q_len: int = 0,
+                 kv_len: int = 0, q_offset: jax.Array | int = 0) -> jax.Array | None:
+    """Boolean [batch | 1, 1, q_len | 1, kv_len] mask of the keys each query may attend to, or
+    None for "all".
 
     key_mask: [batch, kv_len] (True = real token); segment ids: [batch, q_len] / [batch, kv_len]
     ints, equal ids = same document (padding has its own id, 0, so it never mixes with text).
+    causal: query i (absolute position i + q_offset in the key sequence) sees keys <= it.
     """
     mask = None if key_mask is None else key_mask.astype(bool)[:, None, None, :]
     if q_segment_ids is not None:
         same = q_segment_ids[:, None, :, None] == kv_segment_ids[:, None, None, :]
         mask = same if mask is None else mask & same
+    if causal:
+        lower = (jnp.arange(kv_len)[None, :] <= jnp.arange(q_len)[:, None] + q_offset)[None, None]
+        mask = lower if mask is None else mask & lower
     return mask
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None,
               *, q_segment_ids: jax.Array | None = None,
-              kv_segment_ids: jax.Array | None = None, impl: str = "xla") -> jax.Array:
-    """Non-causal scaled dot-product attention.
+              kv_segment_ids: jax.Array | None = None, impl: str = "xla",
+              causal: bool = False, q_offset: jax.Array | int = 0) -> jax.Array:
+    """Scaled dot-product attention, bidirectional unless `causal`.
 
     q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim] (kv_heads
     divides heads: grouped-query attention repeats them). key_mask: [batch, kv_len] bool, True for
     real tokens; masked keys get an additive float32-min bias exactly as the reference, so a row
     whose keys are all masked still produces finite values. q_segment_ids [batch, q_len] and
     kv_segment_ids [batch, kv_len] (both or neither) restrict each query to keys of its own
-    segment. Returns [batch, q_len, heads, head_dim].
+    segment. `causal`: query i is at position i + q_offset of the keys (a window or a cached
+    decode step) and sees keys up to it. Returns [batch, q_len, heads, head_dim].
     """
     if (q_segment_ids is None) != (kv_segment_ids is None):
         raise ValueError("pass both q_segment_ids and kv_segment_ids, or neither")
-    mask = allowed_keys(key_mask, q_segment_ids, kv_segment_ids)
+    mask = allowed_keys(key_mask, q_segment_ids, kv_segment_ids, causal=causal, q_len=q.shape[1],
+                        kv_len=k.shape[1], q_offset=q_offset)
     n_rep = q.shape[2] // k.shape[2]
     if n_rep > 1:
         k = jnp.repeat(k, n_rep, axis=2)
@@ -62,7 +74,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | No
             raise ValueError(f"splash attention needs query and key lengths that are multiples "
                              f"of 128, got {q.shape[1]} and {k.shape[1]}: pad the sequence or "
                              "use attention_impl='auto'")
-        return _splash(q, k, v, key_mask, q_segment_ids, kv_segment_ids,
+        if causal and (q.shape[1] != k.shape[1] or not isinstance(q_offset, int) or q_offset):
+            raise ValueError("causal splash attention needs queries over the whole key sequence "
+                             "(no window or cache): use attention_impl='xla' for decoding")
+        return _splash(q, k, v, key_mask, q_segment_ids, kv_segment_ids, causal=causal,
                        interpret=impl == "splash_interpret")
     if impl == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
@@ -82,7 +97,7 @@ def _block(length: int) -> int:
     return next(size for size in (512, 256, 128) if length % size == 0)
 
 
-def _splash(q, k, v, key_mask, q_segment_ids, kv_segment_ids, *, interpret: bool):
+def _splash(q, k, v, key_mask, q_segment_ids, kv_segment_ids, *, causal: bool, interpret: bool):
     """Splash attention: padding and documents become segment ids (keys outside a query's
     segment, or padded, are skipped); a query with no visible key at all is undefined here,
     unlike `xla` which averages all values for it. Runs per shard under the current mesh."""
@@ -108,7 +123,9 @@ def _splash(q, k, v, key_mask, q_segment_ids, kv_segment_ids, *, interpret: bool
                                   block_kv_dq=bkv)
 
     def local(q, k, v, q_seg, kv_seg):  # shapes are per shard: heads may be split over tensor
-        mask = mask_lib.MultiHeadMask([mask_lib.FullMask((q_len, kv_len))] * q.shape[1])
+        shape_mask = (mask_lib.CausalMask((q_len, kv_len)) if causal
+                      else mask_lib.FullMask((q_len, kv_len)))
+        mask = mask_lib.MultiHeadMask([shape_mask] * q.shape[1])
         splash = kernel_lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1,
                                             q_seq_shards=1, interpret=interpret)
         segments = jax.vmap(kernel_lib.SegmentIds)(q_seg.astype(jnp.int32),

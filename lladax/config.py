@@ -15,6 +15,9 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_out", "sav
                   "offload")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "splash_interpret")
 DTYPES = ("float32", "bfloat16", "float16")
+# "diffusion": LLaDA's bidirectional mask predictor; "autoregressive": the same network with causal
+# attention and the next-token loss, the like-for-like baseline (lladax/autoregressive.py).
+MODEL_KINDS = ("diffusion", "autoregressive")
 
 
 class ConfigError(ValueError):
@@ -49,6 +52,7 @@ class ModelConfig:
     remat_policy: str = "full"
     attention_impl: str = "xla"
     init_std: float = 0.02
+    kind: str = "diffusion"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
@@ -76,10 +80,14 @@ class ModelConfig:
             raise ConfigError("mask_token_id must differ from pad_token_id")
         for name, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES),
                               ("remat_policy", REMAT_POLICIES),
-                              ("attention_impl", ATTENTION_IMPLS)):
+                              ("attention_impl", ATTENTION_IMPLS), ("kind", MODEL_KINDS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(
                     f"ModelConfig.{name}={getattr(self, name)!r} is unknown; use one of {allowed}")
+
+    @property
+    def causal(self) -> bool:
+        return self.kind == "autoregressive"
 
     @property
     def head_dim(self) -> int:
@@ -111,10 +119,11 @@ class ModelConfig:
         6·N for every weight matmul (N = non-embedding params + the LM head; the embedding is a
         gather) plus attention scores and values: 6 · 2 · n_layers · seq_len · d_model — the
         attention is bidirectional, so every query sees all `seq_len` keys (no causal halving).
+        The autoregressive baseline counts half the attention, as MaxText does for causal models.
         """
         d = self.d_model
         matmul_params = self.param_count(embeddings=False) + self.vocab_size * d
-        attention = 2 * self.n_layers * seq_len * d
+        attention = 2 * self.n_layers * seq_len * d / (2 if self.causal else 1)
         return 6.0 * (matmul_params + attention)
 
     def forward_flops(self, seq_len: int, query_len: int | None = None) -> float:

@@ -328,6 +328,10 @@ def save_hf(path: str | os.PathLike, cfg: ModelConfig, params: Params,
     Each file is written to a temporary name and renamed when complete; host memory is about one
     tensor (the shard is streamed, its header written from the planned shapes).
     """
+    if cfg.kind != "diffusion":
+        raise ValueError(f"only LLaDA (diffusion) models export to the Hugging Face LLaDA format; "
+                         f"this one is kind={cfg.kind!r} (the autoregressive baseline, whose "
+                         "causal attention LLaDA's remote code would not apply)")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     limit = max_shard_bytes if max_shard_bytes is not None else parse_size(max_shard_size)

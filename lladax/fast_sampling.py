@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lladax import model, sampling
+from lladax.autoregressive import check_kind
 from lladax.config import ModelConfig
 from lladax.sharding import constrain
 
@@ -218,6 +219,7 @@ def generate(params, cfg: ModelConfig, prompt: Any, attention_mask: Any = None, 
     block_evaluations [n_blocks], finished_early [B] (frozen by early exit). Use
     `model_flops(cfg, stats, ...)` for the compute spent.
     """
+    check_kind(cfg, "diffusion", "fast_sampling.generate")
     prompt_np = np.asarray(prompt)
     if prompt_np.ndim != 2 or prompt_np.shape[0] == 0 or prompt_np.shape[1] == 0:
         raise ValueError(f"prompt must be a non-empty [batch, prompt_len] array of token ids, got "

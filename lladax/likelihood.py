@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lladax import model
+from lladax.autoregressive import check_kind
 from lladax.config import ModelConfig
 from lladax.diffusion import cross_entropy
 
@@ -66,6 +67,7 @@ def batch_elbo(params: Any, cfg: ModelConfig, clean: Any, noisy: Any, p_mask: An
     ones CFG masks in its unconditional copy). Returns Σ_{noisy == mask} CE/p_mask ÷ b, a scalar
     f32 (the log-likelihood estimate is its negative). No attention mask: rows are unpadded.
     """
+    check_kind(cfg, "diffusion", "likelihood.batch_elbo")
     model.check_tokens(clean, cfg, "clean")
     model.check_tokens(noisy, cfg, "noisy")
     clean, noisy = jnp.asarray(clean, jnp.int32), jnp.asarray(noisy, jnp.int32)
@@ -236,6 +238,7 @@ def log_likelihood_batch(params: Any, cfg: ModelConfig, prompts: Sequence[Any],
     for batch 16); the last group is filled with copies so a bucket compiles once.
     Returns estimates [n] float64 (and standard errors [n] with return_stderr=True).
     """
+    check_kind(cfg, "diffusion", "likelihood.log_likelihood_batch")
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers: pass one of each "
                          "per pair")

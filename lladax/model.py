@@ -142,8 +142,11 @@ class Block(nnx.Module):
         q = jnp.einsum("bld,dhk->blhk", n_q, self.q_proj[...].astype(dt))
         q = constrain(apply_rope(q, cos_q, sin_q), ("batch", "length", "act_heads", None))
         q = checkpoint_name(q, "q_proj")
+        # Causal (autoregressive baseline): query j sits at q_offset + j of the key sequence.
+        q_offset = ((0 if cache is None else cache_start)
+                    + (0 if query_size is None else query_start))
         a = attention(q, k, v, key_mask, q_segment_ids=seg_q, kv_segment_ids=segment_ids,
-                      impl=self.cfg.attention_impl)
+                      impl=self.cfg.attention_impl, causal=self.cfg.causal, q_offset=q_offset)
         a = checkpoint_name(a, "attn_out")
         h = x_q + jnp.einsum("blhk,hkd->bld", a, self.attn_out[...].astype(dt))
         m = self.ff_norm(h)
@@ -194,8 +197,8 @@ class LLaDA(nnx.Module):
                  cache: KVCache | None = None, cache_start: jax.Array | int = 0,
                  return_cache: bool = False) -> jax.Array | tuple[jax.Array, KVCache]:
         cfg = self.cfg
-        if cache is not None and (segment_ids is not None or return_cache):
-            raise ValueError("a cached forward takes no segment_ids and returns no cache")
+        if cache is not None and segment_ids is not None:
+            raise ValueError("a cached forward takes no segment_ids")
         h = jnp.take(self.wte[...], tokens, axis=0).astype(cfg.compute_dtype)
         h = constrain(h, ("batch", "length", "act_embed"))
         if positions is None:  # a cached forward's tokens start at cache_start
@@ -293,7 +296,10 @@ def apply(params: Params, cfg: ModelConfig, tokens: jax.Array,
     fresh keys/values of those positions into its cache slice and attends to the whole of it;
     other positions keep their (possibly stale) cached keys/values. Shapes are static, so one
     compiled program serves any `cache_start`. With a cache that is exact for the current
-    sequence, the logits equal the same slice of the uncached forward.
+    sequence, the logits equal the same slice of the uncached forward. Both together return the
+    cache with those positions written (the autoregressive decoder's step).
+
+    `cfg.kind == "autoregressive"` makes every layer causal (the baseline of `autoregressive.py`).
     """
     return nnx.merge(graphdef(cfg), params)(tokens, attention_mask, segment_ids=segment_ids,
                                             positions=positions, query_start=query_start,

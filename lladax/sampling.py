@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lladax import model
+from lladax.autoregressive import check_kind
 from lladax.config import ModelConfig
 from lladax.sharding import constrain
 
@@ -313,6 +314,7 @@ def generate(params, cfg: ModelConfig, prompt: Any, attention_mask: Any = None, 
     while the returned canvas shows it as EOS. Returns canvas, (canvas, history),
     (canvas, stats) or (canvas, history, stats).
     """
+    check_kind(cfg, "diffusion", "sampling.generate")
     prompt_np = np.asarray(prompt) if not isinstance(prompt, jax.Array) else prompt
     if prompt_np.ndim != 2 or prompt_np.shape[0] == 0 or prompt_np.shape[1] == 0:
         raise ValueError(f"prompt must be a non-empty [batch, prompt_len] array of token ids, got "
@@ -365,6 +367,7 @@ def infill(params, cfg: ModelConfig, canvas: Any, attention_mask: Any = None, *,
     Unlike the reference `generate`, the mask id itself is never proposed, so every span is
     filled. Returns the canvas [B, N] (and history [steps, B, N] with return_history).
     """
+    check_kind(cfg, "diffusion", "sampling.infill")
     canvas_np = np.asarray(canvas)
     if canvas_np.ndim != 2 or canvas_np.size == 0:
         raise ValueError(f"canvas must be a non-empty [batch, len] array of token ids, got shape "

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from lladax import diffusion, model, sharding
+from lladax import autoregressive, diffusion, model, sharding
 from lladax.config import ModelConfig, TrainConfig
 from lladax.throughput import measure_matmul_peak, peak_flops_per_device
 
@@ -146,18 +146,21 @@ def loss_fn(params: Any, cfg: ModelConfig, tc: TrainConfig, batch: dict[str, jax
     tokens = batch["tokens"]
     mask_key, trunc_key = jax.random.split(key)
     prompt_lengths = batch.get("prompt_lengths")
+    packed = {k: batch[k] for k in ("segment_ids", "positions") if k in batch}
+    attention_mask = None
+    if "segment_ids" in packed:  # id 0 marks the padding at the end of a packed row
+        attention_mask = packed["segment_ids"] > 0
+    if tc.truncate_prob > 0 and prompt_lengths is None:
+        cut = diffusion.truncation_mask(trunc_key, *tokens.shape, tc.truncate_prob)
+        attention_mask = cut if attention_mask is None else attention_mask & cut
+    if cfg.causal:  # the autoregressive baseline: same batches, exact next-token NLL
+        return autoregressive.next_token_loss(params, cfg, tokens, attention_mask,
+                                              prompt_lengths=prompt_lengths, **packed)
     noisy, p_mask, _ = diffusion.mask_tokens(mask_key, tokens, cfg.mask_token_id, tc.mask_eps,
                                              prompt_lengths=prompt_lengths,
                                              stratified=tc.stratified_t)
     if prompt_lengths is not None:
         return diffusion.sft_loss(params, cfg, tokens, noisy, p_mask, prompt_lengths)
-    packed = {k: batch[k] for k in ("segment_ids", "positions") if k in batch}
-    attention_mask = None
-    if "segment_ids" in packed:  # id 0 marks the padding at the end of a packed row
-        attention_mask = packed["segment_ids"] > 0
-    if tc.truncate_prob > 0:
-        cut = diffusion.truncation_mask(trunc_key, *tokens.shape, tc.truncate_prob)
-        attention_mask = cut if attention_mask is None else attention_mask & cut
     return diffusion.pretrain_loss(params, cfg, tokens, noisy, p_mask, attention_mask, **packed)
 
 
@@ -282,7 +285,10 @@ def shardings_of(tree: Any) -> Any:
 def eval_loss(params: Any, cfg: ModelConfig, tokens: jax.Array, key: jax.Array,
               prompt_lengths: jax.Array | None = None) -> jax.Array:
     """Loss on tokens [batch, seq] with noise from `key` (fixed key = comparable numbers): the
-    pretraining loss, or with `prompt_lengths` [batch] the SFT loss."""
+    pretraining loss, or with `prompt_lengths` [batch] the SFT loss; for an autoregressive model
+    the exact next-token loss (the key is unused)."""
+    if cfg.causal:
+        return autoregressive.next_token_loss(params, cfg, tokens, prompt_lengths=prompt_lengths)
     noisy, p_mask, _ = diffusion.mask_tokens(key, tokens, cfg.mask_token_id,
                                              prompt_lengths=prompt_lengths)
     if prompt_lengths is not None:

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import argparse
 
-from lladax.cli.common import add_model_args, add_sampling_args, load_model, sampling_kwargs
+from lladax.cli.common import (
+    add_model_args,
+    add_sampling_args,
+    generate,
+    load_model,
+    sampling_kwargs,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -46,8 +52,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
             continue
         turn = apply_chat_template(tokenizer, [{"role": "user", "content": message}])
         prompt = history + (turn[1:] if history and turn[:1] == [tokenizer.bos_id] else turn)
-        canvas = sampling.generate(params, cfg, np.asarray([prompt], np.int32), **kwargs,
-                                   early_exit=args.early_exit)
+        canvas = generate(params, cfg, np.asarray([prompt], np.int32), None, kwargs,
+                          early_exit=args.early_exit)
         answer = sampling.decode_answer(canvas[0], len(prompt), cfg)
         print(f"assistant> {render(tokenizer, answer, cfg.mask_token_id)}")
         history = [int(t) for t in np.asarray(canvas[0]) if int(t) != cfg.eos_token_id]

@@ -63,6 +63,24 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                 rng=jax.random.key(args.seed))
 
 
+def generate(params: Any, cfg: Any, tokens: Any, attention_mask: Any, kwargs: dict[str, Any],
+             **extra: Any) -> Any:
+    """Decode with the sampler of the model's kind: the diffusion sampler (`sampling_kwargs` and
+    `extra`), or left to right for an autoregressive baseline (gen_length, temperature, rng)."""
+    if cfg.causal:
+        from lladax import autoregressive
+
+        if extra.get("return_history"):
+            raise ValueError("--show-steps shows the diffusion sampler's canvas; this model is "
+                             "autoregressive (kind='autoregressive'): drop --show-steps")
+        return autoregressive.generate(params, cfg, tokens, attention_mask,
+                                       gen_length=kwargs["gen_length"],
+                                       temperature=kwargs["temperature"], rng=kwargs["rng"])
+    from lladax import sampling
+
+    return sampling.generate(params, cfg, tokens, attention_mask, **kwargs, **extra)
+
+
 def add_fast_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fast decoding (lladax.fast_sampling; docs/fast_decoding.md)")
     g.add_argument("--fast", action="store_true",

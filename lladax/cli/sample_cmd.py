@@ -22,6 +22,7 @@ from lladax.cli.common import (
     add_model_args,
     add_sampling_args,
     fast_kwargs,
+    generate,
     load_model,
     sampling_kwargs,
 )
@@ -115,6 +116,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
                          "--show-steps: drop --fast/--cache/--threshold/--factor")
     cfg, params, tokenizer = load_model(args.checkpoint, args.dtype)
     kwargs = sampling_kwargs(args)
+    if cfg.causal and (args.infill is not None or fast is not None):
+        raise ValueError("--infill and fast decoding need a diffusion model; this checkpoint is "
+                         "the autoregressive baseline (kind='autoregressive'): use --prompt")
     if args.infill is not None:
         ids = encode_infill(args.infill, tokenizer, cfg.mask_token_id, args.mask_span)
         canvas = sampling.infill(params, cfg, [ids], steps=args.steps or ids.count(
@@ -147,8 +151,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
               f"{[int(n) for n in stats['nfe']]}, plain decoding would use {kwargs['steps']}",
               file=sys.stderr)
     else:
-        out = sampling.generate(params, cfg, tokens, attention_mask, **kwargs,
-                                return_history=args.show_steps, early_exit=args.early_exit)
+        out = generate(params, cfg, tokens, attention_mask, kwargs,
+                       return_history=args.show_steps, early_exit=args.early_exit)
     if args.show_steps:
         out, history = out
         show_history(tokenizer, history, tokens.shape[1], cfg.mask_token_id)
