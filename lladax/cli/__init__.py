@@ -7,6 +7,7 @@
   lladax convert <hf_dir> <out_dir> [--dtype bfloat16]        (HF <-> lladax round trip check)
   lladax plan --config configs/llada_8b.py:v5p-128 [--aot v5p-64]   (HBM per chip, tokens/s)
   lladax data prepare --source corpus/ --out data/tok [--tokenizer tok.model --shards 8]
+  lladax experiment reversal --seeds 0 1 2     (also: scaling, sampler; docs/experiments.md)
 """
 
 from __future__ import annotations
@@ -14,10 +15,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lladax.cli import chat_cmd, convert_cmd, data_cmd, eval_cmd, plan_cmd, sample_cmd, train_cmd
+from lladax.cli import (
+    chat_cmd,
+    convert_cmd,
+    data_cmd,
+    eval_cmd,
+    experiment_cmd,
+    plan_cmd,
+    sample_cmd,
+    train_cmd,
+)
 
 COMMANDS = {"train": train_cmd, "sample": sample_cmd, "chat": chat_cmd, "convert": convert_cmd,
-            "eval": eval_cmd, "plan": plan_cmd, "data": data_cmd}
+            "eval": eval_cmd, "plan": plan_cmd, "data": data_cmd, "experiment": experiment_cmd}
 
 
 def main(argv: list[str] | None = None) -> int:

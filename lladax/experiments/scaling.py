@@ -1,0 +1,162 @@
+"""Diffusion vs autoregressive at several sizes on the default data, equal tokens.
+
+Each size is trained twice by `lladax.train.run` from `configs/small.py` (the same data, batches,
+optimizer, schedule and steps) with only `model.kind` changed, then scored on the held-out split:
+
+  held-out loss   autoregressive: the exact NLL per token; diffusion: the ELBO bound per token
+                  (`diffusion.pretrain_loss`, averaged over `--noise-draws` noise draws), which
+                  is an UPPER bound on the diffusion model's NLL — the comparison favours AR
+  continuation    a downstream check: `--pairs` held-out (context, real continuation) vs
+  ranking         (context, same tokens shuffled); the score is exact log p for AR and the
+                  Monte-Carlo ELBO (`likelihood.log_likelihood_batch`) for diffusion; accuracy
+                  = fraction ranked right
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lladax import autoregressive, checkpoint, data, diffusion, likelihood, train
+from lladax.cli.config_files import load_config_file
+from lladax.experiments.common import provenance, write_result
+from lladax.tokenizer import load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+SIZES = {  # name: (d_model, n_layers, n_heads); "m" is configs/small.py's model
+    "xs": (64, 2, 2), "s": (128, 3, 4), "m": (256, 4, 4)}
+
+
+def continuation_pairs(stream: np.ndarray, n: int, prompt_len: int, answer_len: int,
+                       seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """n (context, real, shuffled) triples from evenly spaced windows of a token stream; the
+    shuffled answer is a permutation of the real one (a unigram model cannot tell them apart)."""
+    span = prompt_len + answer_len
+    if len(stream) < n * span:
+        raise ValueError(f"held-out stream has {len(stream)} tokens, need {n * span}: use fewer "
+                         "pairs or shorter lengths")
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in np.linspace(0, len(stream) - span, n).astype(int):
+        prompt, real = stream[s:s + prompt_len], stream[s + prompt_len:s + span]
+        shuffled = real.copy()
+        while np.array_equal(shuffled, real) and len(set(real.tolist())) > 1:
+            shuffled = rng.permutation(real)
+        out.append((prompt, real, shuffled))
+    return out
+
+
+def heldout_loss(params: Any, cfg: Any, batches: list[dict[str, np.ndarray]],
+                 noise_draws: int) -> float:
+    """Nats per token on the held-out batches: exact NLL (AR) or the mean ELBO bound (diffusion)."""
+    if cfg.causal:
+        return float(np.mean([autoregressive.next_token_loss(params, cfg, jnp.asarray(b["tokens"]))
+                              for b in batches]))
+    losses = []
+    for i, b in enumerate(batches):
+        for k in range(noise_draws):
+            tokens = jnp.asarray(b["tokens"])
+            noisy, p_mask, _ = diffusion.mask_tokens(jax.random.key(1000 * i + k), tokens,
+                                                     cfg.mask_token_id)
+            losses.append(diffusion.pretrain_loss(params, cfg, tokens, noisy, p_mask))
+    return float(np.mean(losses))
+
+
+def ranking_accuracy(params: Any, cfg: Any, pairs: list, mc_num: int, seed: int) -> float:
+    """Fraction of pairs whose real continuation scores above the shuffled one."""
+    prompts, reals, shuffled = (np.stack(x) for x in zip(*pairs, strict=True))
+    if cfg.causal:
+        def score(answers):
+            tokens = np.concatenate([prompts, answers], 1)
+            return np.asarray(autoregressive.sequence_log_prob(
+                params, cfg, jnp.asarray(tokens), jnp.ones(tokens.shape, jnp.int32),
+                jnp.full((len(tokens),), prompts.shape[1])))
+        return float(np.mean(score(reals) > score(shuffled)))
+    keys = jax.random.split(jax.random.key(seed), len(pairs))  # common random numbers per pair
+    scores = np.asarray(likelihood.log_likelihood_batch(
+        params, cfg, list(prompts) * 2, list(reals) + list(shuffled), mc_num=mc_num,
+        batch_size=min(16, mc_num), rng=jnp.concatenate([keys, keys])))
+    return float(np.mean(scores[:len(pairs)] > scores[len(pairs):]))
+
+
+def run_one(size: str, kind: str, args: argparse.Namespace, workdir: Path, log=print
+            ) -> dict[str, Any]:
+    d, layers, heads = SIZES[size]
+    config = load_config_file(str(ROOT / "configs" / "small.py"))
+    config.model.update(d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=heads,
+                        mlp_hidden_size=3 * d, kind=kind)
+    config.train.update(steps=args.steps, seed=args.seed)
+    config.eval.update(every=args.steps, batches=args.eval_batches)
+    config.log.update(workdir=str(workdir / f"{size}_{kind}"), progress=False,
+                      every=max(1, args.steps // 10))
+    config.data.seed = args.seed
+    out = train.run(config)
+    cfg, params = checkpoint.load_params(config.log.workdir)
+    tok = load_tokenizer("embedded", vocab_size=cfg.vocab_size)
+    evals = data.eval_batches(tok, source=config.data.source, seq_len=config.data.seq_len,
+                              batch_size=config.eval.batch_size, max_batches=args.eval_batches)
+    stream = data.token_stream(tok, source=config.data.source, split="eval")
+    pairs = continuation_pairs(stream, args.pairs, 32, 32, args.seed)
+    result = {"size": size, "kind": kind, "params": cfg.param_count(),
+              "tokens": args.steps * config.train.batch_size * config.data.seq_len,
+              "train_loss": out["loss"],
+              "heldout_loss": heldout_loss(params, cfg, evals, args.noise_draws),
+              "ranking": ranking_accuracy(params, cfg, pairs, args.mc, args.seed)}
+    log(f"  {size:>2} {kind:>14}: {result['params'] / 1e6:.2f}M params, held-out "
+        f"{result['heldout_loss']:.3f} nats/token, ranking {result['ranking']:.0%}")
+    return result
+
+
+def plot(result: dict[str, Any]):
+    def draw(fig):
+        loss_ax, rank_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+        for kind, marker in (("diffusion", "o"), ("autoregressive", "s")):
+            rows = [r for r in result["runs"] if r["kind"] == kind]
+            n = [r["params"] for r in rows]
+            label = kind + (" (ELBO bound)" if kind == "diffusion" else " (exact NLL)")
+            loss_ax.plot(n, [r["heldout_loss"] for r in rows], marker=marker, label=label)
+            rank_ax.plot(n, [100 * r["ranking"] for r in rows], marker=marker, label=kind)
+        for ax in (loss_ax, rank_ax):
+            ax.set_xscale("log")
+            ax.set_xlabel("parameters")
+            ax.legend()
+        loss_ax.set_ylabel("held-out nats / token")
+        rank_ax.set_ylabel("real > shuffled continuation (%)")
+        rank_ax.axhline(50, color="grey", lw=0.8, ls=":")
+        tokens = result["runs"][0]["tokens"]
+        loss_ax.set_title(f"Equal data: {tokens / 1e3:.0f}k tokens each")
+        rank_ax.set_title(f"Continuation ranking, {result['settings']['pairs']} pairs")
+    return draw
+
+
+def main(argv: list[str] | None = None, log=print) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog="lladax experiment scaling", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    ap.add_argument("--steps", type=int, default=300, help="configs/small.py's default")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-batches", type=int, default=8)
+    ap.add_argument("--noise-draws", type=int, default=8, help="diffusion ELBO noise draws")
+    ap.add_argument("--pairs", type=int, default=50)
+    ap.add_argument("--mc", type=int, default=64, help="Monte-Carlo samples per ELBO")
+    ap.add_argument("--workdir", default=None, help="keep the runs here (default: a temp dir)")
+    ap.add_argument("--out", default="docs/experiments")
+    args = ap.parse_args(argv)
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(args.workdir or tmp)
+        for size in args.sizes:
+            for kind in ("diffusion", "autoregressive"):
+                runs.append(run_one(size, kind, args, workdir, log))
+    result = {"experiment": "scaling", "settings": vars(args),
+              "provenance": provenance("lladax experiment scaling " + " ".join(argv or []),
+                                       [args.seed]),
+              "runs": runs}
+    write_result(args.out, "scaling", result, plot(result))
+    return result
