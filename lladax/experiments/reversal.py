@@ -18,6 +18,11 @@ whose knowledge comes only from the fact documents: forward = "FOLLOWS x :" → 
 fact was written in), reverse = "PRECEDES y :" → x (the other one). Both need the same transfer
 from fact to question format; only the reverse one needs the association inverted. Greedy decoding
 of the 3 answer tokens (y1 y2 <eos>); exact match of the 2 entity tokens. Chance is 1/N² per pair.
+
+A second probe asks the held-out facts in their own format: "<bos> x → _ _" (forward) and
+"<bos> _ _ → y" (reverse, filled by `sampling.infill`; a left-to-right decoder cannot condition on
+text after the gap, so the AR model has no reverse score there). It separates "the association is
+stored both ways" from "the question format transfers".
 """
 
 from __future__ import annotations
@@ -80,6 +85,22 @@ def exact_match(params: Any, cfg: ModelConfig, prompts: np.ndarray, answers: np.
     return float(np.mean(np.all(reply == answers, axis=1)))
 
 
+def fact_infill(params: Any, cfg: ModelConfig, pairs: np.ndarray, direction: str) -> float | None:
+    """Recall in the fact's own format: fill "<bos> x → [M M]" (forward) or "<bos> [M M] → y"
+    (reverse) with `sampling.infill`. Left-to-right decoding can only do the forward one (as a
+    prompt); the reverse one needs text after the gap, so it is None for the AR model."""
+    facts = documents(pairs, 0)
+    blank = slice(4, 6) if direction == "forward" else slice(1, 3)
+    if cfg.causal:
+        if direction == "reverse":
+            return None
+        return exact_match(params, cfg, facts[:, :4], facts[:, 4:6])
+    canvas = facts.copy()
+    canvas[:, blank] = MASK
+    filled = np.asarray(jax.device_get(sampling.infill(params, cfg, canvas, steps=2)))
+    return float(np.mean(np.all(filled[:, blank] == facts[:, blank], axis=1)))
+
+
 def model_config(kind: str, n_entities: int, size: str = "base") -> ModelConfig:
     d, layers = {"base": (64, 2), "tiny": (32, 1)}[size]
     return preset("tiny", vocab_size=FIRST_ENTITY + n_entities, d_model=d, n_layers=layers,
@@ -107,8 +128,11 @@ def run_seed(seed: int, args: argparse.Namespace, log=print) -> dict[str, Any]:
             for direction in ("forward", "reverse"):
                 scores[f"{split}_{direction}"] = exact_match(params, cfg,
                                                              *queries(subset, direction))
+        for direction in ("forward", "reverse"):
+            scores[f"fact_{direction}"] = fact_infill(params, cfg, pairs[n_train:], direction)
         out[kind] = {"scores": scores, "loss_curve": curve}
-        log(f"  {kind:>14}: " + ", ".join(f"{k} {v:.1%}" for k, v in scores.items()))
+        log(f"  {kind:>14}: " + ", ".join(f"{k} {v:.1%}" for k, v in scores.items()
+                                            if v is not None))
     return out
 
 
@@ -116,7 +140,8 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     summary = {}
     for kind in ("diffusion", "autoregressive"):
         keys = per_seed[0][kind]["scores"]
-        summary[kind] = {k: mean_ci([s[kind]["scores"][k] for s in per_seed]) for k in keys}
+        summary[kind] = {k: mean_ci([s[kind]["scores"][k] for s in per_seed]) for k in keys
+                         if keys[k] is not None}
         gap = [s[kind]["scores"]["heldout_forward"] - s[kind]["scores"]["heldout_reverse"]
                for s in per_seed]
         summary[kind]["heldout_gap"] = mean_ci(gap)
@@ -126,18 +151,23 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 def plot(result: dict[str, Any]):
     def draw(fig):
         ax = fig.add_subplot(1, 1, 1)
-        groups = [("heldout_forward", "held-out forward"), ("heldout_reverse", "held-out reverse"),
-                  ("train_forward", "trained forward"), ("train_reverse", "trained reverse")]
+        groups = [("heldout_forward", "held-out\nforward Q"), ("heldout_reverse",
+                  "held-out\nreverse Q"), ("fact_forward", "held-out fact\nx → _"),
+                  ("fact_reverse", "held-out fact\n_ → y"), ("train_forward", "trained\nforward Q"),
+                  ("train_reverse", "trained\nreverse Q")]
         width = 0.38
         for i, kind in enumerate(("diffusion", "autoregressive")):
             stats = result["summary"][kind]
-            means = [100 * stats[k]["mean"] for k, _ in groups]
-            errs = [100 * np.nan_to_num(stats[k]["ci95"]) for k, _ in groups]
             xs = np.arange(len(groups)) + (i - 0.5) * width
-            ax.bar(xs, means, width, yerr=errs, capsize=4, label=kind)
+            have = [j for j, (k, _) in enumerate(groups) if k in stats]
+            ax.bar(xs[have], [100 * stats[groups[j][0]]["mean"] for j in have], width,
+                   yerr=[100 * np.nan_to_num(stats[groups[j][0]]["ci95"]) for j in have],
+                   capsize=4, label=kind)
+            for j in set(range(len(groups))) - set(have):
+                ax.text(xs[j], 2, "n/a", ha="center", fontsize=8)
             for seed in result["per_seed"]:  # one dot per seed
-                ax.scatter(xs, [100 * seed[kind]["scores"][k] for k, _ in groups], s=9,
-                           color="black", zorder=3)
+                ax.scatter(xs[have], [100 * seed[kind]["scores"][groups[j][0]] for j in have],
+                           s=9, color="black", zorder=3)
         ax.set_xticks(np.arange(len(groups)), [label for _, label in groups])
         ax.set_ylabel("exact match (%)")
         ax.set_ylim(0, 105)
@@ -153,7 +183,7 @@ def main(argv: list[str] | None = None, log=print) -> dict[str, Any]:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--pairs", type=int, default=64, help="knowledge pairs (half held out)")
     ap.add_argument("--entities", type=int, default=16, help="entity tokens (x, y: 2 each)")
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--mask-eps", type=float, default=0.2,
