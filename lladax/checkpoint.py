@@ -158,6 +158,12 @@ def _restore_step(mgr: ocp.CheckpointManager, like_state: Any, step: int,
             "training state: start a new workdir with "
             f"--config.checkpoint.init_from={epath.Path(mgr.directory).parent}")
     meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    saved_kind = meta.get("model", {}).get("kind", "diffusion")
+    if model_cfg is not None and saved_kind != model_cfg.kind:  # same shapes, other objective
+        raise CheckpointMismatchError(
+            f"checkpoint {where} is a kind={saved_kind!r} model but this run is "
+            f"kind={model_cfg.kind!r}: use a new workdir (with checkpoint.init_from to start from "
+            "these params) or set --config.model.kind back")
     saved_md = mgr.item_metadata(step)
     recast: dict[str, set[str]] = {}
     for name, like in items_like.items():

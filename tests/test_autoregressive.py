@@ -154,3 +154,13 @@ def test_cli_trains_and_samples_an_autoregressive_model(tmp_path, capsys):
     assert capsys.readouterr().out.strip() != ""
     assert main(["sample", "--checkpoint", str(run), "--infill", "A <mask> b"]) != 0
     assert "need a diffusion model" in capsys.readouterr().err
+
+
+def test_resuming_a_run_with_the_other_kind_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["train", "--config", str(ROOT / "configs" / "tiny.py"), "--workdir", str(run),
+            "--config.log.progress=false", "--config.eval.every=0"]
+    assert main([*base, "--config.train.steps=2"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--config.train.steps=4", "--config.model.kind=autoregressive"]) != 0
+    assert "kind='diffusion' model but this run is kind='autoregressive'" in capsys.readouterr().err
