@@ -10,6 +10,10 @@
    the pretrained params (`checkpoint.init_from`), again via `lladax.train.run`;
 4. after: the same held-out prompts, the same sampler settings.
 
+The sampler's canvas is prompt + gen_length positions; the default gen_length is the config's
+`data.min_answer_len`, the answer region every SFT row is padded to, so the model is sampled on
+canvases of the shape it was trained on.
+
 Prints a table of exact-match accuracy before / after per task, a few replies, and wall times.
 The equivalent CLI commands are printed first.
 """
@@ -55,7 +59,9 @@ def main() -> None:
     ap.add_argument("--sft-steps", type=int, default=None, help="default: configs/sft_small.py")
     ap.add_argument("--tasks", default="all", help="comma-separated, or 'all'")
     ap.add_argument("--per-task", type=int, default=100, help="held-out prompts per task")
-    ap.add_argument("--gen-length", type=int, default=16)
+    ap.add_argument("--gen-length", type=int, default=None,
+                    help="default: data.min_answer_len of configs/sft_small.py (the answer region "
+                         "every SFT row was trained with)")
     ap.add_argument("--block-length", type=int, default=None, help="default: gen-length")
     ap.add_argument("--eval-batch", type=int, default=128)
     args = ap.parse_args()
@@ -76,6 +82,7 @@ def main() -> None:
     sft_cfg.checkpoint.init_from = str(pre_dir)
     if args.sft_steps:
         sft_cfg.train.steps = args.sft_steps
+    args.gen_length = args.gen_length or sft_cfg.data.min_answer_len
     print("equivalent commands:")
     if not args.pretrained:
         print(f"  lladax train --config configs/small.py --workdir {pre_dir}")
@@ -101,9 +108,11 @@ def main() -> None:
     block = args.block_length or args.gen_length
     print(f"\nexact match on {args.per_task} held-out prompts per task (greedy, gen_length "
           f"{args.gen_length}, steps {args.gen_length}, block {block})")
-    print("| task | before SFT | after SFT |\n|---|---|---|")
+    trained = instructions.parse_source(sft_cfg.data.source)
+    print("| task | SFT trained on it | before SFT | after SFT |\n|---|---|---|---|")
     for task in tasks:
-        print(f"| {task} | {before[task]:.1%} | {after[task]:.1%} |")
+        print(f"| {task} | {'yes' if task in trained else 'no'} | {before[task]:.1%} | "
+              f"{after[task]:.1%} |")
     print("\nsample replies after SFT:")
     for i in range(0, len(items), args.per_task):
         for ex, reply in list(zip(items, replies, strict=True))[i:i + 2]:

@@ -339,6 +339,8 @@ def run_config(model_preset: str, **model_overrides: Any):
         seed=0,
         field="text",        # the text field of .jsonl lines / TFDS records
         pack=False,          # True: one document per segment (segment_ids, positions), padded
+        min_answer_len=0,    # chat: EOS-pad every answer to >= this (the gen_length to sample)
+        random_offset=False,  # chat: start rows with random EOS runs (vary the answer region)
         workers=0,           # grain worker processes (0 = in-process); keep it fixed on resume
     ))
     c.train = ml_collections.ConfigDict(dataclasses.asdict(TrainConfig()))

@@ -6,7 +6,7 @@ Tasks (prompt -> answer), over a fixed list of common words and small numbers:
   reverse  "Reverse: file list value"           -> "value list file"
   sort     "Sort: value file list"              -> "file list value"      (alphabetical)
   add      "Add: 23 + 58"                       -> "81"
-  lookup   "Find B: A=file B=list C=value"      -> "list"
+  lookup   "Find B: A = file B = list C = value" -> "list"
 
 Short answers from a small vocabulary, so a few-million-parameter model learns them in minutes on
 a CPU (the SFT demo, `benchmarks/sft_demo.py`) and tests can train on them in seconds.
@@ -32,9 +32,11 @@ PREFIX = "synthetic:"
 HELDOUT_FRACTION = 0.1
 TRAIN_PER_TASK = 2500   # examples per task in the "train" split (copy has ~3,020 in all)
 EVAL_PER_TASK = 200     # examples per task in the "eval" split
-# 16 common words of the Python documentation: each is ONE token in the embedded 2048-piece
-# tokenizer both with and without a leading space (an answer's first word has none), so answers
-# are a few tokens from a small vocabulary: learnable by a 4.5M-parameter model in minutes.
+# 16 common words of the Python documentation: each is ONE token (" file") in the embedded
+# 2048-piece tokenizer. Every prompt word follows a space, and so does every answer word (the
+# reply's first piece carries the space after "Assistant:", `tokenizer.encode_reply`), so an
+# answer word has the same id as the prompt word it comes from: a few tokens from a small
+# vocabulary, learnable by a 4.5M-parameter model in minutes.
 WORDS = ("file", "list", "value", "type", "object", "string", "data", "class", "error",
          "line", "time", "path", "key", "code", "text", "name")
 KEYS = tuple("ABCDEFGH")
@@ -86,7 +88,9 @@ def _lookup(rng: np.random.Generator) -> tuple[str, str]:
     keys = [KEYS[i] for i in rng.choice(len(KEYS), n, replace=False)]
     values = _words(rng, n)
     asked = int(rng.integers(n))
-    pairs = " ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
+    # "A = file", not "A=file": "=file" would tokenise the value without its leading space,
+    # a different id from the same word in the answer.
+    pairs = " ".join(f"{k} = {v}" for k, v in zip(keys, values, strict=True))
     return f"Find {keys[asked]}: {pairs}", values[asked]
 
 

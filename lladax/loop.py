@@ -132,7 +132,9 @@ def train_batches(config: Any, tok: Any, batch_size: int) -> Any:
     if _check_format(config) == "chat":
         from lladax import sft
         return iter(sft.make_sft_batches(tok, source=d.source, seq_len=d.seq_len,
-                                         batch_size=batch_size, seed=d.seed, **where))
+                                         batch_size=batch_size, seed=d.seed,
+                                         min_answer_len=d.get("min_answer_len", 0),
+                                         random_offset=d.get("random_offset", False), **where))
     return data.make_batches(tok, split="train", batch_size=batch_size, **where,
                              **data.options_from_config(d))
 
@@ -145,7 +147,9 @@ def eval_set(config: Any, tok: Any) -> list[dict[str, np.ndarray]]:
     if _check_format(config) == "chat":
         from lladax import sft
         batches = iter(sft.make_sft_batches(tok, source=d.source, seq_len=d.seq_len,
-                                            batch_size=e.batch_size, seed=0, split="eval"))
+                                            batch_size=e.batch_size, seed=0, split="eval",
+                                            min_answer_len=d.get("min_answer_len", 0),
+                                            random_offset=d.get("random_offset", False)))
         return [next(batches) for _ in range(e.batches)]
     return data.eval_batches(tok, source=d.source, seq_len=d.seq_len, batch_size=e.batch_size,
                              max_batches=e.batches, field=d.get("field", "text"))

@@ -8,7 +8,9 @@ instruction set of `lladax.instructions` (its own hashed train / eval split).
 Samples (`dialogue_samples`), as in the paper: a dialogue gives one sample per assistant turn; the
 prompt is everything before that turn rendered with the chat template plus the assistant header
 (`tokenizer.apply_chat_template`, exactly what a user's prompt looks like at inference), the
-answer is the reply's tokens followed by EOT. Each sample is then padded with EOS (at least one)::
+answer is the reply's tokens as they follow that header (`tokenizer.encode_reply`: with the
+plain-text template the reply's first piece carries the space after ``Assistant:``, as in the
+encoded text of a whole turn) followed by EOT. Each sample is then padded with EOS (at least one)::
 
     tokens         = [prompt ........ | answer ... EOT | EOS EOS ... EOS]
     prompt_lengths = len(prompt)                 (never masked; the rest is the loss's answer_len)
@@ -42,11 +44,11 @@ import numpy as np
 
 from lladax import data, instructions
 from lladax.likelihood import bucket_length
-from lladax.tokenizer import Tokenizer, apply_chat_template
+from lladax.tokenizer import Tokenizer, apply_chat_template, encode_reply
 
 ROLES = ("system", "user", "assistant")
 CHAT_SPECIALS = ("bos", "eos", "eot", "mask")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: replies tokenised by `encode_reply`
 log = logging.getLogger(__name__)
 
 
@@ -67,7 +69,8 @@ def dialogue_samples(tokenizer: Tokenizer, messages: Any, where: str = "dialogue
     """One (prompt ids, answer ids) pair per assistant turn of `messages`.
 
     prompt = chat template of all earlier turns + the assistant header; answer = the reply's
-    tokens + EOT. Raises a one-line `data.DataError` (naming `where`) for a malformed dialogue.
+    tokens as they follow that header (`tokenizer.encode_reply`) + EOT. Raises a one-line
+    `data.DataError` (naming `where`) for a malformed dialogue.
     """
     if not isinstance(messages, list) or not messages:
         raise data.DataError(f"{where}: 'messages' must be a non-empty list of "
@@ -87,7 +90,7 @@ def dialogue_samples(tokenizer: Tokenizer, messages: Any, where: str = "dialogue
                              "user (or system) message it answers before it")
     eot = tokenizer.eot_id
     return [(apply_chat_template(tokenizer, messages[:k]),
-             [*tokenizer.encode(messages[k]["content"].strip()), eot]) for k in turns]
+             [*encode_reply(tokenizer, messages[k]["content"]), eot]) for k in turns]
 
 
 # --- sources ------------------------------------------------------------------------------------
@@ -227,22 +230,31 @@ def load_samples(tokenizer: Tokenizer, source: str | Path, split: str = "train",
 
 
 # --- fitting, buckets, batches ------------------------------------------------------------------
-def fit_to_length(samples: Samples, seq_len: int, mask_id: int | None = None
-                  ) -> tuple[Samples, dict[str, int]]:
-    """Samples that fit ``seq_len`` with at least one EOS after the answer.
+def answer_span(answer_len: np.ndarray, min_answer_len: int = 0) -> np.ndarray:
+    """int64 [n]: positions each sample needs after its prompt: answer + at least one EOS, and at
+    least `min_answer_len` (the EOS padding fills the rest)."""
+    return np.maximum(answer_len.astype(np.int64) + 1, min_answer_len)
 
-    Too-long prompts lose tokens from the left (``truncated_prompts``); samples whose answer + EOS
+
+def fit_to_length(samples: Samples, seq_len: int, mask_id: int | None = None,
+                  min_answer_len: int = 0) -> tuple[Samples, dict[str, int]]:
+    """Samples that fit ``seq_len`` with at least one EOS after the answer and at least
+    `min_answer_len` positions after the prompt (`answer_span`).
+
+    Too-long prompts lose tokens from the left (``truncated_prompts``); samples whose answer span
     leaves no room for one prompt token are dropped (``dropped_long_answers``), as are samples
     holding `mask_id` (``dropped_mask_token``: a literal mask token in the text would be read as
     noise).
     """
-    total = samples.prompt_len.astype(np.int64) + samples.answer_len + 1
-    room = seq_len - samples.answer_len.astype(np.int64) - 1
+    span = answer_span(samples.answer_len, min_answer_len)
+    total = samples.prompt_len.astype(np.int64) + span
+    room = seq_len - span
     keep = room >= 1
     dropped_mask = 0
     if mask_id is not None:
         seen = np.concatenate([[0], np.cumsum(samples.tokens == mask_id)])
-        has_mask = seen[samples.start + total - 1] > seen[samples.start]
+        end = samples.start + samples.prompt_len + samples.answer_len
+        has_mask = seen[end] > seen[samples.start]
         dropped_mask = int(np.sum(has_mask & keep))
         keep &= ~has_mask
     cut = np.where(keep, np.maximum(total - seq_len, 0), 0)
@@ -297,18 +309,24 @@ def choose_buckets(lengths: np.ndarray, seq_len: int, num_buckets: int) -> list[
     return sorted(chosen)
 
 
-def collate(pairs: Sequence[tuple[Any, Any]], length: int, eos_id: int
-            ) -> dict[str, np.ndarray]:
+def collate(pairs: Sequence[tuple[Any, Any]], length: int, eos_id: int,
+            offsets: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """(prompt, answer) id pairs -> {"tokens": int32 [n, length] (EOS-padded on the right),
-    "prompt_lengths": int32 [n]}."""
+    "prompt_lengths": int32 [n]}.
+
+    `offsets` [n]: row r starts with ``offsets[r]`` EOS tokens, which count as prompt (never
+    masked, not in the loss): ``[EOS * k | prompt | answer | EOS ...]``.
+    """
     tokens = np.full((len(pairs), length), eos_id, np.int32)
     prompt_lengths = np.empty(len(pairs), np.int32)
     for r, (prompt, answer) in enumerate(pairs):
+        k = 0 if offsets is None else int(offsets[r])
         p, a = len(prompt), len(answer)
-        if p + a > length:
-            raise ValueError(f"sample {r} has {p + a} tokens, more than the length {length}")
-        tokens[r, :p], tokens[r, p:p + a] = prompt, answer
-        prompt_lengths[r] = p
+        if k + p + a > length or k < 0:
+            raise ValueError(f"sample {r} has {p + a} tokens after an offset of {k}: it does not "
+                             f"fit the length {length}")
+        tokens[r, k:k + p], tokens[r, k + p:k + p + a] = prompt, answer
+        prompt_lengths[r] = k + p
     return {"tokens": tokens, "prompt_lengths": prompt_lengths}
 
 
@@ -318,10 +336,12 @@ class _Planner:
     index)."""
 
     def __init__(self, samples: Samples, bucket_of: np.ndarray, buckets: list[int],
-                 batch_size: int, group: int, shard: int, seed: int, eos_id: int) -> None:
+                 batch_size: int, group: int, shard: int, seed: int, eos_id: int,
+                 span: np.ndarray | None = None) -> None:
         self.samples, self.bucket_of, self.buckets = samples, bucket_of, buckets
         self.batch_size, self.group, self.shard = batch_size, group, shard
         self.seed, self.eos_id = seed, eos_id
+        self.span = span  # answer_span per sample: random offsets on, else None
         self._plans: dict[int, list[tuple[np.ndarray, int]]] = {}  # the current and last epoch
         self.per_epoch = len(self._plan(0))
 
@@ -345,8 +365,13 @@ class _Planner:
 
     def __call__(self, index: int, _: Any) -> dict[str, np.ndarray]:
         rows, b = self._plan(index // self.per_epoch)[index % self.per_epoch]
-        mine = rows[self.shard * self.batch_size:(self.shard + 1) * self.batch_size]
-        return collate([self.samples.get(i) for i in mine], self.buckets[b], self.eos_id)
+        offsets = None
+        if self.span is not None:  # one draw for the global batch: hosts agree on every row
+            free = self.buckets[b] - self.samples.prompt_len[rows] - self.span[rows]
+            offsets = np.random.default_rng([self.seed, index, 1]).integers(0, free + 1)
+        part = slice(self.shard * self.batch_size, (self.shard + 1) * self.batch_size)
+        return collate([self.samples.get(i) for i in rows[part]], self.buckets[b], self.eos_id,
+                       None if offsets is None else offsets[part])
 
 
 class SFTBatches:
@@ -365,7 +390,8 @@ class SFTBatches:
 
 def make_sft_batches(tokenizer: Tokenizer, *, source: str, seq_len: int, batch_size: int,
                      seed: int, split: str = "train", num_buckets: int = 4,
-                     buckets: Sequence[int] | None = None, process_index: int = 0,
+                     buckets: Sequence[int] | None = None, min_answer_len: int = 0,
+                     random_offset: bool = False, process_index: int = 0,
                      process_count: int = 1, cache_dir: str | Path | None = None
                      ) -> SFTBatches:
     """Endless, shuffled, bucketed SFT batches ``{"tokens": int32 [batch_size, L],
@@ -375,17 +401,35 @@ def make_sft_batches(tokenizer: Tokenizer, *, source: str, seq_len: int, batch_s
     up to `seq_len`; explicit ``buckets`` get `seq_len` added). With several processes every
     host takes its own `batch_size` rows of one global batch, so all hosts agree on L at every
     step. Deterministic in `seed`.
+
+    `min_answer_len`: every row has at least this many positions after its prompt (answer, EOT,
+    EOS padding). Set it to the ``gen_length`` the model will be sampled with: the sampler's
+    canvas is ``prompt + gen_length`` positions, and a model that was only ever trained on rows
+    ending a token or two after the answer has never seen the later positions (its predictions
+    there are noise, which the bidirectional sampler commits and then attends to).
+
+    `random_offset`: each row starts with a random number of EOS tokens (uniform in 0 .. the
+    room its bucket leaves; they count as prompt), so the length of a row's answer region (all
+    positions after its prompt) varies from its `answer_span` to the bucket's remainder instead
+    of being the one value its bucket dictates. Where every prompt of a kind has the same length
+    (the synthetic tasks) that value is otherwise a constant per task, the model learns to place
+    its answer relative to the END of the row, and a sampler canvas of another length
+    (``prompt + gen_length``) gets empty or shifted answers (issue 10: copy 0 % at gen_length 8,
+    65 % with the canvas stretched to the training rows' length, same model).
     """
     import grain
 
     if batch_size <= 0 or seq_len <= 1:
         raise ValueError(f"batch_size={batch_size} and seq_len={seq_len} must be positive "
                          "(seq_len >= 2)")
+    if not 0 <= min_answer_len < seq_len:
+        raise ValueError(f"min_answer_len={min_answer_len} must be in [0, seq_len={seq_len}): "
+                         "lower it or raise seq_len")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")
     samples = load_samples(tokenizer, source, split, cache_dir=cache_dir)
-    fitted, stats = fit_to_length(samples, seq_len, tokenizer.mask_id)
-    total = fitted.prompt_len.astype(np.int64) + fitted.answer_len + 1
+    fitted, stats = fit_to_length(samples, seq_len, tokenizer.mask_id, min_answer_len)
+    total = fitted.prompt_len.astype(np.int64) + answer_span(fitted.answer_len, min_answer_len)
     if buckets is None:
         buckets = choose_buckets(total, seq_len, num_buckets)
     else:
@@ -397,13 +441,14 @@ def make_sft_batches(tokenizer: Tokenizer, *, source: str, seq_len: int, batch_s
                              "train.batch_size")
     bucket_of = np.searchsorted(np.asarray(buckets), total)
     planner = _Planner(fitted, bucket_of, buckets, batch_size, group, process_index, seed,
-                       tokenizer.eos_id)
+                       tokenizer.eos_id,
+                       answer_span(fitted.answer_len, min_answer_len) if random_offset else None)
     plan = planner._plan(0)
     used = sum(int(total[rows].sum()) for rows, _ in plan)
     padded = sum(buckets[b] * len(rows) for rows, b in plan)
     stats |= {"source": str(source), "split": split, "buckets": buckets,
               "batches_per_epoch": planner.per_epoch,
-              "padding_fraction": round(1 - used / padded, 4)}  # EOS beyond the first, epoch 0
+              "padding_fraction": round(1 - used / padded, 4)}  # EOS beyond answer_span, epoch 0
     if stats["truncated_prompts"] or stats["dropped_long_answers"] or stats["dropped_mask_token"]:
         log.warning("SFT data %s: %d prompts truncated from the left to seq_len=%d, %d samples "
                     "dropped (answer too long), %d dropped (literal mask token)", source,
@@ -414,7 +459,8 @@ def make_sft_batches(tokenizer: Tokenizer, *, source: str, seq_len: int, batch_s
 
 
 __all__ = [
-    "ROLES", "SFTBatches", "Samples", "check_chat_tokenizer", "choose_buckets", "collate",
+    "ROLES", "SFTBatches", "Samples", "answer_span", "check_chat_tokenizer", "choose_buckets",
+    "collate",
     "dialogue_samples", "fit_to_length", "load_dialogues", "load_samples", "make_sft_batches",
     "tokenize_dialogues",
 ]

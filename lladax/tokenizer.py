@@ -12,7 +12,8 @@
   the literal string ``"<|mdm_mask|>"``) ever encodes to them; byte fallback makes every string
   round-trip.
 * `apply_chat_template(tok, messages)`: LLaDA / LLaMA-3 chat format (plain-text fallback for
-  tokenizers without header tokens).
+  tokenizers without header tokens); `encode_reply(tok, content)`: the ids of an assistant reply
+  as they follow that prompt (what SFT trains on and `decode_reply` reads back).
 """
 
 from __future__ import annotations
@@ -76,14 +77,16 @@ class Tokenizer(abc.ABC):
 
     def decode_reply(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
         """Generated ids ``[n]`` -> text, cut before the first EOS or EOT (the end of the reply;
-        what follows is LLaDA's EOS padding), special tokens dropped by default."""
+        what follows is LLaDA's EOS padding), special tokens dropped by default, surrounding
+        whitespace stripped (`encode_reply` of the plain-text template starts with the space
+        that follows ``Assistant:``)."""
         stops = {v for k, v in self._special.items() if k in ("eos", "eot") and v is not None}
         kept = []
         for i in ids:
             if int(i) in stops:
                 break
             kept.append(int(i))
-        return self.decode(kept, skip_special=skip_special)
+        return self.decode(kept, skip_special=skip_special).strip()
 
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
         """Text -> ids ``[n]`` (no specials added unless ``add_bos``)."""
@@ -264,6 +267,11 @@ def load_tokenizer(path: str | Path, *, vocab_size: int | None = None) -> Tokeni
 
 
 # --- chat template ------------------------------------------------------------------------------
+def _has_headers(tokenizer: Tokenizer) -> bool:
+    special = tokenizer.special_ids()
+    return special.get("start_header") is not None and special.get("end_header") is not None
+
+
 def apply_chat_template(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]],
                         add_generation_prompt: bool = True) -> list[int]:
     """Chat messages ``[{"role", "content"}, ...]`` -> prompt ids ``[n]``.
@@ -277,7 +285,13 @@ def apply_chat_template(tokenizer: Tokenizer, messages: Sequence[Mapping[str, st
     string and keeps special-token text inside a message from becoming control ids. Without header
     tokens (the default sentencepiece tokenizer) a plain-text fallback::
 
-        <BOS>User: {content}<EOT>Assistant: {content}<EOT>...Assistant:␠
+        <BOS>User: {content}<EOT>Assistant: {content}<EOT>...Assistant:
+
+    The generation prompt ends at ``Assistant:`` with NO trailing space: BPE pieces carry their
+    leading space (``" file"``), so the space belongs to the reply's first piece
+    (`encode_reply`). A prompt ending in a lone ``" "`` piece would be a tokenisation that the
+    encoded text of a whole turn never contains, and would give the reply's first word a
+    different id (``"file"``) from the same word anywhere else.
     """
     if not messages:
         raise ValueError("apply_chat_template needs at least one message")
@@ -285,9 +299,8 @@ def apply_chat_template(tokenizer: Tokenizer, messages: Sequence[Mapping[str, st
         if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise ValueError(f"each message needs str 'role' and 'content', got {m!r}")
     special = tokenizer.special_ids()
-    headers = special.get("start_header") is not None and special.get("end_header") is not None
     ids = [tokenizer.bos_id]
-    if headers:
+    if _has_headers(tokenizer):
         start, end = special["start_header"], special["end_header"]
 
         def turn(role: str) -> list[int]:
@@ -303,8 +316,17 @@ def apply_chat_template(tokenizer: Tokenizer, messages: Sequence[Mapping[str, st
             text = f"{m['role'].capitalize()}: {m['content'].strip()}"
             ids += [*tokenizer.encode(text), tokenizer.eot_id]
         if add_generation_prompt:
-            ids += tokenizer.encode("Assistant: ")
+            ids += tokenizer.encode("Assistant:")
     return ids
+
+
+def encode_reply(tokenizer: Tokenizer, content: str) -> list[int]:
+    """The ids ``[n]`` of an assistant reply (stripped; no EOT) as they follow
+    `apply_chat_template`'s generation prompt: ``content`` after the header template's
+    ``\\n\\n``, ``" " + content`` after the plain-text ``Assistant:``. So a prompt's ids plus
+    its reply's ids tokenise the rendered turn as the template renders earlier turns."""
+    text = content.strip()
+    return tokenizer.encode(text if _has_headers(tokenizer) else " " + text)
 
 
 # --- the default (embedded) tokenizer -----------------------------------------------------------
@@ -369,7 +391,8 @@ def default_tokenizer(vocab_size: int, cache_dir: str | Path | None = None
 
 __all__ = [
     "HFTokenizer", "MissingTokenError", "SentencePieceTokenizer", "Tokenizer",
-    "apply_chat_template", "default_tokenizer", "load_tokenizer", "train_sentencepiece",
+    "apply_chat_template", "default_tokenizer", "encode_reply", "load_tokenizer",
+    "train_sentencepiece",
 ]
 
 

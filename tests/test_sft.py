@@ -58,7 +58,7 @@ def _check_batch(batch: dict, tok, batch_size: int, buckets: list[int]) -> None:
         assert len(eot) == 1 and eot[0] < len(answer) - 1       # EOT, then at least one EOS
         assert np.all(answer[eot[0] + 1:] == tok.eos_id)
         assert tok.eos_id not in answer[:eot[0]] and tok.mask_id not in row
-        assert tok.decode(row[:p]).endswith("Assistant: ")
+        assert tok.decode(row[:p]).endswith("Assistant:")
 
 
 # --- samples ------------------------------------------------------------------------------------
@@ -67,10 +67,12 @@ def test_multi_turn_split_gives_one_sample_per_assistant_turn(tok, tmp_path):
     assert len(samples) == 2  # the trailing user turn has no reply: no sample
     (p1, a1), (p2, a2) = samples
     assert tok.decode(p1) == "<s>System: Be brief.<|eot_id|>User: Name a colour.<|eot_id|>" \
-                             "Assistant: "
+                             "Assistant:"
     assert tok.decode(p2) == ("<s>System: Be brief.<|eot_id|>User: Name a colour.<|eot_id|>"
-                              "Assistant: Red.<|eot_id|>User: Another?<|eot_id|>Assistant: ")
-    assert a1 == [*tok.encode("Red."), tok.eot_id] and a2 == [*tok.encode("Blue."), tok.eot_id]
+                              "Assistant: Red.<|eot_id|>User: Another?<|eot_id|>Assistant:")
+    # the reply's first piece carries the space after "Assistant:" (as inside p2's first turn)
+    assert a1 == [*tok.encode(" Red."), tok.eot_id] and a2 == [*tok.encode(" Blue."), tok.eot_id]
+    assert p1 + a1[:-1] == p2[:len(p1) + len(a1) - 1]
     # the prompt is exactly what a user would feed at inference
     assert p2 == T.apply_chat_template(tok, DIALOGUE[:4])
 
@@ -176,6 +178,54 @@ def test_batches_deterministic_resumable_and_cover_each_epoch(tok, tmp_path):
     assert hosts[0]["tokens"].shape == hosts[1]["tokens"].shape
     np.testing.assert_array_equal(np.concatenate([h["tokens"] for h in hosts]),
                                   first[0]["tokens"])
+
+
+def _regions(batches, n: int, eos_id: int) -> dict[int, list[tuple[int, int]]]:
+    """Prompt length (leading EOS excluded) -> (leading EOS count, answer-region length) of every
+    row in the first n batches."""
+    it, out = iter(batches), {}
+    for _ in range(n):
+        batch = next(it)
+        for row, p in zip(batch["tokens"], batch["prompt_lengths"], strict=True):
+            k = int(np.argmax(row != eos_id))  # leading EOS, then the prompt's BOS
+            assert k < p and np.all(row[:k] == eos_id)
+            out.setdefault(int(p) - k, []).append((k, len(row) - int(p)))
+    return out
+
+
+def test_random_offset_varies_the_answer_region(tok):
+    """Regression (issue 10): with one prompt length per task, plain right padding gives every
+    row of a task the same answer-region length, which the model learned to rely on (empty
+    answers on a sampler canvas of another length). random_offset starts rows with random EOS
+    runs: the region then varies from the answer span to the bucket's rest, k = 0 included."""
+    kw = dict(source="synthetic:copy", seq_len=64, batch_size=16, split="eval",
+              min_answer_len=6)
+    plain = sft.make_sft_batches(tok, seed=0, **kw)
+    for rows in _regions(plain, plain.batches_per_epoch, tok.eos_id).values():
+        assert {k for k, _ in rows} == {0} and len({r for _, r in rows}) == 1  # the mechanism
+
+    shifted = sft.make_sft_batches(tok, seed=0, random_offset=True, **kw)
+    assert shifted.stats["samples"] == plain.stats["samples"]
+    longest = max(shifted.bucket_lengths)
+    groups = _regions(shifted, 4 * shifted.batches_per_epoch, tok.eos_id)
+    for p_len, rows in groups.items():
+        regions = {r for _, r in rows}
+        assert min(regions) >= 6 and max(regions) <= longest - p_len
+        assert len(regions) > 1 or len(rows) < 20
+    offsets = {k for rows in groups.values() for k, _ in rows}
+    assert 0 in offsets and len(offsets) > 3
+    again = sft.make_sft_batches(tok, seed=0, random_offset=True, **kw)
+    for x, y in zip(itertools.islice(iter(shifted), 5), itertools.islice(iter(again), 5),
+                    strict=True):
+        np.testing.assert_array_equal(x["tokens"], y["tokens"])  # deterministic in the seed
+        _check_batch(x, tok, 16, shifted.bucket_lengths)
+    # hosts take their rows of one global batch, offsets included
+    hosts = [next(iter(sft.make_sft_batches(tok, seed=0, random_offset=True, process_index=i,
+                                            process_count=2, **{**kw, "batch_size": 8})))
+             for i in range(2)]
+    one = next(iter(shifted))
+    for key in ("tokens", "prompt_lengths"):
+        np.testing.assert_array_equal(np.concatenate([h[key] for h in hosts]), one[key])
 
 
 def test_choose_buckets_is_optimal_and_bounds_shapes(tok):
@@ -293,12 +343,62 @@ def test_synthetic_set_deterministic_disjoint_and_correct():
         elif ex.task == "add":
             expected = str(int(words[0]) + int(words[2]))
         else:
-            expected = dict(w.split("=") for w in words)[head.split()[1]]
+            expected = dict(zip(words[::3], words[2::3], strict=True))[head.split()[1]]
+            assert words[1::3] == ["="] * 3
         assert ex.answer == expected and instructions.exact_match(f"  {expected}\n", ex.answer)
     assert not instructions.exact_match("file list", "list file")
     acc = instructions.accuracy_by_task(heldout[:2] + heldout[100:101],
                                         [heldout[0].answer, "wrong", heldout[100].answer])
     assert acc == {"copy": 0.5, "reverse": 1.0}
+
+
+@pytest.mark.parametrize("vocab", [512, 2048])
+def test_samples_tokenise_like_the_rendered_dialogue(cache_dir, vocab):
+    """Regression (issue 10): the generation prompt ended in a lone " " piece and the reply's
+    first word was encoded without its space, so it had a different id from the same word in the
+    prompt (" line" vs "line") and a tokenisation that no encoded text contains: the small model
+    could not learn to copy it and SFT stayed at 0-6 % exact match. Prompt + answer ids must be
+    the tokenisation of the rendered turns, and every answer piece of the word tasks must occur
+    in its prompt (the demo's 2048-piece tokenizer: each word ONE shared id)."""
+    tok = T.default_tokenizer(vocab, cache_dir=cache_dir)
+    items = instructions.examples(list(instructions.TASKS), "train", per_task=20)
+    for ex in items + instructions.examples(list(instructions.TASKS), "eval", per_task=5):
+        ((prompt, answer),) = sft.dialogue_samples(tok, ex.messages())
+        rendered = [tok.bos_id, *tok.encode(f"User: {ex.prompt}"), tok.eot_id,
+                    *tok.encode(f"Assistant: {ex.answer}"), tok.eot_id]
+        assert prompt + answer == rendered, ex
+        assert prompt == T.apply_chat_template(tok, ex.messages(with_answer=False))
+        assert tok.decode_reply([*answer, tok.eos_id]) == ex.answer
+        if ex.task != "add":
+            assert set(answer[:-1]) <= set(prompt), ex
+            if vocab == 2048:
+                assert len(answer) - 1 == len(ex.answer.split()), ex
+
+
+def test_min_answer_len_pads_every_row_to_the_sampled_canvas(tok):
+    """Every row has >= min_answer_len positions after its prompt (the sampler's gen_length), so
+    generation never asks about positions the model was not trained on; it costs no samples."""
+    plain = sft.make_sft_batches(tok, source="synthetic:copy,lookup", seq_len=64, batch_size=16,
+                                 seed=0, split="eval")
+    padded = sft.make_sft_batches(tok, source="synthetic:copy,lookup", seq_len=64,
+                                  batch_size=16, seed=0, split="eval", min_answer_len=12)
+    assert padded.stats["samples"] == plain.stats["samples"]
+    it, it0 = iter(padded), iter(plain)
+    short = 0
+    for _ in range(padded.batches_per_epoch):
+        batch = next(it)
+        _check_batch(batch, tok, 16, padded.bucket_lengths)
+        assert np.all(batch["tokens"].shape[1] - batch["prompt_lengths"] >= 12)
+        b0 = next(it0)
+        short += int(np.sum(b0["tokens"].shape[1] - b0["prompt_lengths"] < 12))
+    assert short > 0  # without it, some rows end before the canvas a gen_length 12 sampler uses
+    samples = sft.load_samples(tok, "synthetic:copy", "eval")
+    fitted, stats = sft.fit_to_length(samples, 20, tok.mask_id, min_answer_len=6)
+    assert np.all(fitted.prompt_len + np.maximum(fitted.answer_len + 1, 6) <= 20)
+    assert stats["truncated_prompts"] == stats["samples"] > 0  # prompts cut to make the room
+    with pytest.raises(ValueError, match=r"min_answer_len=64 must be in \[0, seq_len=64\)"):
+        sft.make_sft_batches(tok, source="synthetic:copy", seq_len=64, batch_size=1, seed=0,
+                             min_answer_len=64)
 
 
 def test_generate_replies_pads_to_one_shape_and_decodes_in_order(tok, monkeypatch):
@@ -318,7 +418,7 @@ def test_generate_replies_pads_to_one_shape_and_decodes_in_order(tok, monkeypatc
         canvas[:, :tokens.shape[1]] = tokens
         for r, (row, m) in enumerate(zip(tokens, mask, strict=True)):
             assert set(row[m == 0]) <= {cfg.pad_token_id} and m[-1] == 1  # left padding
-            reply = [*tok.encode(answers[tuple(row[m == 1])]), tok.eot_id, 7, 7]
+            reply = [*T.encode_reply(tok, answers[tuple(row[m == 1])]), tok.eot_id, 7, 7]
             canvas[r, tokens.shape[1]:tokens.shape[1] + len(reply)] = reply[:gen_length]
         return canvas
 

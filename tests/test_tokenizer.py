@@ -105,7 +105,12 @@ def test_sentencepiece_chat_template_fallback(tokenizers):
     ids = T.apply_chat_template(tok, messages)
     assert ids[0] == tok.bos_id and ids.count(tok.eot_id) == 3
     assert tok.decode(ids) == (
-        "<s>User: Hi there<|eot_id|>Assistant: Hello.<|eot_id|>User: Bye<|eot_id|>Assistant: ")
+        "<s>User: Hi there<|eot_id|>Assistant: Hello.<|eot_id|>User: Bye<|eot_id|>Assistant:")
+    # the reply's first piece carries the space after "Assistant:", as in the earlier turn
+    hello = T.encode_reply(tok, " Hello. ")
+    assert hello == tok.encode(" Hello.") and tok.decode_reply([*hello, tok.eot_id]) == "Hello."
+    first = T.apply_chat_template(tok, messages[:1])
+    assert ids[:len(first) + len(hello)] == first + hello
     no_prompt = T.apply_chat_template(tok, messages[:1], add_generation_prompt=False)
     assert tok.decode(no_prompt) == "<s>User: Hi there<|eot_id|>"
     with pytest.raises(ValueError):
@@ -169,7 +174,7 @@ def test_hf_missing_special_is_lazy_error(tmp_path):
         _ = tok.mask_id
     # no header tokens -> plain-text fallback template
     ids = T.apply_chat_template(tok, [{"role": "user", "content": "hello"}])
-    assert tok.decode(ids) == "<|startoftext|>User: hello<|eot_id|>Assistant: "
+    assert tok.decode(ids) == "<|startoftext|>User: hello<|eot_id|>Assistant:"
     custom = T.HFTokenizer(tmp_path / "plain", special_tokens={"mask": "<|eot_id|>"})
     assert custom.mask_id == custom.eot_id
     with pytest.raises(ValueError, match="unknown special"):
@@ -191,6 +196,7 @@ def test_hf_multi_turn_template_and_decode_reply(tmp_path):
                 "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
     assert T.apply_chat_template(tok, messages) == tok.encode(rendered)
     reply = tok.encode("Paris.")
+    assert T.encode_reply(tok, " Paris. ") == reply  # header template: no space to carry
     assert tok.decode_reply([*reply, tok.eot_id, *tok.encode("junk"), tok.eos_id]) == "Paris."
     assert tok.decode_reply([*reply, tok.eos_id, tok.eos_id]) == "Paris."
     assert tok.decode_reply(reply) == "Paris."

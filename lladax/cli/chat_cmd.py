@@ -55,5 +55,5 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         canvas = generate(params, cfg, np.asarray([prompt], np.int32), None, kwargs,
                           early_exit=args.early_exit)
         answer = sampling.decode_answer(canvas[0], len(prompt), cfg)
-        print(f"assistant> {render(tokenizer, answer, cfg.mask_token_id)}")
+        print(f"assistant> {render(tokenizer, answer, cfg.mask_token_id).strip()}")
         history = [int(t) for t in np.asarray(canvas[0]) if int(t) != cfg.eos_token_id]
