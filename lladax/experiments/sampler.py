@@ -55,8 +55,8 @@ def valid(replies: np.ndarray, starts: np.ndarray, modulus: int, max_step: int) 
 
 
 def model_config(kind: str, modulus: int, length: int) -> ModelConfig:
-    return preset("tiny", vocab_size=FIRST_ENTITY + modulus, d_model=128, n_layers=4, n_heads=4,
-                  n_kv_heads=4, mlp_hidden_size=512, max_seq_len=length + 2, remat_policy="none",
+    return preset("tiny", vocab_size=FIRST_ENTITY + modulus, d_model=64, n_layers=3, n_heads=4,
+                  n_kv_heads=4, mlp_hidden_size=256, max_seq_len=length + 2, remat_policy="none",
                   kind=kind)
 
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None, log=print) -> dict[str, Any]:
     ap.add_argument("--length", type=int, default=16, help="tokens after <bos> a (incl. <eos>)")
     ap.add_argument("--modulus", type=int, default=64)
     ap.add_argument("--max-step", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=1500, help="training steps")
+    ap.add_argument("--steps", type=int, default=2000, help="training steps")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--queries", type=int, default=256)
     ap.add_argument("--out", default="docs/experiments")
