@@ -21,24 +21,7 @@ import numpy as np
 
 from lladax import data, likelihood
 from lladax.cli.common import load_model
-
-
-def make_pairs(stream: np.ndarray, n: int, prompt_len: int, answer_len: int, seed: int):
-    """n (prompt, real, shuffled) triples from evenly spaced windows of the token stream."""
-    span = prompt_len + answer_len
-    if len(stream) < n * span:
-        raise SystemExit(f"held-out stream has {len(stream)} tokens, need {n * span}: use fewer "
-                         "--pairs or shorter lengths")
-    rng = np.random.default_rng(seed)
-    starts = np.linspace(0, len(stream) - span, n).astype(int)
-    pairs = []
-    for s in starts:
-        prompt, real = stream[s:s + prompt_len], stream[s + prompt_len:s + span]
-        shuffled = real.copy()
-        while np.array_equal(shuffled, real) and len(set(real.tolist())) > 1:
-            shuffled = rng.permutation(real)
-        pairs.append((prompt, real, shuffled))
-    return pairs
+from lladax.experiments.scaling import continuation_pairs
 
 
 def main() -> None:
@@ -55,7 +38,7 @@ def main() -> None:
 
     cfg, params, tok = load_model(args.checkpoint)
     stream = data.token_stream(tok, source=args.source, split="eval")
-    pairs = make_pairs(stream, args.pairs, args.prompt_len, args.answer_len, args.seed)
+    pairs = continuation_pairs(stream, args.pairs, args.prompt_len, args.answer_len, args.seed)
     prompts = [q for q, _, _ in pairs] * 2
     answers = [r for _, r, _ in pairs] + [s for _, _, s in pairs]
     keys = jax.random.split(jax.random.key(args.seed), args.pairs)
