@@ -77,11 +77,11 @@ def test_reversal_command_runs_tiny(tmp_path, capsys):
 
 
 def test_sampler_command_runs_tiny(tmp_path):
-    assert main(["experiment", "sampler", "--steps", "3", "--length", "4", "--modulus", "8",
+    assert main(["experiment", "sampler", "--steps", "3", "--length", "2", "--modulus", "8",
                  "--max-step", "2", "--queries", "8", "--out", str(tmp_path)]) == 0
     result = _ran(tmp_path, "sampler")
-    assert [r["steps"] for r in result["steps"]["random"]] == [1, 2, 4]
-    assert [r["block_length"] for r in result["blocks"]] == [1, 2, 4]
+    assert [r["steps"] for r in result["steps"]["random"]] == [1, 2]
+    assert [r["block_length"] for r in result["blocks"]] == [1, 2]
 
 
 def test_scaling_command_runs_tiny(tmp_path):

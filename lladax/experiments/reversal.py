@@ -116,7 +116,8 @@ def run_seed(seed: int, args: argparse.Namespace, log=print) -> dict[str, Any]:
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                      warmup_steps=min(50, args.steps // 10), decay_fraction=0.3,
                      weight_decay=0.0, truncate_prob=0.0, stratified_t=True,
-                     mask_eps=args.mask_eps, seed=seed)
+                     mask_eps=args.mask_eps)  # the seed goes to init and data (train_rows):
+    # one TrainConfig for every seed, so the jitted step compiles once per model kind
     out: dict[str, Any] = {"seed": seed}
     for kind in ("diffusion", "autoregressive"):
         cfg = model_config(kind, args.entities, args.size)

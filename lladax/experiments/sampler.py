@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None, log=print) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=1e-3,
                      warmup_steps=min(50, args.steps // 10), decay_fraction=0.3,
-                     truncate_prob=0.0, stratified_t=True, seed=args.seed)
+                     truncate_prob=0.0, stratified_t=True)
     # L - 1 progression tokens + <eos> are generated after <bos> a: rows hold L + 1 + <bos>.
     sample = lambda r: progressions(args.batch_size, args.length, args.modulus,
                                     args.max_step, r)
