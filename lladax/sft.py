@@ -429,7 +429,8 @@ def make_sft_batches(tokenizer: Tokenizer, *, source: str, seq_len: int, batch_s
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")
     samples = load_samples(tokenizer, source, split, cache_dir=cache_dir)
     fitted, stats = fit_to_length(samples, seq_len, tokenizer.mask_id, min_answer_len)
-    total = fitted.prompt_len.astype(np.int64) + answer_span(fitted.answer_len, min_answer_len)
+    span = answer_span(fitted.answer_len, min_answer_len)
+    total = fitted.prompt_len.astype(np.int64) + span
     if buckets is None:
         buckets = choose_buckets(total, seq_len, num_buckets)
     else:
@@ -441,8 +442,7 @@ def make_sft_batches(tokenizer: Tokenizer, *, source: str, seq_len: int, batch_s
                              "train.batch_size")
     bucket_of = np.searchsorted(np.asarray(buckets), total)
     planner = _Planner(fitted, bucket_of, buckets, batch_size, group, process_index, seed,
-                       tokenizer.eos_id,
-                       answer_span(fitted.answer_len, min_answer_len) if random_offset else None)
+                       tokenizer.eos_id, span if random_offset else None)
     plan = planner._plan(0)
     used = sum(int(total[rows].sum()) for rows, _ in plan)
     padded = sum(buckets[b] * len(rows) for rows, b in plan)
