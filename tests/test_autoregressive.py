@@ -158,3 +158,13 @@ def test_cli_trains_samples_and_guards_an_autoregressive_run(tmp_path, capsys):
     assert main([*base, "--config.train.steps=4"]) != 0
     assert ("kind='autoregressive' model but this run is kind='diffusion'"
             in capsys.readouterr().err)
+
+
+def test_bad_decoding_arguments_are_one_line_errors(params):
+    prompt = np.array([[1, 17, 30]], np.int32)
+    with pytest.raises(ValueError, match="gen_length must be positive"):
+        autoregressive.generate(params, AR, prompt, gen_length=0)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        autoregressive.generate(params, AR, prompt, gen_length=2, temperature=-1.0)
+    with pytest.raises(ValueError, match="attention_mask shape"):
+        autoregressive.generate(params, AR, prompt, np.ones((1, 2)), gen_length=2)
