@@ -88,7 +88,7 @@ def doc_prompts(tok, args, n: int) -> tuple[np.ndarray, None]:
 
 def instruction_prompts(cfg, tok, items) -> tuple[np.ndarray, np.ndarray]:
     """Chat-formatted held-out instruction prompts, left-padded: (tokens, attention_mask)."""
-    from lladax.tokenizer import apply_chat_template
+    from lladax.chat import apply_chat_template
 
     rows = [apply_chat_template(tok, ex.messages(with_answer=False)) for ex in items]
     width = max(len(r) for r in rows)

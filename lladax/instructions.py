@@ -34,7 +34,7 @@ TRAIN_PER_TASK = 2500   # examples per task in the "train" split (copy has ~3,02
 EVAL_PER_TASK = 200     # examples per task in the "eval" split
 # 16 common words of the Python documentation: each is ONE token (" file") in the embedded
 # 2048-piece tokenizer. Every prompt word follows a space, and so does every answer word (the
-# reply's first piece carries the space after "Assistant:", `tokenizer.encode_reply`), so an
+# reply's first piece carries the space after "Assistant:", `chat.encode_reply`), so an
 # answer word has the same id as the prompt word it comes from: a few tokens from a small
 # vocabulary, learnable by a 4.5M-parameter model in minutes.
 WORDS = ("file", "list", "value", "type", "object", "string", "data", "class", "error",
@@ -186,7 +186,7 @@ def generate_replies(params: Any, cfg: Any, tokenizer: Any, items: Sequence[Exam
     import jax
 
     from lladax import sampling
-    from lladax.tokenizer import apply_chat_template
+    from lladax.chat import apply_chat_template
 
     prompts = [apply_chat_template(tokenizer, ex.messages(with_answer=False)) for ex in items]
     if not prompts:

@@ -1,16 +1,7 @@
-"""Supervised fine-tuning data: chat dialogues -> prompt/answer samples -> bucketed batches.
+"""Supervised fine-tuning batches: tokenised chat samples (`lladax.chat`) -> bucketed batches.
 
-Sources (`load_dialogues`): a chat-format ``.jsonl`` file (or a directory of them), one dialogue
-per line ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``, split into
-train / eval by a hash of the dialogue (`data.split_of`); or ``"synthetic:<tasks>"``, the built-in
-instruction set of `lladax.instructions` (its own hashed train / eval split).
-
-Samples (`dialogue_samples`), as in the paper: a dialogue gives one sample per assistant turn; the
-prompt is everything before that turn rendered with the chat template plus the assistant header
-(`tokenizer.apply_chat_template`, exactly what a user's prompt looks like at inference), the
-answer is the reply's tokens as they follow that header (`tokenizer.encode_reply`: with the
-plain-text template the reply's first piece carries the space after ``Assistant:``, as in the
-encoded text of a whole turn) followed by EOT. Each sample is then padded with EOS (at least one)::
+Each sample (prompt ids, answer ids ending in EOT; see `chat.dialogue_samples`) is padded with
+EOS (at least one)::
 
     tokens         = [prompt ........ | answer ... EOT | EOS EOS ... EOS]
     prompt_lengths = len(prompt)                 (never masked; the rest is the loss's answer_len)
@@ -31,202 +22,19 @@ exactly with ``get_state()`` / ``set_state()``, and the same seed gives the same
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import io
-import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lladax import data, instructions
+from lladax import data
+from lladax.chat import Samples, load_samples
 from lladax.likelihood import bucket_length
-from lladax.tokenizer import Tokenizer, apply_chat_template, encode_reply
+from lladax.tokenizer import Tokenizer
 
-ROLES = ("system", "user", "assistant")
-CHAT_SPECIALS = ("bos", "eos", "eot", "mask")
-_CACHE_VERSION = 2  # 2: replies tokenised by `encode_reply`
 log = logging.getLogger(__name__)
-
-
-def check_chat_tokenizer(tokenizer: Tokenizer) -> None:
-    """One-line ValueError unless the tokenizer has the ids SFT needs (bos, eos, eot, mask)."""
-    special = tokenizer.special_ids()
-    missing = [r for r in CHAT_SPECIALS if special.get(r) is None]
-    if missing:
-        raise ValueError(
-            f"tokenizer {tokenizer.name} lacks the chat special token(s) {missing} that SFT needs "
-            "(bos/eot frame the chat template, eos pads answers, mask is the diffusion mask): use "
-            "the model's own tokenizer (LLaDA's tokenizer.json or 'embedded'), or load it with "
-            "HFTokenizer(path, special_tokens={role: '<token>'})")
-
-
-def dialogue_samples(tokenizer: Tokenizer, messages: Any, where: str = "dialogue"
-                     ) -> list[tuple[list[int], list[int]]]:
-    """One (prompt ids, answer ids) pair per assistant turn of `messages`.
-
-    prompt = chat template of all earlier turns + the assistant header; answer = the reply's
-    tokens as they follow that header (`tokenizer.encode_reply`) + EOT. Raises a one-line
-    `data.DataError` (naming `where`) for a malformed dialogue.
-    """
-    if not isinstance(messages, list) or not messages:
-        raise data.DataError(f"{where}: 'messages' must be a non-empty list of "
-                             "{'role': ..., 'content': ...} objects")
-    for m in messages:
-        if not isinstance(m, Mapping) or not isinstance(m.get("content"), str):
-            raise data.DataError(f"{where}: each message needs a string 'role' and 'content', "
-                                 f"got {m!r}")
-        if m.get("role") not in ROLES:
-            raise data.DataError(f"{where}: unknown role {m.get('role')!r}: use one of {ROLES}")
-    turns = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
-    if not turns:
-        raise data.DataError(f"{where}: no assistant turn, so nothing to learn: add the "
-                             "assistant's reply or remove the dialogue")
-    if turns[0] == 0:
-        raise data.DataError(f"{where}: the dialogue starts with an assistant turn: put the "
-                             "user (or system) message it answers before it")
-    eot = tokenizer.eot_id
-    return [(apply_chat_template(tokenizer, messages[:k]),
-             [*encode_reply(tokenizer, messages[k]["content"]), eot]) for k in turns]
-
-
-# --- sources ------------------------------------------------------------------------------------
-def _read_chat_file(path: Path, split: str) -> list[tuple[str, list]]:
-    out = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                messages = json.loads(line)["messages"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise data.DataError(f"{path}:{lineno}: expected a JSON object with a "
-                                     f"'messages' list ({type(e).__name__}: {e})") from None
-            key = json.dumps(messages, sort_keys=True, ensure_ascii=False)
-            if split == "all" or data.split_of(key) == split:
-                out.append((f"{path}:{lineno}", messages))
-    return out
-
-
-def load_dialogues(source: str | Path, split: str = "train") -> list[tuple[str, list]]:
-    """(where, messages) per dialogue of `source` in `split` (train / eval / all).
-
-    `where` is ``file:line`` for jsonl and ``synthetic:<task>#<i>`` for the built-in set.
-    """
-    if split not in data.SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {data.SPLITS}")
-    if instructions.is_synthetic(source):
-        tasks = instructions.parse_source(str(source))
-        splits = ["train", "eval"] if split == "all" else [split]
-        return [(f"synthetic:{ex.task}#{i}", ex.messages()) for s in splits
-                for i, ex in enumerate(instructions.examples(tasks, s))]
-    p = Path(source).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"SFT data {p} does not exist: pass a chat .jsonl file (one "
-                                "{'messages': [...]} per line), a directory of them, or "
-                                "'synthetic:all'")
-    files = sorted(p.rglob("*.jsonl")) if p.is_dir() else [p]
-    if not files or (not p.is_dir() and p.suffix != ".jsonl"):
-        raise data.DataError(f"SFT data {p}: expected a chat .jsonl file or a directory holding "
-                             "some")
-    dialogues = [d for f in files for d in _read_chat_file(f, split)]
-    if not dialogues:
-        raise data.DataError(f"SFT data {p} has no dialogues in split {split!r} (eval takes ~2% "
-                             "by hash; a tiny file may have none): add data or use split='all'")
-    return dialogues
-
-
-@dataclasses.dataclass(frozen=True)
-class Samples:
-    """Tokenised samples, flat: sample i is ``tokens[start[i] : start[i] + prompt_len[i] +
-    answer_len[i]]`` (prompt then answer)."""
-
-    tokens: np.ndarray      # [n_tokens] int32
-    start: np.ndarray       # [n] int64
-    prompt_len: np.ndarray  # [n] int32
-    answer_len: np.ndarray  # [n] int32
-
-    def __len__(self) -> int:
-        return len(self.start)
-
-    def get(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(prompt [p], answer [a]) of sample i."""
-        s, p, a = int(self.start[i]), int(self.prompt_len[i]), int(self.answer_len[i])
-        return self.tokens[s:s + p], self.tokens[s + p:s + p + a]
-
-
-class _BatchEncoder:
-    """A tokenizer stand-in that first records the texts a function encodes (returning []),
-    then encodes them all in one `encode_batch` call and replays the results: one batched call
-    instead of thousands of single ones (each pays the backend's per-call overhead)."""
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self._tok, self._ids = tokenizer, None
-        self._texts: dict[str, None] = {}
-
-    def __getattr__(self, name: str) -> Any:  # special ids, name, decode, ...
-        return getattr(self._tok, name)
-
-    def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
-        if self._ids is None:
-            self._texts[text] = None
-            return []
-        ids = self._ids[text]
-        return [self._tok.bos_id, *ids] if add_bos else ids
-
-    def resolve(self) -> None:
-        texts = list(self._texts)
-        self._ids = dict(zip(texts, self._tok.encode_batch(texts), strict=True))
-
-
-def tokenize_dialogues(tokenizer: Tokenizer, dialogues: Sequence[tuple[str, list]], *,
-                       chunk: int = 8192) -> Samples:
-    """All samples of `dialogues` (see `dialogue_samples`) as one flat `Samples`."""
-    check_chat_tokenizer(tokenizer)
-    pieces, prompt_len, answer_len = [], [], []
-    for begin in range(0, len(dialogues), chunk):
-        part = dialogues[begin:begin + chunk]
-        encoder = _BatchEncoder(tokenizer)
-        for where, messages in part:  # pass 1 validates and records the texts
-            dialogue_samples(encoder, messages, where)  # type: ignore[arg-type]
-        encoder.resolve()
-        for where, messages in part:
-            for prompt, answer in dialogue_samples(encoder, messages, where):  # type: ignore
-                pieces += [prompt, answer]
-                prompt_len.append(len(prompt))
-                answer_len.append(len(answer))
-    lengths = np.asarray(prompt_len, np.int64) + np.asarray(answer_len, np.int64)
-    start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    tokens = np.fromiter((t for piece in pieces for t in piece), np.int32, int(lengths.sum()))
-    return Samples(tokens, start, np.asarray(prompt_len, np.int32),
-                   np.asarray(answer_len, np.int32))
-
-
-def load_samples(tokenizer: Tokenizer, source: str | Path, split: str = "train", *,
-                 cache_dir: str | Path | None = None) -> Samples:
-    """`tokenize_dialogues(load_dialogues(source, split))`; jsonl results are cached as ``.npz``
-    under ``<cache>/sft`` keyed by tokenizer, source fingerprint and split."""
-    if instructions.is_synthetic(source):  # generated in seconds: no cache
-        return tokenize_dialogues(tokenizer, load_dialogues(source, split))
-    if not Path(source).expanduser().exists():
-        load_dialogues(source, split)  # raises the FileNotFoundError with the fix
-    key = hashlib.sha256(json.dumps([tokenizer.fingerprint, data.source_fingerprint(source),
-                                     split, _CACHE_VERSION]).encode()).hexdigest()[:16]
-    path = data.cache_root(cache_dir) / "sft" / f"{key}.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as z:
-                return Samples(**{f.name: z[f.name] for f in dataclasses.fields(Samples)})
-        except (OSError, ValueError, KeyError):
-            pass  # a corrupt cache file: rebuild it
-    samples = tokenize_dialogues(tokenizer, load_dialogues(source, split))
-    buf = io.BytesIO()
-    np.savez(buf, **dataclasses.asdict(samples))
-    data.atomic_write_bytes(path, buf.getvalue())
-    return samples
 
 
 # --- fitting, buckets, batches ------------------------------------------------------------------
@@ -459,8 +267,6 @@ def make_sft_batches(tokenizer: Tokenizer, *, source: str, seq_len: int, batch_s
 
 
 __all__ = [
-    "ROLES", "SFTBatches", "Samples", "answer_span", "check_chat_tokenizer", "choose_buckets",
-    "collate",
-    "dialogue_samples", "fit_to_length", "load_dialogues", "load_samples", "make_sft_batches",
-    "tokenize_dialogues",
+    "SFTBatches", "answer_span", "bucket_grid", "choose_buckets", "collate", "fit_to_length",
+    "make_sft_batches",
 ]

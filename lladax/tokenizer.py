@@ -11,9 +11,8 @@
   (``<|mdm_mask|>``). eot and mask are sentencepiece *control* symbols, so no input text (not even
   the literal string ``"<|mdm_mask|>"``) ever encodes to them; byte fallback makes every string
   round-trip.
-* `apply_chat_template(tok, messages)`: LLaDA / LLaMA-3 chat format (plain-text fallback for
-  tokenizers without header tokens); `encode_reply(tok, content)`: the ids of an assistant reply
-  as they follow that prompt (what SFT trains on and `decode_reply` reads back).
+
+The chat template that turns messages into prompt ids lives in `lladax.chat`.
 """
 
 from __future__ import annotations
@@ -266,69 +265,6 @@ def load_tokenizer(path: str | Path, *, vocab_size: int | None = None) -> Tokeni
     raise ValueError(f"cannot tell the tokenizer type of {p}: expected a .model or .json file")
 
 
-# --- chat template ------------------------------------------------------------------------------
-def _has_headers(tokenizer: Tokenizer) -> bool:
-    special = tokenizer.special_ids()
-    return special.get("start_header") is not None and special.get("end_header") is not None
-
-
-def apply_chat_template(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]],
-                        add_generation_prompt: bool = True) -> list[int]:
-    """Chat messages ``[{"role", "content"}, ...]`` -> prompt ids ``[n]``.
-
-    With header tokens (LLaDA / LLaMA-3), exactly LLaDA's template (contents stripped)::
-
-        <BOS><|start_header_id|>user<|end_header_id|>\\n\\n{content}<|eot_id|>...
-        <|start_header_id|>assistant<|end_header_id|>\\n\\n      (if add_generation_prompt)
-
-    Texts are encoded piecewise between the special ids, which equals HF's encoding of the rendered
-    string and keeps special-token text inside a message from becoming control ids. Without header
-    tokens (the default sentencepiece tokenizer) a plain-text fallback::
-
-        <BOS>User: {content}<EOT>Assistant: {content}<EOT>...Assistant:
-
-    The generation prompt ends at ``Assistant:`` with NO trailing space: BPE pieces carry their
-    leading space (``" file"``), so the space belongs to the reply's first piece
-    (`encode_reply`). A prompt ending in a lone ``" "`` piece would be a tokenisation that the
-    encoded text of a whole turn never contains, and would give the reply's first word a
-    different id (``"file"``) from the same word anywhere else.
-    """
-    if not messages:
-        raise ValueError("apply_chat_template needs at least one message")
-    for m in messages:
-        if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise ValueError(f"each message needs str 'role' and 'content', got {m!r}")
-    special = tokenizer.special_ids()
-    ids = [tokenizer.bos_id]
-    if _has_headers(tokenizer):
-        start, end = special["start_header"], special["end_header"]
-
-        def turn(role: str) -> list[int]:
-            return [start, *tokenizer.encode(role), end]
-
-        for m in messages:
-            ids += [*turn(m["role"]), *tokenizer.encode("\n\n" + m["content"].strip()),
-                    tokenizer.eot_id]
-        if add_generation_prompt:
-            ids += [*turn("assistant"), *tokenizer.encode("\n\n")]
-    else:
-        for m in messages:
-            text = f"{m['role'].capitalize()}: {m['content'].strip()}"
-            ids += [*tokenizer.encode(text), tokenizer.eot_id]
-        if add_generation_prompt:
-            ids += tokenizer.encode("Assistant:")
-    return ids
-
-
-def encode_reply(tokenizer: Tokenizer, content: str) -> list[int]:
-    """The ids ``[n]`` of an assistant reply (stripped; no EOT) as they follow
-    `apply_chat_template`'s generation prompt: ``content`` after the header template's
-    ``\\n\\n``, ``" " + content`` after the plain-text ``Assistant:``. So a prompt's ids plus
-    its reply's ids tokenise the rendered turn as the template renders earlier turns."""
-    text = content.strip()
-    return tokenizer.encode(text if _has_headers(tokenizer) else " " + text)
-
-
 # --- the default (embedded) tokenizer -----------------------------------------------------------
 def _spm_settings(vocab_size: int) -> dict[str, object]:
     return dict(
@@ -391,7 +327,7 @@ def default_tokenizer(vocab_size: int, cache_dir: str | Path | None = None
 
 __all__ = [
     "HFTokenizer", "MissingTokenError", "SentencePieceTokenizer", "Tokenizer",
-    "apply_chat_template", "default_tokenizer", "encode_reply", "load_tokenizer",
+    "default_tokenizer", "load_tokenizer",
     "train_sentencepiece",
 ]
 

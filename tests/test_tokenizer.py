@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lladax import data
+from lladax import chat, data
 from lladax import tokenizer as T
 
 TEXTS = [
@@ -97,28 +97,6 @@ def test_load_tokenizer_dispatch(tokenizers, tmp_path, cache_dir, monkeypatch):
     assert T.load_tokenizer("embedded", vocab_size=512).fingerprint == tokenizers[512].fingerprint
 
 
-def test_sentencepiece_chat_template_fallback(tokenizers):
-    tok = tokenizers[2048]
-    messages = [{"role": "user", "content": " Hi there "},
-                {"role": "assistant", "content": "Hello."},
-                {"role": "user", "content": "Bye"}]
-    ids = T.apply_chat_template(tok, messages)
-    assert ids[0] == tok.bos_id and ids.count(tok.eot_id) == 3
-    assert tok.decode(ids) == (
-        "<s>User: Hi there<|eot_id|>Assistant: Hello.<|eot_id|>User: Bye<|eot_id|>Assistant:")
-    # the reply's first piece carries the space after "Assistant:", as in the earlier turn
-    hello = T.encode_reply(tok, " Hello. ")
-    assert hello == tok.encode(" Hello.") and tok.decode_reply([*hello, tok.eot_id]) == "Hello."
-    first = T.apply_chat_template(tok, messages[:1])
-    assert ids[:len(first) + len(hello)] == first + hello
-    no_prompt = T.apply_chat_template(tok, messages[:1], add_generation_prompt=False)
-    assert tok.decode(no_prompt) == "<s>User: Hi there<|eot_id|>"
-    with pytest.raises(ValueError):
-        T.apply_chat_template(tok, [])
-    with pytest.raises(ValueError):
-        T.apply_chat_template(tok, [{"role": "user"}])
-
-
 # --- Hugging Face tokenizer.json ------------------------------------------------------------------
 LLADA_SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>",
                   "<|eot_id|>", "<|mdm_mask|>"]
@@ -153,7 +131,7 @@ def test_hf_tokenizer_specials_and_chat_template(tmp_path):
     text = "what is the capital of France? ünïcode"
     assert tok.decode(tok.encode(text)) == text
     messages = [{"role": "user", "content": "what is the capital of France?"}]
-    prompt = T.apply_chat_template(tok, messages)
+    prompt = chat.apply_chat_template(tok, messages)
     # LLaDA's jinja template rendered by hand, encoded by HF in one go:
     rendered = ("<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n"
                 "what is the capital of France?<|eot_id|>"
@@ -173,7 +151,7 @@ def test_hf_missing_special_is_lazy_error(tmp_path):
     with pytest.raises(T.MissingTokenError, match="mask"):
         _ = tok.mask_id
     # no header tokens -> plain-text fallback template
-    ids = T.apply_chat_template(tok, [{"role": "user", "content": "hello"}])
+    ids = chat.apply_chat_template(tok, [{"role": "user", "content": "hello"}])
     assert tok.decode(ids) == "<|startoftext|>User: hello<|eot_id|>Assistant:"
     custom = T.HFTokenizer(tmp_path / "plain", special_tokens={"mask": "<|eot_id|>"})
     assert custom.mask_id == custom.eot_id
@@ -194,9 +172,9 @@ def test_hf_multi_turn_template_and_decode_reply(tmp_path):
                 "<|start_header_id|>assistant<|end_header_id|>\n\nParis.<|eot_id|>"
                 "<|start_header_id|>user<|end_header_id|>\n\nwhat is the capital of France?"
                 "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
-    assert T.apply_chat_template(tok, messages) == tok.encode(rendered)
+    assert chat.apply_chat_template(tok, messages) == tok.encode(rendered)
     reply = tok.encode("Paris.")
-    assert T.encode_reply(tok, " Paris. ") == reply  # header template: no space to carry
+    assert chat.encode_reply(tok, " Paris. ") == reply  # header template: no space to carry
     assert tok.decode_reply([*reply, tok.eot_id, *tok.encode("junk"), tok.eos_id]) == "Paris."
     assert tok.decode_reply([*reply, tok.eos_id, tok.eos_id]) == "Paris."
     assert tok.decode_reply(reply) == "Paris."

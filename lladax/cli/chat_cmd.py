@@ -30,7 +30,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     from lladax import sampling
     from lladax.cli.sample_cmd import render
-    from lladax.tokenizer import apply_chat_template
+    from lladax.chat import apply_chat_template
 
     cfg, params, tokenizer = load_model(args.checkpoint, args.dtype)
     kwargs = sampling_kwargs(args)

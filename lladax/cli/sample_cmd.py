@@ -108,7 +108,7 @@ def show_history(tokenizer: Any, history: Any, prompt_len: int, mask_id: int) ->
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from lladax import sampling
-    from lladax.tokenizer import apply_chat_template
+    from lladax.chat import apply_chat_template
 
     fast = fast_kwargs(args)
     if fast is not None and (args.infill is not None or args.show_steps):
