@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lladax import config, model, sampling, train
+from lladax import config, denoise, model, sampling, train
 
 PROMPT, GEN, STEPS, BLOCK = 64, 128, 128, 32
 
@@ -57,7 +57,7 @@ def baseline(params, cfg, prompt: np.ndarray) -> np.ndarray:
     for b in range(GEN // BLOCK):
         start, end = P + b * BLOCK, P + (b + 1) * BLOCK
         m = np.asarray((x[:, start:end] == cfg.mask_token_id).sum(axis=1))
-        sched = np.asarray(sampling.transfer_schedule(jnp.asarray(m), s))
+        sched = np.asarray(denoise.transfer_schedule(jnp.asarray(m), s))
         for i in range(s):
             x = select(x, fwd(params, x), jnp.asarray(sched[:, i], jnp.int32), end)
     return np.asarray(x)

@@ -22,7 +22,7 @@ import numpy as np
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from lladax import likelihood, sampling
+from lladax import denoise, likelihood, sampling
 from lladax.likelihood import bucket_length
 
 # name -> (type, default). gen defaults are upstream's lm-eval settings (gen_length = steps =
@@ -104,7 +104,7 @@ class LLaDAEval(LM):
         self.cfg, self.params, self.tokenizer = load_model(self.opts["checkpoint"],
                                                            self.opts["dtype"])
         self.max_length = self.opts["max_length"] or self.cfg.max_seq_len
-        sampling._check_options(steps=self.opts["steps"], gen_length=self.opts["gen_length"],
+        denoise.check_options(steps=self.opts["steps"], gen_length=self.opts["gen_length"],
                                 block_length=self.opts["block_length"],
                                 remasking=self.opts["remasking"],
                                 cfg_scale=self.opts["cfg_scale"],

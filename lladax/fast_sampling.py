@@ -1,7 +1,7 @@
 """Fast decoding (Fast-dLLM, reference.md §9): KV caches and confidence-threshold parallel commits.
 
 `generate` keeps the semi-autoregressive block structure of `sampling.generate` and the same
-per-step decision (`sampling._decide`: argmax / Gumbel-max, confidence, the EOS flags, CFG), and
+per-step decision (`denoise.decide`: argmax / Gumbel-max, confidence, the EOS flags, CFG), and
 changes two things, both approximations that trade exactness for speed:
 
   * cache="prefix" | "dual": the first step of each block runs the whole canvas and keeps every
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lladax import model, sampling
+from lladax import denoise, model
 from lladax.autoregressive import check_kind
 from lladax.config import ModelConfig
 from lladax.sharding import constrain
@@ -45,7 +45,7 @@ CACHE_MODES = ("none", "prefix", "dual")
 class _FastOpts:
     """Static options: those of `sampling` plus the cache mode."""
 
-    base: sampling._Opts
+    base: denoise.StepOptions
     cache: str
 
 
@@ -94,7 +94,7 @@ def _run(params, canvas: jax.Array, attn: jax.Array | None, rng: jax.Array | Non
     P, s = N - base.gen_length, base.steps // n_blocks
     mask_id = cfg.mask_token_id
     fixed = canvas != mask_id
-    logits_of = functools.partial(sampling._model_logits, params, cfg, attn=attn,
+    logits_of = functools.partial(denoise.guided_logits, params, cfg, attn=attn,
                                   guided=base.guided, dyn=dyn)
     cache_shape = (cfg.n_layers, 2 * B if base.guided else B, N, cfg.n_kv_heads, cfg.head_dim)
 
@@ -120,7 +120,7 @@ def _run(params, canvas: jax.Array, attn: jax.Array | None, rng: jax.Array | Non
                               cache)
 
     def live_rows(x, b, done):  # (live [B], done [B]): rows with work left in block b
-        done = done | (sampling._answer_final(x, cfg, P) & dyn["early_exit"])
+        done = done | (denoise.answer_final(x, cfg, P) & dyn["early_exit"])
         x_w = jax.lax.dynamic_slice_in_dim(x, P + b * bl, bl, axis=1)
         return ~done & (x_w == mask_id).any(axis=1), done
 
@@ -130,13 +130,13 @@ def _run(params, canvas: jax.Array, attn: jax.Array | None, rng: jax.Array | Non
         logits, aux = logits(x)
         start = P + b * bl
         key = None if rng is None else jax.random.fold_in(rng, b * s + i)
-        x0, conf = sampling._decide(logits, start + jnp.arange(bl), key, cfg, base, dyn)
+        x0, conf = denoise.decide(logits, start + jnp.arange(bl), key, cfg, base, dyn)
         x_w = jax.lax.dynamic_slice_in_dim(x, start, bl, axis=1)
         eligible = (x_w == mask_id) & live[:, None]
         m = jnp.where(i == 0, eligible.sum(axis=1), m)  # masks at block start: the schedule
         k = jnp.maximum(m // s + (i < m % s), 1)
         conf = jnp.where(eligible, conf, -jnp.inf)
-        rank = sampling.rank_by_confidence(conf)
+        rank = denoise.rank_by_confidence(conf)
         extra = (conf >= dyn["threshold"]) | (conf >= 1.0 - dyn["factor"] / (rank + 2.0))
         commit = eligible & ((rank < k[:, None]) | extra)
         x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(commit, x0, x_w), start, axis=1)
@@ -174,7 +174,7 @@ def _run(params, canvas: jax.Array, attn: jax.Array | None, rng: jax.Array | Non
     init = (constrain(canvas, ("batch", None)), jnp.zeros((B,), bool),
             jnp.zeros((B,), jnp.int32), jnp.int32(0), jnp.zeros((n_blocks,), jnp.int32))
     x, done, nfe, _, evals = jax.lax.while_loop(lambda c: c[3] < n_blocks, block, init)
-    x = sampling.eos_fill_frozen(x, done, cfg, P)
+    x = denoise.eos_fill_frozen(x, done, cfg, P)
     return x, {"nfe": nfe, "evaluations": evals.sum(), "block_evaluations": evals,
                "finished_early": done}
 
@@ -226,7 +226,7 @@ def generate(params, cfg: ModelConfig, prompt: Any, attention_mask: Any = None, 
                          f"shape {tuple(prompt_np.shape)}: pass at least one token (e.g. BOS)")
     model.check_tokens(prompt_np, cfg, "prompt")
     steps = gen_length if steps is None else steps
-    sampling._check_options(steps=steps, gen_length=gen_length, block_length=block_length,
+    denoise.check_options(steps=steps, gen_length=gen_length, block_length=block_length,
                             remasking=remasking, cfg_scale=cfg_scale, temperature=temperature,
                             rng=rng)
     _check_fast(prompt_np, cfg, cache=cache, threshold=threshold, factor=factor)
@@ -238,7 +238,7 @@ def generate(params, cfg: ModelConfig, prompt: Any, attention_mask: Any = None, 
         attention_mask = jnp.concatenate([jnp.asarray(attention_mask, jnp.int32),
                                           jnp.ones((B, gen_length), jnp.int32)], axis=1)
     needs_rng = temperature > 0 or remasking == "random"
-    base = sampling._Opts(steps=int(steps), gen_length=int(gen_length),
+    base = denoise.StepOptions(steps=int(steps), gen_length=int(gen_length),
                           block_length=int(block_length), sample=temperature > 0,
                           guided=cfg_scale > 0, remasking=remasking, return_history=False,
                           use_window=True)

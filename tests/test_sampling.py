@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lladax import model, sampling
+from lladax import denoise, model, sampling
 from lladax.sharding import make_mesh, named_sharding, tree_shardings
 
 # same lookup as conftest.py; needed at collection time to parametrize over the manifest
@@ -166,7 +166,7 @@ def test_decode_answer(tiny_llada):
 
 
 def test_transfer_schedule():
-    sched = np.asarray(sampling.transfer_schedule(jnp.array([10, 8, 0]), 3))
+    sched = np.asarray(denoise.transfer_schedule(jnp.array([10, 8, 0]), 3))
     np.testing.assert_array_equal(sched, [[4, 3, 3], [3, 3, 2], [0, 0, 0]])
 
 

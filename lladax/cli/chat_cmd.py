@@ -29,8 +29,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     import numpy as np
 
     from lladax import sampling
-    from lladax.cli.sample_cmd import render
     from lladax.chat import apply_chat_template
+    from lladax.cli.sample_cmd import render
 
     cfg, params, tokenizer = load_model(args.checkpoint, args.dtype)
     kwargs = sampling_kwargs(args)
