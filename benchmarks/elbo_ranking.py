@@ -2,6 +2,7 @@
 text score higher than the same tokens shuffled?
 
     uv run python benchmarks/elbo_ranking.py --checkpoint runs/small [--pairs 50 --mc 128]
+        [--steps 600,1200]   # score these saved steps of the run instead of the newest
 
 Pairs are cut from the held-out split of the run's data (`lladax.data.token_stream`, split
 "eval"): a `--prompt-len` context, then `--answer-len` real tokens vs a random permutation of
@@ -19,9 +20,10 @@ import time
 import jax
 import numpy as np
 
-from lladax import data, likelihood
+from lladax import checkpoint, data, likelihood
 from lladax.cli.common import load_model
 from lladax.experiments.scaling import continuation_pairs
+from lladax.tokenizer import load_tokenizer
 
 
 def main() -> None:
@@ -34,9 +36,21 @@ def main() -> None:
     p.add_argument("--answer-len", type=int, default=32)
     p.add_argument("--mc", type=int, default=128, help="Monte-Carlo samples per pair")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", default=None,
+                   help="comma-separated saved steps of a run dir (default: the newest)")
     args = p.parse_args()
 
-    cfg, params, tok = load_model(args.checkpoint)
+    if args.steps is None:
+        score(args, *load_model(args.checkpoint), step=None)
+        return
+    tok = load_tokenizer(args.checkpoint)
+    for step in (int(s) for s in args.steps.split(",")):
+        cfg, params = checkpoint.load_params(args.checkpoint, step)
+        score(args, cfg, params, tok, step=step)
+
+
+def score(args: argparse.Namespace, cfg, params, tok, step: int | None) -> None:
+    """Print one JSON line: the fraction of pairs whose real continuation scores higher."""
     stream = data.token_stream(tok, source=args.source, split="eval")
     pairs = continuation_pairs(stream, args.pairs, args.prompt_len, args.answer_len, args.seed)
     prompts = [q for q, _, _ in pairs] * 2
@@ -50,7 +64,7 @@ def main() -> None:
     real, shuffled = np.asarray(scores[:args.pairs]), np.asarray(scores[args.pairs:])
     right = real > shuffled
     print(json.dumps({
-        "checkpoint": args.checkpoint, "pairs": args.pairs, "mc": args.mc,
+        "checkpoint": args.checkpoint, "step": step, "pairs": args.pairs, "mc": args.mc,
         "prompt_len": args.prompt_len, "answer_len": args.answer_len,
         "ranked_right": float(right.mean()),
         "mean_gap_nats": float((real - shuffled).mean()),
