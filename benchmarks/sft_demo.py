@@ -6,7 +6,7 @@
    with `--pretrained DIR` or when `WORKDIR/pretrain` already holds the finished run;
 2. before: greedy `sampling.generate` replies of the pretrained model to held-out prompts of every
    task (`instructions.examples(..., "eval")`, chat template applied), exact match per task;
-3. SFT: `configs/sft_small.py` (`data.format="chat"`, `data.source="synthetic:all"`) starting from
+3. SFT: `configs/sft_small.py` (`data.format="chat"`, copy + reverse of the synthetic set) from
    the pretrained params (`checkpoint.init_from`), again via `lladax.train.run`;
 4. after: the same held-out prompts, the same sampler settings.
 
