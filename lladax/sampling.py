@@ -31,13 +31,16 @@ from lladax import model
 from lladax.autoregressive import check_kind
 from lladax.config import ModelConfig
 from lladax.denoise import (
+    REMASKING,
     StepOptions,
     answer_final,
     check_options,
     decide,
     eos_fill_frozen,
     guided_logits,
+    gumbel_noise,
     rank_by_confidence,
+    transfer_schedule,
 )
 from lladax.sharding import constrain
 
@@ -240,3 +243,8 @@ def decode_answer(canvas_row: Any, prompt_len: int, cfg: ModelConfig) -> list[in
         if t in stops:
             return gen[:j]
     return gen
+
+
+# The schedule, noise and remasking rules are defined in `denoise` and exported here too, where
+# the design card's module map puts them.
+__all__ = ["REMASKING", "decode_answer", "generate", "gumbel_noise", "infill", "transfer_schedule"]

@@ -325,6 +325,16 @@ def default_tokenizer(vocab_size: int, cache_dir: str | Path | None = None
     return SentencePieceTokenizer(path)
 
 
+def __getattr__(name: str):
+    # The chat template moved to `lladax.chat` (which imports this module); the design card lists
+    # it under tokenizer.py, so `from lladax.tokenizer import apply_chat_template` keeps working.
+    if name in ("apply_chat_template", "encode_reply"):
+        from lladax import chat
+
+        return getattr(chat, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "HFTokenizer", "MissingTokenError", "SentencePieceTokenizer", "Tokenizer",
     "default_tokenizer", "load_tokenizer",

@@ -95,3 +95,11 @@ def test_unreadable_chat_line_is_a_one_line_error(tmp_path):
         chat.load_dialogues(bad, "all")
     with pytest.raises(FileNotFoundError, match="synthetic:all"):
         chat.load_dialogues(tmp_path / "nope.jsonl")
+
+
+def test_template_importable_where_the_design_card_lists_it():
+    from lladax.tokenizer import apply_chat_template, encode_reply
+
+    assert apply_chat_template is chat.apply_chat_template and encode_reply is chat.encode_reply
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = T.nope

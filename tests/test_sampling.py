@@ -166,7 +166,8 @@ def test_decode_answer(tiny_llada):
 
 
 def test_transfer_schedule():
-    sched = np.asarray(denoise.transfer_schedule(jnp.array([10, 8, 0]), 3))
+    assert sampling.transfer_schedule is denoise.transfer_schedule  # where the design card has it
+    sched = np.asarray(sampling.transfer_schedule(jnp.array([10, 8, 0]), 3))
     np.testing.assert_array_equal(sched, [[4, 3, 3], [3, 3, 2], [0, 0, 0]])
 
 
