@@ -41,13 +41,18 @@ class StepOptions:
     use_window: bool
 
 
+def step_budget(m: jax.Array, steps_per_block: int, i: jax.Array) -> jax.Array:
+    """Tokens to commit at step i of a block whose rows had m masks at its start (any shapes that
+    broadcast): ⌊m/s⌋, plus one for the first (m mod s) steps."""
+    return m // steps_per_block + (i < m % steps_per_block)
+
+
 def transfer_schedule(m: jax.Array, steps_per_block: int) -> jax.Array:
     """Tokens to commit per step: m [batch] masks at block start -> [batch, steps_per_block].
 
     Linear schedule ⌊m/s⌋ per step, the remainder (m mod s) going one each to the EARLIEST steps.
     """
-    i = jnp.arange(steps_per_block)
-    return m[:, None] // steps_per_block + (i[None, :] < m[:, None] % steps_per_block)
+    return step_budget(m[:, None], steps_per_block, jnp.arange(steps_per_block)[None, :])
 
 
 def _uniform_hp(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:

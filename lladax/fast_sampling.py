@@ -134,7 +134,7 @@ def _run(params, canvas: jax.Array, attn: jax.Array | None, rng: jax.Array | Non
         x_w = jax.lax.dynamic_slice_in_dim(x, start, bl, axis=1)
         eligible = (x_w == mask_id) & live[:, None]
         m = jnp.where(i == 0, eligible.sum(axis=1), m)  # masks at block start: the schedule
-        k = jnp.maximum(m // s + (i < m % s), 1)
+        k = jnp.maximum(denoise.step_budget(m, s, i), 1)
         conf = jnp.where(eligible, conf, -jnp.inf)
         rank = denoise.rank_by_confidence(conf)
         extra = (conf >= dyn["threshold"]) | (conf >= 1.0 - dyn["factor"] / (rank + 2.0))

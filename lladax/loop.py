@@ -124,6 +124,12 @@ def _check_format(config: Any) -> str:
     return fmt
 
 
+def _chat_options(d: Any) -> dict[str, Any]:
+    """`sft.make_sft_batches` options of a config's `data` section (train and eval alike)."""
+    return dict(source=d.source, seq_len=d.seq_len, min_answer_len=d.get("min_answer_len", 0),
+                random_offset=d.get("random_offset", False))
+
+
 def train_batches(config: Any, tok: Any, batch_size: int) -> Any:
     """This process's checkpointable iterator of batches (`batch_size` rows each): text
     (`data.make_batches`, packed or not) or chat (`sft.make_sft_batches`) by `data.format`."""
@@ -131,10 +137,8 @@ def train_batches(config: Any, tok: Any, batch_size: int) -> Any:
     where = dict(process_index=jax.process_index(), process_count=jax.process_count())
     if _check_format(config) == "chat":
         from lladax import sft
-        return iter(sft.make_sft_batches(tok, source=d.source, seq_len=d.seq_len,
-                                         batch_size=batch_size, seed=d.seed,
-                                         min_answer_len=d.get("min_answer_len", 0),
-                                         random_offset=d.get("random_offset", False), **where))
+        return iter(sft.make_sft_batches(tok, batch_size=batch_size, seed=d.seed, **where,
+                                         **_chat_options(d)))
     return data.make_batches(tok, split="train", batch_size=batch_size, **where,
                              **data.options_from_config(d))
 
@@ -146,10 +150,8 @@ def eval_set(config: Any, tok: Any) -> list[dict[str, np.ndarray]]:
         return []
     if _check_format(config) == "chat":
         from lladax import sft
-        batches = iter(sft.make_sft_batches(tok, source=d.source, seq_len=d.seq_len,
-                                            batch_size=e.batch_size, seed=0, split="eval",
-                                            min_answer_len=d.get("min_answer_len", 0),
-                                            random_offset=d.get("random_offset", False)))
+        batches = iter(sft.make_sft_batches(tok, batch_size=e.batch_size, seed=0, split="eval",
+                                            **_chat_options(d)))
         return [next(batches) for _ in range(e.batches)]
     return data.eval_batches(tok, source=d.source, seq_len=d.seq_len, batch_size=e.batch_size,
                              max_batches=e.batches, field=d.get("field", "text"))

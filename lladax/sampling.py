@@ -40,6 +40,7 @@ from lladax.denoise import (
     guided_logits,
     gumbel_noise,
     rank_by_confidence,
+    step_budget,
     transfer_schedule,
 )
 from lladax.sharding import constrain
@@ -76,7 +77,7 @@ def _run(params, canvas: jax.Array, attn: jax.Array | None, rng: jax.Array | Non
         masked = x == mask_id
         in_block = (pos[None, :] >= block_start) & (pos[None, :] < block_end)
         m = jnp.where(i == 0, (masked & in_block).sum(axis=1), m)  # masks at block start
-        k = (m // s + (i < m % s)).astype(jnp.int32)
+        k = step_budget(m, s, i).astype(jnp.int32)
         newly = answer_final(x, cfg, P) & ~done & dyn["early_exit"]
         done_at = jnp.where(newly, g, done_at)
         done = done | newly

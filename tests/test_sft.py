@@ -384,9 +384,3 @@ def test_generate_replies_pads_to_one_shape_and_decodes_in_order(tok, monkeypatc
     assert replies == [ex.answer for ex in items]
     assert len(shapes) == 2 and shapes[0] == shapes[1] and shapes[0][0][0] == 4
     assert shapes[0][1:] == (24, 24, 24)
-
-
-def test_min_answer_len_outside_the_sequence_is_a_one_line_error(tok):
-    with pytest.raises(ValueError, match=r"min_answer_len=64 must be in \[0, seq_len=64\)"):
-        sft.make_sft_batches(tok, source="synthetic:copy", seq_len=64, batch_size=4, seed=0,
-                             min_answer_len=64)
