@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--answer-len", type=int, default=32)
     p.add_argument("--mc", type=int, default=128, help="Monte-Carlo samples per pair")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", default=None,
+    p.add_argument("--steps", default=None, type=step_list,
                    help="comma-separated saved steps of a run dir (default: the newest)")
     args = p.parse_args()
 
@@ -44,9 +44,21 @@ def main() -> None:
         score(args, *load_model(args.checkpoint), step=None)
         return
     tok = load_tokenizer(args.checkpoint)
-    for step in (int(s) for s in args.steps.split(",")):
-        cfg, params = checkpoint.load_params(args.checkpoint, step)
+    for step in args.steps:
+        try:
+            cfg, params = checkpoint.load_params(args.checkpoint, step)
+        except checkpoint.CheckpointError as e:
+            p.error(str(e))
         score(args, cfg, params, tok, step=step)
+
+
+def step_list(text: str) -> list[int]:
+    """'600,1200' -> [600, 1200]; argparse turns the ValueError into a one-line usage error."""
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of step "
+                                         "numbers (e.g. 600,1200)") from None
 
 
 def score(args: argparse.Namespace, cfg, params, tok, step: int | None) -> None:

@@ -268,7 +268,11 @@ def _read_only_manager(run_dir: str | os.PathLike, concurrent_gb: int | None = N
 def _first_good(mgr: ocp.CheckpointManager, step: int | None, read: Any) -> tuple[int, Any]:
     """(step, read(step)) for `step`, or the newest step `read` succeeds on (warning on each
     damaged one)."""
-    steps = [step] if step is not None else sorted(mgr.all_steps(), reverse=True)
+    saved = sorted(mgr.all_steps(), reverse=True)
+    if step is not None and step not in saved:
+        raise CheckpointError(f"checkpoint {mgr.directory} has no step {step}: the saved steps "
+                              f"are {sorted(saved)}")
+    steps = [step] if step is not None else saved
     errors = []
     for s in steps:
         try:

@@ -102,6 +102,11 @@ def test_params_only_and_ema_load(saved):
     _equal(ema, two.ema)
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ema),
                                                         jax.tree.leaves(params), strict=True))
+    _equal(checkpoint.load_params(run_dir, 1)[1], saved[1][0].params)  # an older saved step
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"has no step 7: the saved steps are \[1, 2\]") as e:
+        checkpoint.load_params(run_dir, 7)
+    assert "\n" not in str(e.value)
 
 
 def test_incomplete_save_is_never_picked_up(saved):
