@@ -59,3 +59,50 @@ def _isolated_cache(cache_dir):
         os.environ.pop("LLADAX_CACHE", None)
     else:
         os.environ["LLADAX_CACHE"] = old
+
+
+# --- the CLI error harness (used by every module's table of refused inputs) --------------------
+def tree_snapshot(*roots: Path) -> dict[str, bytes | None]:
+    """{path: bytes} of every file under `roots` (a directory maps to None): compare a snapshot
+    taken before a refused command with one taken after to prove nothing on disk changed."""
+    snap: dict[str, bytes | None] = {}
+    for root in roots:
+        root = Path(root)
+        if root.is_file():
+            snap[str(root)] = root.read_bytes()
+            continue
+        if not root.exists():
+            snap[str(root)] = b"<absent>"
+            continue
+        for p in sorted(root.rglob("*")):
+            snap[str(p)] = None if p.is_dir() else p.read_bytes()
+    return snap
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """Run `lladax ARGV` in-process, expecting a refusal: returns the one stderr line.
+
+        line = cli_error(["sample", ...], code=2, untouched=[run_dir])
+
+    asserts the exit code, that stderr's last non-empty line starts with `lladax <command>:
+    error:` (no traceback), and that every file under `untouched` is byte-identical afterwards.
+    """
+    from lladax.cli import main
+
+    def run(argv: list[str], *, code: int = 2, untouched: tuple | list = ()) -> str:
+        before = tree_snapshot(*untouched)
+        capsys.readouterr()
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as e:  # argparse usage errors
+            rc = e.code
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert rc == code, f"exit code {rc} != {code}; stderr:\n{err}"
+        assert lines, "no message on stderr"
+        assert "Traceback" not in err, err
+        assert tree_snapshot(*untouched) == before, "a refused command changed files on disk"
+        return lines[-1]
+
+    return run
