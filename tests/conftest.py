@@ -12,6 +12,18 @@ jax.config.update("jax_platforms", "cpu")
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("LLADAX_FIXTURES", ROOT.parent / "shared" / "fixtures"))
 
+# Most of the suite's time is XLA compilation, and many tests compile the same programs (the tiny
+# train step, the sampler) in fresh `jax.jit` objects or in subprocesses. JAX's persistent cache,
+# shared by the xdist workers and the subprocesses they start, compiles each program once per
+# run (and once per checkout on a developer's machine: the key is the program, never stale).
+JAX_CACHE = Path(os.environ.get("LLADAX_TEST_JAX_CACHE", ROOT / ".cache" / "jax_tests"))
+JAX_CACHE.mkdir(parents=True, exist_ok=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(JAX_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
 
 @pytest.fixture(scope="session")
 def tiny_llada_dir() -> Path:
