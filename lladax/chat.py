@@ -26,12 +26,15 @@ import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lladax import data, instructions
-from lladax.tokenizer import Tokenizer
+from lladax import data, instructions, sources
+from lladax.sources import DataError
+
+if TYPE_CHECKING:  # the backends load only with a tokenizer, so `check_chat_source` stays fast
+    from lladax.tokenizer import Tokenizer
 
 
 # --- chat template ------------------------------------------------------------------------------
@@ -123,22 +126,8 @@ def dialogue_samples(tokenizer: Tokenizer, messages: Any, where: str = "dialogue
     tokens as they follow that header (`tokenizer.encode_reply`) + EOT. Raises a one-line
     `data.DataError` (naming `where`) for a malformed dialogue.
     """
-    if not isinstance(messages, list) or not messages:
-        raise data.DataError(f"{where}: 'messages' must be a non-empty list of "
-                             "{'role': ..., 'content': ...} objects")
-    for m in messages:
-        if not isinstance(m, Mapping) or not isinstance(m.get("content"), str):
-            raise data.DataError(f"{where}: each message needs a string 'role' and 'content', "
-                                 f"got {m!r}")
-        if m.get("role") not in ROLES:
-            raise data.DataError(f"{where}: unknown role {m.get('role')!r}: use one of {ROLES}")
+    check_dialogue(messages, where)
     turns = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
-    if not turns:
-        raise data.DataError(f"{where}: no assistant turn, so nothing to learn: add the "
-                             "assistant's reply or remove the dialogue")
-    if turns[0] == 0:
-        raise data.DataError(f"{where}: the dialogue starts with an assistant turn: put the "
-                             "user (or system) message it answers before it")
     eot = tokenizer.eot_id
     return [(apply_chat_template(tokenizer, messages[:k]),
              [*encode_reply(tokenizer, messages[k]["content"]), eot]) for k in turns]
@@ -146,20 +135,63 @@ def dialogue_samples(tokenizer: Tokenizer, messages: Any, where: str = "dialogue
 
 
 # --- sources ------------------------------------------------------------------------------------
+ROLES = ("system", "user", "assistant")
+
+
+def chat_files(source: str | Path) -> list[Path]:
+    """The chat .jsonl files of a file or directory source (raises with the fix)."""
+    p = Path(source).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"SFT data {p} does not exist: pass a chat .jsonl file (one "
+                                "{'messages': [...]} per line), a directory of them, or "
+                                "'synthetic:all'")
+    files = sorted(f for f in p.rglob("*.jsonl") if f.is_file()) if p.is_dir() else [p]
+    if not files or (not p.is_dir() and p.suffix != ".jsonl"):
+        raise DataError(f"SFT data {p}: expected a chat .jsonl file or a directory holding "
+                        "some")
+    return files
+
+
+def dialogue_of(line: str, where: str) -> Any:
+    """The ``messages`` of one chat jsonl line (not yet checked: see `check_dialogue`)."""
+    record = sources.jsonl_record(line, where, "a 'messages' list")
+    if "messages" not in record:
+        raise DataError(f"{where}: expected a JSON object with a 'messages' list (it has "
+                        f"{sorted(record)[:8]}): write {{'messages': [{{'role': 'user', "
+                        "'content': ...}, ...]} per line")
+    return record["messages"]
+
+
+def check_dialogue(messages: Any, where: str) -> None:
+    """One-line `DataError` (naming ``where``) unless ``messages`` is a dialogue SFT can learn
+    from: a non-empty list of {role, content} strings, roles from `ROLES`, at least one
+    assistant turn and none first."""
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: 'messages' must be a non-empty list of "
+                        "{'role': ..., 'content': ...} objects")
+    for m in messages:
+        if (not isinstance(m, Mapping) or not isinstance(m.get("content"), str)
+                or not isinstance(m.get("role"), str)):
+            raise DataError(f"{where}: each message needs a string 'role' and 'content', "
+                            f"got {str(m)[:80]}")
+        if m["role"] not in ROLES:
+            raise DataError(f"{where}: unknown role {m['role']!r}: use one of {ROLES}")
+    turns = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
+    if not turns:
+        raise DataError(f"{where}: no assistant turn, so nothing to learn: add the "
+                        "assistant's reply or remove the dialogue")
+    if turns[0] == 0:
+        raise DataError(f"{where}: the dialogue starts with an assistant turn: put the "
+                        "user (or system) message it answers before it")
+
+
 def _read_chat_file(path: Path, split: str) -> list[tuple[str, list]]:
     out = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                messages = json.loads(line)["messages"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise data.DataError(f"{path}:{lineno}: expected a JSON object with a "
-                                     f"'messages' list ({type(e).__name__}: {e})") from None
-            key = json.dumps(messages, sort_keys=True, ensure_ascii=False)
-            if split == "all" or data.split_of(key) == split:
-                out.append((f"{path}:{lineno}", messages))
+    for where, line in sources.jsonl_lines(path):
+        messages = dialogue_of(line, where)
+        key = json.dumps(messages, sort_keys=True, ensure_ascii=False)
+        if split == "all" or data.split_of(key) == split:
+            out.append((where, messages))
     return out
 
 
@@ -176,19 +208,23 @@ def load_dialogues(source: str | Path, split: str = "train") -> list[tuple[str, 
         return [(f"synthetic:{ex.task}#{i}", ex.messages()) for s in splits
                 for i, ex in enumerate(instructions.examples(tasks, s))]
     p = Path(source).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"SFT data {p} does not exist: pass a chat .jsonl file (one "
-                                "{'messages': [...]} per line), a directory of them, or "
-                                "'synthetic:all'")
-    files = sorted(p.rglob("*.jsonl")) if p.is_dir() else [p]
-    if not files or (not p.is_dir() and p.suffix != ".jsonl"):
-        raise data.DataError(f"SFT data {p}: expected a chat .jsonl file or a directory holding "
-                             "some")
-    dialogues = [d for f in files for d in _read_chat_file(f, split)]
+    dialogues = [d for f in chat_files(p) for d in _read_chat_file(f, split)]
     if not dialogues:
         raise data.DataError(f"SFT data {p} has no dialogues in split {split!r} (eval takes ~2% "
                              "by hash; a tiny file may have none): add data or use split='all'")
     return dialogues
+
+
+def check_chat_source(source: str) -> None:
+    """Fast check of a chat source (`sources.check_source` with ``fmt="chat"``): the synthetic
+    task names, or that each chat file exists and its first record is a valid dialogue."""
+    if instructions.is_synthetic(source):
+        instructions.parse_source(source)  # ValueError naming the valid tasks
+        return
+    for f in chat_files(source):
+        first = sources.first_line(f)
+        if first is not None:
+            check_dialogue(dialogue_of(first[1], first[0]), first[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,11 +313,12 @@ def load_samples(tokenizer: Tokenizer, source: str | Path, split: str = "train",
     samples = tokenize_dialogues(tokenizer, load_dialogues(source, split))
     buf = io.BytesIO()
     np.savez(buf, **dataclasses.asdict(samples))
-    data.atomic_write_bytes(path, buf.getvalue())
+    sources.write_cache(path, buf.getvalue())
     return samples
 
 
 __all__ = [
-    "CHAT_SPECIALS", "ROLES", "Samples", "apply_chat_template", "check_chat_tokenizer",
+    "CHAT_SPECIALS", "ROLES", "Samples", "apply_chat_template", "check_chat_source",
+    "check_chat_tokenizer",
     "dialogue_samples", "encode_reply", "load_dialogues", "load_samples", "tokenize_dialogues",
 ]

@@ -44,8 +44,9 @@ EMBEDDED, EVAL_FRACTION, SPLITS, DataError = (sources.EMBEDDED, sources.EVAL_FRA
                                               sources.SPLITS, sources.DataError)
 atomic_write_bytes, cache_root, documents_digest = (sources.atomic_write_bytes,
                                                     sources.cache_root, sources.documents_digest)
-load_documents, read_documents, source_fingerprint, split_of = (
-    sources.load_documents, sources.read_documents, sources.source_fingerprint, sources.split_of)
+load_documents, read_documents, source_fingerprint, split_of, check_source = (
+    sources.load_documents, sources.read_documents, sources.source_fingerprint, sources.split_of,
+    sources.check_source)
 corpus_tokens, token_stream, tokenize_corpus, tokenize_documents, prepare = (
     prepared.corpus_tokens, prepared.token_stream, prepared.tokenize_corpus,
     prepared.tokenize_documents, prepared.prepare)
@@ -376,7 +377,8 @@ def global_batch(local_batch: dict[str, np.ndarray], sharding: jax.sharding.Name
 
 
 __all__ = [
-    "EMBEDDED", "SPLITS", "DataError", "corpus_tokens", "document_spans", "eval_batches",
+    "EMBEDDED", "SPLITS", "DataError", "check_source", "corpus_tokens", "document_spans",
+    "eval_batches",
     "global_batch", "load_documents", "make_batches", "make_dataset", "options_from_config",
     "pack_rows", "prepare", "token_stream", "tokenize_corpus", "tokenize_documents",
 ]

@@ -15,6 +15,9 @@ import glob
 import io
 import json
 import os
+import re
+import signal
+import socket
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,12 +26,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lladax import sources
+from lladax.destinations import check_destination, same_location
 from lladax.sources import EMBEDDED, MANIFEST, DataError, atomic_write_bytes, check_split
 
 if TYPE_CHECKING:
     from lladax.tokenizer import Tokenizer
 
 PREPARED_FORMAT = "lladax-tokens-v1"
+_STATS = ("documents", "documents_split", "records", "tokens", "max_len")
 RECORD_DTYPE = np.dtype("<i4")  # records are raw little-endian int32 token ids
 
 
@@ -84,7 +89,7 @@ def corpus_tokens(tokenizer: Tokenizer, *, source: str | Path = EMBEDDED, split:
     if use_cache:
         buf = io.BytesIO()
         np.savez(buf, stream=stream, starts=starts)
-        atomic_write_bytes(path, buf.getvalue())
+        sources.write_cache(path, buf.getvalue())
     return stream, starts
 
 
@@ -115,7 +120,35 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != PREPARED_FORMAT:
         raise DataError(f"{path} is not a {PREPARED_FORMAT} manifest: re-run "
                         "`lladax data prepare` with this version of lladax")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise DataError(f"{path} is damaged ({problem}): re-run `lladax data prepare`")
     return manifest
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest's structure, or None. Shard names must be bare file names
+    so that a hand-edited manifest cannot make a reader open files outside its directory."""
+    tok = manifest.get("tokenizer")
+    if not isinstance(tok, dict) or not {"name", "fingerprint", "vocab_size"} <= set(tok):
+        return "no tokenizer name / fingerprint / vocab_size"
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict):
+        return "no splits"
+    for s in ("train", "eval"):
+        st = splits.get(s)
+        if not isinstance(st, dict) or not isinstance(st.get("files"), list):
+            return f"no {s!r} split with a list of files"
+        if not all(isinstance(st.get(k), int) for k in _STATS):
+            return f"split {s!r} lacks the counts {list(_STATS)}"
+        for name in st["files"]:
+            if not (isinstance(name, str) and name.endswith(".array_record")
+                    and name == Path(name).name and not name.startswith(".")):
+                return f"shard name {str(name)[:60]!r} is not a file name in the directory"
+    seq_len = manifest.get("seq_len")
+    if seq_len is not None and not (isinstance(seq_len, int) and seq_len > 0):
+        return f"seq_len {seq_len!r} is not a positive integer"
+    return None
 
 
 def prepared_files(location: str, split: str) -> tuple[dict[str, Any], list[Path]]:
@@ -208,23 +241,34 @@ class PreparedWriter:
     def __init__(self, out: str | Path, *, shards: int, overwrite: bool = False) -> None:
         from array_record.python.array_record_module import ArrayRecordWriter
 
-        if shards < 1:
-            raise ValueError(f"--shards must be >= 1, got {shards}")
+        check_shards(shards)
         self.out = Path(out).expanduser()
-        if self.out.exists() and not self.out.is_dir():
-            raise DataError(f"--out {self.out} is a file: pass a directory path")
-        if self.out.is_dir() and any(self.out.iterdir()) and not overwrite:
-            raise DataError(f"--out {self.out} is not empty: pass a new directory or --overwrite")
+        # The shared rule: only an empty / new directory, or our own output with --overwrite.
+        check_destination(self.out, markers=(MANIFEST,), what="prepared data", flag="--out",
+                          overwrite=overwrite)
+        # Parents we create are removed again by `abort`: a refused prepare leaves no trace.
+        missing = [d for d in [self.out.parent, *self.out.parent.parents] if not d.exists()]
+        self._made = missing[-1] if missing else None
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.tmp-"))
+            _sweep_stale(self.out)
+            self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent,
+                                             prefix=f".{self.out.name}.tmp-{_owner()}-"))
         except OSError as e:
+            self._remove_made()
             raise DataError(f"cannot write to {self.out.parent} ({e.strerror}): choose a "
                             "writable --out") from None
         self.counts = {"train": shards, "eval": 1}
-        self._writers = {(s, i): ArrayRecordWriter(str(self.tmp / shard_name(s, i, n)),
-                                                   "group_size:1")
-                         for s, n in self.counts.items() for i in range(n)}
+        self._writers: dict[tuple[str, int], Any] = {}
+        try:
+            for s, n in self.counts.items():
+                for i in range(n):
+                    self._writers[(s, i)] = ArrayRecordWriter(
+                        str(self.tmp / shard_name(s, i, n)), "group_size:1")
+        except Exception as e:  # e.g. out of file descriptors: nothing may stay behind
+            self.abort()
+            raise DataError(f"cannot create {shards} shard files in {self.out.parent} "
+                            f"({type(e).__name__}: {str(e)[:100]}): use fewer --shards") from None
         self._records = {key: 0 for key in self._writers}
         self.stats = {s: dict(documents=0, documents_split=0, records=0, tokens=0, max_len=0,
                               max_id=-1) for s in self.counts}
@@ -260,12 +304,17 @@ class PreparedWriter:
         manifest = {"format": PREPARED_FORMAT, **header, "splits": splits}
         atomic_write_bytes(self.tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
         old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        if old is not None:
-            _remove_tree(old)
+        # SIGTERM waits until both renames are done: `out` is never left missing.
+        masked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            if self.out.exists() or self.out.is_symlink():
+                old = self.out.parent / f".{self.out.name}.old-{_owner()}"
+                os.replace(self.out, old)
+            os.replace(self.tmp, self.out)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, masked)
+        if old is not None:  # a symlinked --out: drop the link, never its target's files
+            old.unlink() if old.is_symlink() else _remove_tree(old)
         return manifest
 
     def abort(self) -> None:
@@ -273,6 +322,17 @@ class PreparedWriter:
             with contextlib.suppress(Exception):  # may fail again after an error; files go anyway
                 w.close()
         _remove_tree(self.tmp)
+        self._remove_made()
+
+    def _remove_made(self) -> None:
+        """Remove the (empty) parent directories this writer created."""
+        if self._made is None:
+            return
+        for d in [self.out.parent, *self.out.parent.parents]:
+            with contextlib.suppress(OSError):  # not empty (someone else wrote there): keep it
+                d.rmdir()
+            if d == self._made:
+                break
 
     def __enter__(self) -> PreparedWriter:
         return self
@@ -282,6 +342,29 @@ class PreparedWriter:
             self.abort()
 
 
+def _owner() -> str:
+    """Tags the temp directories of this process (host and pid) so a later prepare can tell
+    the leftovers of a killed one (`_sweep_stale`) from those of one still running."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _sweep_stale(out: Path) -> None:
+    """Remove the temp / replaced directories that a prepare of ``out`` on this host left when
+    it was killed (kill -9 runs no cleanup); those of a live process are kept."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-{re.escape(socket.gethostname())}"
+                         r"-(\d+)")
+    for p in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
+        m = pattern.match(p.name)
+        if m is None or int(m[2]) == os.getpid():
+            continue
+        try:
+            os.kill(int(m[2]), 0)
+        except ProcessLookupError:
+            _remove_tree(p)
+        except OSError:
+            pass  # alive under another user
+
+
 def _remove_tree(path: Path) -> None:
     import shutil
 
@@ -289,17 +372,63 @@ def _remove_tree(path: Path) -> None:
 
 
 # --- prepare ------------------------------------------------------------------------------------
+def check_shards(shards: int) -> None:
+    """Each train shard is an open file while prepare runs: stay well inside the fd limit."""
+    import resource
+
+    limit = min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 1 << 16) - 64
+    if not 1 <= shards <= limit:
+        raise DataError(f"--shards must be between 1 and {limit} (each shard is a file held open "
+                        f"while writing; `ulimit -n` sets the limit), got {shards}")
+
+
+def check_prepare(source: str | Path, out: str | Path, *, field: str = "text",
+                  seq_len: int | None = None, shards: int = 1, overwrite: bool = False,
+                  tokenizer_path: str | Path | None = None) -> None:
+    """Every check `prepare` can make before reading the corpus, in milliseconds and with nothing
+    written: arguments, the source (`sources.check_source`; text, not already prepared), the
+    destination (`destinations.check_destination`), and that neither the source nor the tokenizer
+    file would be read from or deleted with ``out``. Raises a one-line ValueError / DataError."""
+    if seq_len is not None and seq_len < 2:
+        raise DataError(f"--seq-len must be at least 2 (a record needs a token and room to "
+                        f"predict it), got {seq_len}")
+    check_shards(shards)
+    sources.check_source(str(source), field=field)
+    spec = sources.parse_source(source)
+    if spec.tokenized:
+        raise DataError(f"--source {source} is prepared (tokenised) data, not text: train on it "
+                        "directly (data.source), or pass the original text source")
+    check_destination(out, markers=(MANIFEST,), what="prepared data", flag="--out",
+                      overwrite=overwrite)
+    out_p = Path(out).expanduser().absolute()
+    base = next(d for d in [out_p, *out_p.parents] if d.exists())  # what mkdir starts from
+    if not (base.is_dir() and os.access(base, os.W_OK | os.X_OK)):
+        why = "not a directory" if base.exists() and not base.is_dir() else "permission denied"
+        raise DataError(f"cannot write to {base} ({why}): choose a writable --out")
+    where = Path(spec.location).expanduser()
+    if spec.kind in ("files", "tfds") and where.exists() and same_location(where, out):
+        raise DataError(f"--out {out} and --source {source} overlap (the same directory, or one "
+                        "inside the other): the output would be read as input or replace the "
+                        "source; pass an --out outside the source")
+    tok = Path(tokenizer_path).expanduser() if tokenizer_path else None
+    if tok is not None and tok.exists() and tok.resolve().is_relative_to(
+            Path(out).expanduser().resolve()):
+        raise DataError(f"--tokenizer {tokenizer_path} lies inside --out {out}, which prepare "
+                        "replaces: keep the tokenizer outside the output directory")
+
+
 def prepare(source: str | Path, out: str | Path, tokenizer: Tokenizer, *, field: str = "text",
             seq_len: int | None = None, shards: int = 1, overwrite: bool = False,
             progress: bool = True, chunk: int = 1024) -> dict[str, Any]:
     """Tokenise a text source into ArrayRecord shards under ``out`` (see `PreparedWriter`);
     returns the manifest. Documents stream through in chunks (a corpus larger than memory is
     fine), go to train / eval by `sources.split_of`, get EOS appended and, with ``seq_len``,
-    are cut into records of at most ``seq_len`` tokens (counted as ``documents_split``)."""
+    are cut into records of at most ``seq_len`` tokens (counted as ``documents_split``).
+    Refused (nothing written) by `check_prepare`, or when no document lands in train."""
     from tqdm import tqdm
 
-    if seq_len is not None and seq_len <= 0:
-        raise ValueError(f"--seq-len must be positive, got {seq_len}")
+    check_prepare(source, out, field=field, seq_len=seq_len, shards=shards, overwrite=overwrite,
+                  tokenizer_path=tokenizer.name)
     docs = sources.iter_documents(source, field)
     with PreparedWriter(out, shards=shards, overwrite=overwrite) as writer:
         bar = tqdm(desc="prepare", unit=" docs", disable=not progress, dynamic_ncols=True)
@@ -317,6 +446,9 @@ def prepare(source: str | Path, out: str | Path, tokenizer: Tokenizer, *, field:
         bar.close()
         if index == 0:
             raise DataError(f"data source {str(source)!r} has no documents: add text")
+        if writer.stats["train"]["documents"] == 0:  # every document hashed into eval
+            raise DataError(f"data source {str(source)!r} has {index} document(s), none in the "
+                            "train split (~98% by hash): add text")
         header = {"source": str(source), "field": field, "seq_len": seq_len, "eos": True,
                   "tokenizer": {"name": Path(tokenizer.name).name, "fingerprint":
                                 tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,

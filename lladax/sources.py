@@ -16,6 +16,7 @@ writes and reads them.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import json
@@ -60,6 +61,16 @@ def atomic_write_bytes(path: Path, payload: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_cache(path: Path, payload: bytes) -> Path:
+    """`atomic_write_bytes` for a cache file: a cache directory that cannot be written (a file,
+    read-only, disk full) is a one-line error naming ``$LLADAX_CACHE``, the fix."""
+    try:
+        return atomic_write_bytes(path, payload)
+    except OSError as e:
+        raise DataError(f"cannot write the cache file {path} ({e.strerror or type(e).__name__}): "
+                        "set LLADAX_CACHE to a writable directory") from None
 
 
 def documents_digest(documents: Sequence[str]) -> str:
@@ -137,29 +148,84 @@ def source_fingerprint(source: str | Path, field: str = "text") -> str:
 
 
 # --- text documents -----------------------------------------------------------------------------
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
+               bool: "boolean", type(None): "null"}
+
+
+def decode_text(raw: bytes, where: str, *, offset: int = 0, final: bool = True) -> str:
+    """``raw`` as UTF-8 text. Text sources must be UTF-8: a NUL byte or undecodable bytes mean a
+    binary file (or another encoding), which would otherwise train as garbage, so they raise a
+    one-line `DataError` naming ``where`` and the file's byte offset (``offset`` = where ``raw``
+    starts in the file). ``final=False`` allows a character cut at the end (a file's head)."""
+    nul = raw.find(b"\x00")
+    bad = nul if nul >= 0 else None
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(raw, final=final)
+    except UnicodeDecodeError as e:
+        bad = e.start if bad is None else min(bad, e.start)
+    if bad is None:
+        return text
+    what = "a NUL byte" if bad == nul else "not valid UTF-8"
+    raise DataError(f"{where}: byte {offset + bad} is {what}, so this is not UTF-8 text (a binary "
+                    "file, or another encoding): convert it to UTF-8 (e.g. `iconv -t UTF-8`) or "
+                    "remove it from the source")
+
+
 def _read_txt(path: Path) -> Iterator[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
+    raw = path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    text = decode_text(raw[bom:], str(path), offset=bom)
     for doc in re.split(r"\n[ \t\r]*\n", text):
         if doc.strip():
             yield doc.strip("\n")
 
 
+def jsonl_record(line: str, where: str, what: str) -> dict[str, Any]:
+    """One jsonl line -> its JSON object; ``what`` names the expected content in the message."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: expected a JSON object with {what} (JSONDecodeError: {e}): "
+                        "fix the line (one JSON object per line)") from None
+    if not isinstance(record, dict):
+        kind = _JSON_TYPES.get(type(record), type(record).__name__)
+        raise DataError(f"{where}: expected a JSON object with {what}, got a JSON {kind}: "
+                        "write one JSON object per line")
+    return record
+
+
+def _jsonl_text(line: str, field: str, where: str) -> str:
+    record = jsonl_record(line, where, f"a {field!r} field")
+    if field not in record:
+        raise DataError(f"{where}: expected a JSON object with a {field!r} field (it has "
+                        f"{sorted(record)[:8]}): fix the line or set data.field (`lladax data "
+                        "prepare --field`)")
+    text = record[field]
+    if not isinstance(text, str):
+        kind = _JSON_TYPES.get(type(text), type(text).__name__)
+        raise DataError(f"{where}: {field!r} must be a string, got a JSON {kind}: fix the line "
+                        "or set data.field to a text field")
+    return text
+
+
+def jsonl_lines(path: Path) -> Iterator[tuple[str, str]]:
+    """(``file:line``, text) of each non-blank line of a jsonl file, strictly UTF-8 decoded."""
+    with path.open("rb") as f:
+        offset = 0
+        for lineno, raw in enumerate(f, 1):
+            bom = len(codecs.BOM_UTF8) if lineno == 1 and raw.startswith(codecs.BOM_UTF8) else 0
+            where = f"{path}:{lineno}"
+            line = decode_text(raw[bom:], where, offset=offset + bom)
+            offset += len(raw)
+            if line.strip():
+                yield where, line
+
+
 def _read_jsonl(path: Path, field: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)[field]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{path}:{lineno}: expected a JSON object with a {field!r} field "
-                                f"({type(e).__name__}: {e}): fix the line or set data.field"
-                                ) from None
-            if not isinstance(text, str):
-                raise DataError(f"{path}:{lineno}: {field!r} must be a string, got "
-                                f"{type(text).__name__}")
-            if text.strip():
-                yield text
+    for where, line in jsonl_lines(path):
+        text = _jsonl_text(line, field, where)
+        if text.strip():
+            yield text
 
 
 def text_files(path: str | Path) -> list[Path]:
@@ -203,7 +269,7 @@ def _tfds_text(record: Any, field: str, where: str) -> str:
         raise DataError(f"{where}: no feature {field!r} (features: {keys}): set data.field")
     value = record[field]
     if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
+        return decode_text(value, f"{where} feature {field!r}")
     if isinstance(value, str):
         return value
     raise DataError(f"{where}: feature {field!r} is {type(value).__name__}, not text: "
@@ -246,3 +312,125 @@ def read_documents(path: str | Path, field: str = "text") -> list[str]:
     """All documents of a ``.txt`` / ``.jsonl`` file or a directory of them."""
     return [d for f in text_files(path)
             for d in (_read_jsonl(f, field) if f.suffix == ".jsonl" else _read_txt(f))]
+
+
+# --- fast checks before start-up ----------------------------------------------------------------
+HEAD_BYTES = 1 << 16  # how much of each file `check_source` reads
+FORMATS = ("text", "chat")
+_SOURCE_KINDS = ("'embedded', a .txt/.jsonl file or a directory of them, a `lladax data prepare` "
+                 "directory, arrayrecord:GLOB or tfds:NAME[:SPLIT]")
+
+
+def check_source(source: str, *, field: str = "text", fmt: str = "text") -> None:
+    """Refuse a data source that the readers would refuse later, in milliseconds (no JAX, no
+    tokenisation, at most the first `HEAD_BYTES` of each file), so `lladax train` and `lladax
+    data prepare` fail before start-up. Raises a one-line `DataError` (the reader's message).
+
+    ``fmt="text"``: embedded; .txt/.jsonl files (UTF-8, first jsonl record has ``field``) or a
+    directory of them; a prepared directory (manifest parses, shard files exist) or
+    ``arrayrecord:GLOB``; ``tfds:NAME`` located on disk. ``fmt="chat"``: ``synthetic:<tasks>``
+    or a chat .jsonl file / directory whose first record of each file is a valid dialogue.
+    """
+    s = str(source)
+    if not s.strip():
+        raise DataError(f"data.source is empty: set it to {_SOURCE_KINDS}"
+                        + (" (a chat .jsonl for format='chat')" if fmt == "chat" else ""))
+    if fmt not in FORMATS:
+        raise DataError(f"data.format={fmt!r} is unknown: use one of {FORMATS}")
+    try:
+        if fmt == "chat":
+            from lladax import chat  # no tokenizer backend, no JAX at import
+
+            chat.check_chat_source(s)
+            return
+        if not field:
+            raise DataError("data.field is empty: set it to the text field of the jsonl / TFDS "
+                            "records (default 'text')")
+        if s.startswith("synthetic:"):
+            raise DataError(f"{s!r} is a chat (SFT) source: set data.format='chat', or pass a "
+                            "text source")
+        spec = parse_source(s)
+        if spec.kind == "files":
+            _check_text_files(spec.location, field)
+        elif spec.kind == "arrayrecord":
+            from lladax import prepared  # numpy only: still no JAX
+
+            prepared.prepared_files(spec.location, "all")
+        elif spec.kind == "tfds":
+            _check_tfds(spec)
+    except DataError:
+        raise
+    except (FileNotFoundError, ValueError) as e:  # the readers' message as the one error type
+        raise DataError(str(e)) from None
+
+
+def _head(path: Path) -> tuple[str, bool]:
+    """(the first `HEAD_BYTES` of a file as strict UTF-8, whether that is the whole file)."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(HEAD_BYTES + 1)
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror}): fix its permissions or remove it "
+                        "from the source") from None
+    whole = len(raw) <= HEAD_BYTES
+    raw = raw[:HEAD_BYTES]
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    return decode_text(raw[bom:], str(path), offset=bom, final=whole), whole
+
+
+def first_line(path: Path) -> tuple[str, str] | None:
+    """(``file:line``, text) of a jsonl file's first non-blank line, if it fits in the head."""
+    text, whole = _head(path)
+    lines = text.split("\n")
+    for lineno, line in enumerate(lines if whole else lines[:-1], 1):
+        if line.strip():
+            return f"{path}:{lineno}", line
+    return None
+
+
+def _check_text_files(location: str, field: str) -> None:
+    has_text = False
+    for f in text_files(location):
+        if f.suffix == ".jsonl":
+            first = first_line(f)
+            if first is not None:
+                _jsonl_text(first[1], field, first[0])
+                has_text = True
+        else:
+            has_text |= bool(_head(f)[0].strip())
+    if not has_text:
+        raise DataError(f"data source {location!r} has no documents (its files are empty): "
+                        "add text")
+
+
+def _check_tfds(spec: SourceSpec) -> None:
+    """Find the builder directory of a ``tfds:`` spec on disk as `tfds.data_source` would
+    (``$TFDS_DATA_DIR`` or ~/tensorflow_datasets; never downloads) and check its split."""
+    where = Path(spec.location).expanduser()
+    fix = ("build it first (`tfds build NAME` with TFDS_DATA_DIR set) or pass the builder "
+           "directory, tfds:/path/NAME/VERSION")
+    if where.is_dir():
+        found = [where]
+    elif spec.location.startswith(("/", "~", ".")):
+        raise DataError(f"TFDS builder directory {where} does not exist: {fix}")
+    else:
+        root = Path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()
+        name, _, version = spec.location.partition(":")
+        base = root / name
+        found = sorted(base.glob(version or "*"), reverse=True) if base.is_dir() else []
+        found = [d for d in found if (d / "dataset_info.json").is_file()]
+        if not found:
+            raise DataError(f"cannot open TFDS source tfds:{spec.location}:{spec.tfds_split} "
+                            f"(no prepared dataset under {base}): {fix}")
+    info_path = found[0] / "dataset_info.json"
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        splits = [str(sp["name"]) for sp in info.get("splits", [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"cannot open TFDS source tfds:{spec.location}: {info_path} is "
+                        f"unreadable ({type(e).__name__}): {fix}") from None
+    for part in spec.tfds_split.split("+"):
+        name = part.split("[")[0].strip()
+        if name not in splits:
+            raise DataError(f"TFDS source tfds:{spec.location} has no split {name!r} (it has "
+                            f"{splits}): write tfds:{spec.location}:SPLIT with one of them")

@@ -25,9 +25,12 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lladax import data
-from lladax.config import ModelConfig
+
+if TYPE_CHECKING:  # importing the config module would import JAX; the CLI loads tokenizers first
+    from lladax.config import ModelConfig
 
 SPECIAL_ROLES = ("unk", "bos", "eos", "pad", "eot", "mask", "start_header", "end_header")
 # Token contents looked up (first match wins) for each role in a tokenizer.json.
@@ -41,6 +44,11 @@ HF_SPECIAL_TOKENS: dict[str, tuple[str, ...]] = {
 }
 EOT_PIECE, MASK_PIECE = "<|eot_id|>", "<|mdm_mask|>"
 _UNKNOWN_TEXT = " \u2047 "  # what sentencepiece prints for <unk>
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text else type(e).__name__
 
 
 class MissingTokenError(ValueError):
@@ -128,11 +136,16 @@ class SentencePieceTokenizer(Tokenizer):
     def __init__(self, model_path: str | Path) -> None:
         import sentencepiece as spm
 
-        path = Path(model_path)
+        path = Path(model_path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"sentencepiece model {path} does not exist")
+            raise FileNotFoundError(f"sentencepiece model {path} does not exist: pass an existing "
+                                    ".model file, or 'embedded'")
         self.name = str(path)
-        self._sp = spm.SentencePieceProcessor(model_file=str(path))
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=str(path))
+        except (RuntimeError, OSError) as e:  # sentencepiece's multi-line parse errors
+            raise ValueError(f"{path} is not a sentencepiece model ({_first_line(e)}): pass the "
+                             "tokenizer.model it was trained as, or 'embedded'") from None
         sp = self._sp
 
         def valid(i: int) -> int | None:
@@ -194,13 +207,18 @@ class HFTokenizer(Tokenizer):
                  special_tokens: Mapping[str, str] | None = None) -> None:
         from tokenizers import Tokenizer as _HF
 
-        path = Path(tokenizer_json_path)
+        path = Path(tokenizer_json_path).expanduser()
         if path.is_dir():
             path = path / "tokenizer.json"
         if not path.is_file():
-            raise FileNotFoundError(f"tokenizer file {path} does not exist")
+            raise FileNotFoundError(f"tokenizer file {path} does not exist: pass an existing "
+                                    "tokenizer.json, or 'embedded'")
         self.name = str(path)
-        self._tok = _HF.from_file(str(path))
+        try:
+            self._tok = _HF.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception on bad JSON / unknown model
+            raise ValueError(f"{path} is not a Hugging Face tokenizer.json ({_first_line(e)}): "
+                             "pass the model's own tokenizer.json, or 'embedded'") from None
         overrides = dict(special_tokens or {})
         unknown = sorted(set(overrides) - set(SPECIAL_ROLES))
         if unknown:
@@ -242,15 +260,25 @@ def load_tokenizer(path: str | Path, *, vocab_size: int | None = None) -> Tokeni
     """Dispatch on what ``path`` is: a ``.model`` file (sentencepiece), a ``.json`` file (HF), a
     directory holding ``tokenizer.json`` or ``tokenizer.model``, or ``"embedded"`` (the default
     sentencepiece tokenizer of ``vocab_size``, see `default_tokenizer`)."""
-    if str(path) in ("embedded", "default"):
+    file = tokenizer_file(path)
+    if file is None:
         if vocab_size is None:
             raise ValueError("load_tokenizer('embedded') needs vocab_size= (e.g. 512 or 2048)")
         return default_tokenizer(vocab_size)
+    return HFTokenizer(file) if file.suffix == ".json" else SentencePieceTokenizer(file)
+
+
+def tokenizer_file(path: str | Path) -> Path | None:
+    """The file `load_tokenizer` reads for ``path`` (None for ``"embedded"``), found without
+    loading anything, so a CLI refuses a bad ``--tokenizer`` before any slow work starts.
+    Raises a one-line FileNotFoundError / ValueError naming the fix."""
+    if str(path) in ("embedded", "default"):
+        return None
     p = Path(path).expanduser()
     if p.is_dir():
-        for name, cls in (("tokenizer.json", HFTokenizer), ("tokenizer.model", None)):
+        for name in ("tokenizer.json", "tokenizer.model"):
             if (p / name).is_file():
-                return cls(p / name) if cls else SentencePieceTokenizer(p / name)
+                return p / name
         raise FileNotFoundError(
             f"directory {p} holds neither tokenizer.json nor tokenizer.model: pass the tokenizer "
             "file itself, or 'embedded'")
@@ -258,11 +286,10 @@ def load_tokenizer(path: str | Path, *, vocab_size: int | None = None) -> Tokeni
         raise FileNotFoundError(
             f"tokenizer path {p} does not exist: pass a sentencepiece .model, a tokenizer.json "
             "(or a directory holding one), or 'embedded'")
-    if p.suffix == ".model":
-        return SentencePieceTokenizer(p)
-    if p.suffix == ".json":
-        return HFTokenizer(p)
-    raise ValueError(f"cannot tell the tokenizer type of {p}: expected a .model or .json file")
+    if p.suffix not in (".model", ".json"):
+        raise ValueError(f"cannot tell the tokenizer type of {p}: expected a .model or .json "
+                         "file")
+    return p
 
 
 # --- the default (embedded) tokenizer -----------------------------------------------------------
@@ -293,14 +320,28 @@ def _train_sentencepiece(sentences: list[str], settings: dict[str, object]) -> b
 def train_sentencepiece(documents: Sequence[str], vocab_size: int, path: str | Path) -> Path:
     """Train the default-style BPE model (reserved ids as in `default_tokenizer`) on
     ``documents`` (one training sentence per paragraph) and write it atomically to ``path``."""
-    if vocab_size < 300:
-        raise ValueError(f"vocab_size={vocab_size} is too small: byte fallback alone needs 261 "
-                         "ids; use 512 or more")
+    check_vocab_size(vocab_size)
     sentences = [p for doc in documents for p in re.split(r"\n\s*\n", doc) if p.strip()]
     if not sentences:
         raise data.DataError("no text to train a tokenizer on")
-    proto = _train_sentencepiece(sentences, _spm_settings(vocab_size))
+    try:
+        proto = _train_sentencepiece(sentences, _spm_settings(vocab_size))
+    except RuntimeError as e:  # "Vocabulary size too high (N). Please set it to a value <= M."
+        most = re.search(r"<= *(\d+)", str(e))
+        if most is None:
+            raise
+        raise ValueError(f"vocab_size={vocab_size} is too large for this corpus: sentencepiece "
+                         f"can make at most {most[1]} tokens from it; use a smaller vocab size "
+                         "(--vocab-size / model.vocab_size) or more text") from None
     return data.atomic_write_bytes(Path(path), proto)
+
+
+def check_vocab_size(vocab_size: int) -> None:
+    """The lower bound of a trained default-style tokenizer (the upper one depends on the corpus:
+    `train_sentencepiece` reports it in about two seconds)."""
+    if vocab_size < 300:
+        raise ValueError(f"vocab_size={vocab_size} is too small: byte fallback alone needs 261 "
+                         "ids; use 512 or more")
 
 
 def default_tokenizer(vocab_size: int, cache_dir: str | Path | None = None
@@ -315,13 +356,22 @@ def default_tokenizer(vocab_size: int, cache_dir: str | Path | None = None
     """
     import sentencepiece as spm
 
+    check_vocab_size(vocab_size)  # before the embedded corpus is read
     key = hashlib.sha256(json.dumps(
         [data.embedded_fingerprint(), _spm_settings(vocab_size), spm.__version__],
         sort_keys=True).encode()
     ).hexdigest()[:16]
     path = data.cache_root(cache_dir) / "tokenizers" / f"spm_bpe_{vocab_size}_{key}.model"
-    if not path.is_file():
+    if path.is_file():
+        try:
+            return SentencePieceTokenizer(path)
+        except ValueError:
+            pass  # a damaged cache file (a disk filled up, a hand edit): train it again
+    try:
         train_sentencepiece(data.load_documents(data.EMBEDDED, split="train"), vocab_size, path)
+    except OSError as e:
+        raise data.DataError(f"cannot write the cache file {path} ({e.strerror}): set "
+                             "LLADAX_CACHE to a writable directory") from None
     return SentencePieceTokenizer(path)
 
 
@@ -337,7 +387,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "HFTokenizer", "MissingTokenError", "SentencePieceTokenizer", "Tokenizer",
-    "default_tokenizer", "load_tokenizer",
+    "check_vocab_size", "default_tokenizer", "load_tokenizer", "tokenizer_file",
     "train_sentencepiece",
 ]
 

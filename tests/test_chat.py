@@ -103,3 +103,22 @@ def test_template_importable_where_the_design_card_lists_it():
     assert apply_chat_template is chat.apply_chat_template and encode_reply is chat.encode_reply
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = T.nope
+
+
+@pytest.mark.parametrize(("payload", "words"), [
+    (b'["messages"]\n', "x.jsonl:2: expected a JSON object with a 'messages' list, got a JSON "
+     "array"),
+    (b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\n', "x.jsonl:2: byte {at} is not "
+     "valid UTF-8"),
+    (b'{"messages": [{"role": 1, "content": "x"}]}\n', "needs a string 'role' and 'content'"),
+])
+def test_bad_chat_lines_one_line_errors(tok, tmp_path, payload, words):
+    """Issue 21: non-object lines, bytes that are not UTF-8 and non-string roles each name the
+    file, line (and the byte offset in the file) instead of a bare UnicodeDecodeError."""
+    first = (json.dumps({"messages": GOOD}) + "\n").encode()
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(first + payload)
+    with pytest.raises(data.DataError) as e:
+        chat.load_samples(tok, str(path), "all", cache_dir=tmp_path)
+    assert words.format(at=len(first) + payload.find(b"\xe9")) in str(e.value)
+    assert "\n" not in str(e.value)

@@ -4,6 +4,7 @@ reading shards back (directly and through `lladax.data`), `lladax data prepare`.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +135,8 @@ def test_prepared_bad_input(tok, tmp_path, cache_dir):
     with pytest.raises(data.DataError, match=r"tokenised by .* \(vocab 512.*this run uses .*"
                                              r"vocab 600.*data\.tokenizer"):
         data.make_batches(other, source=out, seq_len=16, batch_size=2)
-    with pytest.raises(data.DataError, match="not empty: pass a new directory or --overwrite"):
+    with pytest.raises(ValueError, match="already holds prepared data: pass a new directory, "
+                                         "or --overwrite"):
         prepared.prepare(tmp_path / "c", out, tok, field="body", progress=False)
     (tmp_path / "afile").write_text("x")
     with pytest.raises(data.DataError, match="cannot write to .*afile.*writable --out"):
@@ -181,3 +183,107 @@ def test_cli_prepare(tok, tmp_path, capsys, cache_dir, monkeypatch):
                    str(tmp_path / "q"), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "missing does not exist" in err
+
+
+# --- `lladax data prepare` refusals (issue 21): exit 2, one line, nothing on disk changed -------
+def _eval_only_doc() -> str:
+    """A document that `split_of` puts in eval (~2% do): found in microseconds."""
+    return next(d for d in (f"eval doc {i}" for i in range(10_000))
+                if sources.split_of(d) == "eval")
+
+
+@pytest.fixture
+def scene(tmp_path, tok, cache_dir, monkeypatch) -> Path:
+    """tmp_path holding: src/ (a small corpus), home/ (a user's files), own/ (prepared data)."""
+    monkeypatch.setenv("LLADAX_CACHE", str(cache_dir))
+    (tmp_path / "src").mkdir()
+    _write_txt(tmp_path / "src" / "a.txt", n=20)
+    (tmp_path / "body.jsonl").write_text('{"body": "x"}\n')
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "thesis.tex").write_text("years of work")
+    prepared.prepare(tmp_path / "src", tmp_path / "own", tok, progress=False)
+    (tmp_path / "bin.txt").write_bytes(b"GIF89a\xff\x00\x01")
+    (tmp_path / "nul.txt").write_bytes(b"text, then\x00")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "list.jsonl").write_text('["not", "an", "object"]\n')
+    (tmp_path / "eval_only.txt").write_text(_eval_only_doc())
+    (tmp_path / "own" / "notes.txt").write_text("a source inside the output")
+    (tmp_path / "own" / "tok.model").write_bytes(tok._sp.serialized_model_proto())
+    (tmp_path / "afile").write_text("x")
+    return tmp_path
+
+
+PREPARE_REFUSALS = [
+    # item 4: --overwrite never deletes what prepare did not write; source and --out apart
+    (["--source", "src", "--out", "home", "--overwrite"],
+     "home is not empty and is not prepared data written by lladax (no manifest.json)"),
+    (["--source", "src", "--out", "own"], "already holds prepared data: pass a new directory, or "
+     "--overwrite"),
+    (["--source", "src", "--out", "afile"], "afile is a file, not a directory"),
+    (["--source", "src", "--out", "afile/sub"], "(not a directory): choose a writable --out"),
+    (["--source", "src", "--out", "src/out"], "overlap (the same directory, or one inside"),
+    (["--source", "src", "--out", "src"], "is not empty and is not prepared data"),
+    (["--source", "own/notes.txt", "--out", "own", "--overwrite"], "overlap"),
+    (["--source", "src", "--out", "own", "--overwrite", "--tokenizer", "own/tok.model"],
+     "tok.model lies inside --out"),
+    # item 9: binary text sources
+    (["--source", "bin.txt", "--out", "o"], "bin.txt: byte 6 is not valid UTF-8"),
+    (["--source", "nul.txt", "--out", "o"], "nul.txt: byte 10 is a NUL byte"),
+    # item 13 and the sweep: every argument, before the tokenizer loads
+    (["--source", "missing", "--out", "o"], "missing does not exist"),
+    (["--source", "src", "--out", "o", "--shards", "0"], "--shards must be between 1 and"),
+    (["--source", "src", "--out", "o", "--shards", "100000000"], "--shards must be between 1"),
+    (["--source", "src", "--out", "o", "--seq-len", "1"], "--seq-len must be at least 2"),
+    (["--source", "src", "--out", "o", "--seq-len", "-5"], "--seq-len must be at least 2"),
+    (["--source", "src", "--out", "o", "--vocab-size", "0"], "vocab_size=0 is too small"),
+    (["--source", "src", "--out", "o", "--tokenizer", "own/tok.model", "--vocab-size", "512"],
+     "--vocab-size only sizes the 'embedded' tokenizer"),
+    (["--source", "src", "--out", "o", "--tokenizer", "nope.model"], "tokenizer path"),
+    (["--source", "src", "--out", "o", "--tokenizer", "home"], "holds neither tokenizer.json "
+     "nor tokenizer.model"),
+    (["--source", "src", "--out", "o", "--tokenizer", "afile"], "cannot tell the tokenizer type"),
+    (["--source", "body.jsonl", "--out", "o"], "body.jsonl:1: expected a JSON object with a "
+     "'text' field (it has ['body'])"),
+    (["--source", "list.jsonl", "--out", "o"], "list.jsonl:1: expected a JSON object with a "
+     "'text' field, got a JSON array"),
+    (["--source", "empty.txt", "--out", "o"], "has no documents"),
+    (["--source", "own", "--out", "o"], "is prepared (tokenised) data, not text"),
+    (["--source", "synthetic:all", "--out", "o"], "is a chat (SFT) source"),
+    # refused after reading: the temp directory and the parents it made are gone again
+    (["--source", "eval_only.txt", "--out", "new/deeper/o"], "none in the train split"),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), PREPARE_REFUSALS)
+def test_prepare_refusals(scene, cli_error, monkeypatch, args, words):
+    monkeypatch.chdir(scene)
+    # The session's cached 512-token tokenizer: nothing trains in these tests.
+    vocab = [] if "--vocab-size" in args or "--tokenizer" in args else ["--vocab-size", "512"]
+    line = cli_error(["data", "prepare", *args, *vocab, "--no-progress"], code=2,
+                     untouched=[scene])
+    assert line.startswith("lladax data: error: ") and words in line, line
+
+
+def test_prepare_eval_warning_and_stale_temp_dirs(scene, cli_error, capsys, monkeypatch):
+    """A corpus without eval documents is written with a warning; the temp directories of a
+    killed prepare of the same --out (dead pid) are swept, a live process's are kept."""
+    monkeypatch.chdir(scene)
+    host = prepared.socket.gethostname()
+    dead = scene / f".o.tmp-{host}-99999999-abc"
+    live = scene / f".o.tmp-{host}-{os.getppid()}-abc"
+    for d in (dead, live):
+        d.mkdir()
+    (scene / "train_only.txt").write_text("one train document")
+    assert sources.split_of("one train document") == "train"
+    assert cli_main(["data", "prepare", "--source", "train_only.txt", "--out", "o",
+                     "--vocab-size", "512", "--no-progress"]) == 0
+    assert "warning: train_only.txt gave no eval documents" in capsys.readouterr().err
+    assert not dead.exists() and live.exists()
+
+
+def test_unwritable_cache_is_one_line(tok, tmp_path):
+    (tmp_path / "a.txt").write_text("some text")
+    (tmp_path / "cache").write_text("a file, not a directory")
+    with pytest.raises(data.DataError, match=r"cannot write the cache file .*set LLADAX_CACHE "
+                                             "to a writable directory"):
+        prepared.token_stream(tok, source=tmp_path / "a.txt", cache_dir=tmp_path / "cache")

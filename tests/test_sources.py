@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +99,137 @@ def test_tfds_source(tok, tmp_path, cache_dir, monkeypatch):
         data.load_documents(f"tfds:{builder_dir}", "all", field="n")
     with pytest.raises(data.DataError, match=r"cannot open TFDS source tfds:no_such_set:train"):
         data.load_documents("tfds:no_such_set", "all")
+    # check_source finds what tfds finds (by name or builder directory), and its splits.
+    sources.check_source("tfds:lladax_tiny_text:test[:50%]")
+    sources.check_source(f"tfds:{builder_dir}:train+test")
+    with pytest.raises(data.DataError, match=r"has no split 'validation' \(it has \['train', "):
+        sources.check_source("tfds:lladax_tiny_text:validation")
+    with pytest.raises(data.DataError, match=r"cannot open TFDS source tfds:no_such_set:train"):
+        sources.check_source("tfds:no_such_set")
+
+
+# --- check_source: the fast pre-flight check (issue 21) -------------------------------------------
+def _good_chat() -> str:
+    return json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                    {"role": "assistant", "content": "hello"}]}) + "\n"
+
+
+def _prepared_dir(d: Path, files: list[str], manifest: dict | None = None) -> Path:
+    """A prepared directory by hand (manifest + empty shard files): no tokenizer needed."""
+    d.mkdir()
+    split = {"documents": 1, "documents_split": 0, "records": 1, "tokens": 3, "max_len": 3}
+    m = manifest or {"format": "lladax-tokens-v1", "seq_len": None, "tokenizer": {
+        "name": "t", "fingerprint": "f", "vocab_size": 512},
+        "splits": {"train": {**split, "files": files}, "eval": {**split, "files": []}}}
+    (d / sources.MANIFEST).write_text(json.dumps(m))
+    for f in files:
+        if "/" not in f:
+            (d / f).write_bytes(b"")
+    return d
+
+
+# (name of the source under tmp_path, files to write there {relative path: bytes}, kwargs,
+#  words the one-line DataError must hold)
+BAD_SOURCES = [
+    ("", {}, {}, "data.source is empty"),
+    ("nope.txt", {}, {}, "nope.txt does not exist"),
+    ("c", {"c/readme.md": b"x"}, {}, "holds no .txt or .jsonl files"),
+    ("a.csv", {"a.csv": b"x"}, {}, "unknown type: use a .txt or .jsonl"),
+    ("a.txt", {"a.txt": b"\x89PNG\r\n\x1a\n" + bytes(range(256))}, {},
+     "a.txt: byte 0 is not valid UTF-8"),
+    ("a.txt", {"a.txt": b"fine text\n\nthen\x00binary"}, {}, "a.txt: byte 15 is a NUL byte"),
+    ("c", {"c/a.txt": b"ok", "c/b.txt": b"ok\xc3\x28"}, {}, "b.txt: byte 2 is not valid UTF-8"),
+    ("e.txt", {"e.txt": b"\n \n"}, {}, "has no documents (its files are empty): add text"),
+    ("a.jsonl", {"a.jsonl": b'\n["a list"]\n'}, {}, "a.jsonl:2: expected a JSON object with a "
+     "'text' field, got a JSON array"),
+    ("a.jsonl", {"a.jsonl": b'{"body": "x"}\n'}, {}, "a.jsonl:1: expected a JSON object with a "
+     "'text' field (it has ['body'])"),
+    ("a.jsonl", {"a.jsonl": b'{"text": 3}\n'}, {}, "'text' must be a string, got a JSON number"),
+    ("a.jsonl", {"a.jsonl": b'{"text": "x"\n'}, {}, "a.jsonl:1: expected a JSON object"),
+    ("a.jsonl", {"a.jsonl": b'{"text": "x"}\n'}, {"field": ""}, "data.field is empty"),
+    ("arrayrecord:{tmp}/none-*", {}, {}, "matches no files: check the pattern"),
+    ("synthetic:all", {}, {}, "is a chat (SFT) source: set data.format='chat'"),
+    ("tfds:no_such_set", {}, {}, "cannot open TFDS source tfds:no_such_set:train (no prepared "
+     "dataset under"),
+    ("tfds:{tmp}/gone/1.0.0", {}, {}, "TFDS builder directory"),
+    ("embedded", {}, {"fmt": "yaml"}, "data.format='yaml' is unknown"),
+    # chat sources: the file exists and its first record is a dialogue
+    ("chat.jsonl", {}, {"fmt": "chat"}, "SFT data"),
+    ("chat.txt", {"chat.txt": b"hi"}, {"fmt": "chat"}, "expected a chat .jsonl file"),
+    ("c.jsonl", {"c.jsonl": b'{"text": "x"}\n'}, {"fmt": "chat"}, "c.jsonl:1: expected a JSON "
+     "object with a 'messages' list (it has ['text'])"),
+    ("c.jsonl", {"c.jsonl": b'{"messages": [{"role": "bot", "content": "x"}]}\n'},
+     {"fmt": "chat"}, "c.jsonl:1: unknown role 'bot'"),
+    ("c.jsonl", {"c.jsonl": b'{"messages": [{"role": "user", "content": "x"}]}\n'},
+     {"fmt": "chat"}, "no assistant turn"),
+    ("c.jsonl", {"c.jsonl": b"\xff\xfe{}\n"}, {"fmt": "chat"}, "c.jsonl: byte 0 is not valid"),
+    ("synthetic:nope", {}, {"fmt": "chat"}, "unknown synthetic task(s) ['nope']"),
+    ("", {}, {"fmt": "chat"}, "data.source is empty"),
+]
+
+
+@pytest.mark.parametrize(("source", "files", "kwargs", "words"), BAD_SOURCES)
+def test_check_source_refuses(tmp_path, monkeypatch, source, files, kwargs, words):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    for rel, payload in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(payload)
+    spec = source.replace("{tmp}", str(tmp_path))
+    if spec and ":" not in spec and spec != "embedded":
+        spec = str(tmp_path / spec)
+    with pytest.raises(sources.DataError) as e:
+        sources.check_source(spec, **kwargs)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_check_source_prepared_dirs(tmp_path):
+    good = _prepared_dir(tmp_path / "ok", ["train-00000-of-00001.array_record"])
+    sources.check_source(str(good))
+    sources.check_source(f"arrayrecord:{good}/train-*")
+    missing = _prepared_dir(tmp_path / "miss", ["train-00000-of-00001.array_record",
+                                                 "train-00001-of-00002.array_record"])
+    (missing / "train-00001-of-00002.array_record").unlink()
+    hostile = _prepared_dir(tmp_path / "hostile", ["../../etc/passwd.array_record"])
+    broken = _prepared_dir(tmp_path / "broken", [])
+    (broken / sources.MANIFEST).write_text("{not json")
+    for d, words in [(missing, "missing shard(s) ['train-00001-of-00002.array_record']"),
+                     (hostile, "is damaged (shard name '../../etc/passwd.array_record' is not"),
+                     (broken, "manifest.json is unreadable")]:
+        with pytest.raises(sources.DataError, match=re.escape(words)):
+            sources.check_source(str(d))
+
+
+def test_check_source_accepts_and_reads_only_the_head(tmp_path):
+    for ok in ("embedded",):
+        sources.check_source(ok)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.txt").write_bytes(codecs.BOM_UTF8 + "héllo\n\nworld".encode())
+    # Only the first record is checked (a fast check): line 2 fails later, in the reader.
+    (tmp_path / "c" / "b.jsonl").write_text('{"text": "fine"}\n{"body": "late"}\n')
+    sources.check_source(str(tmp_path / "c"))
+    with pytest.raises(sources.DataError, match=r"b\.jsonl:2: expected a JSON object"):
+        sources.load_documents(tmp_path / "c", "all")
+    (tmp_path / "chat.jsonl").write_text(_good_chat())
+    sources.check_source(str(tmp_path / "chat.jsonl"), fmt="chat")
+    sources.check_source("synthetic:copy,reverse", fmt="chat")
+    # A binary tail beyond the head passes the check; the reader names its byte offset.
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"word " * (sources.HEAD_BYTES // 5 + 10) + b"\xff")
+    sources.check_source(str(big))
+    with pytest.raises(sources.DataError, match=rf"big\.txt: byte {big.stat().st_size - 1} is "
+                                                "not valid UTF-8"):
+        sources.load_documents(big, "all")
+
+
+def test_readers_refuse_binary_and_name_the_place(tmp_path):
+    """Issue 21 item 9: no more errors='replace': the byte offset and the fix, one line."""
+    j = tmp_path / "x.jsonl"
+    j.write_bytes(b'{"text": "a"}\n{"text": "b"}\n{"text": "\xe9t\xe9"}\n')
+    with pytest.raises(sources.DataError, match=r"x\.jsonl:3: byte 38 is not valid UTF-8.*"
+                                                r"convert it to UTF-8"):
+        sources.load_documents(j, "all")
+    (tmp_path / "bom.jsonl").write_bytes(codecs.BOM_UTF8 + b'{"text": "bom ok"}\n')
+    assert sources.load_documents(tmp_path / "bom.jsonl", "all") == ["bom ok"]
+    with pytest.raises(sources.DataError, match=r"tfds:d:train\[7\] feature 'text': byte 1 is "
+                                                "not valid UTF-8"):
+        sources._tfds_text({"text": b"a\xff"}, "text", "tfds:d:train[7]")

@@ -178,3 +178,49 @@ def test_hf_multi_turn_template_and_decode_reply(tmp_path):
     assert tok.decode_reply([*reply, tok.eot_id, *tok.encode("junk"), tok.eos_id]) == "Paris."
     assert tok.decode_reply([*reply, tok.eos_id, tok.eos_id]) == "Paris."
     assert tok.decode_reply(reply) == "Paris."
+
+
+# --- bad tokenizer paths: one line, before anything slow (issue 21) -------------------------------
+@pytest.mark.parametrize(("name", "payload", "words"), [
+    ("missing.model", None, "tokenizer path"),
+    ("dir", "dir", "holds neither tokenizer.json nor tokenizer.model: pass the tokenizer file"),
+    ("tok.txt", b"x", "cannot tell the tokenizer type"),
+    ("bad.model", b"\x00not a model", "bad.model is not a sentencepiece model"),
+    ("tokenizer.json", b'{"truncated": ', "tokenizer.json is not a Hugging Face tokenizer.json"),
+])
+def test_load_tokenizer_one_line_errors(tmp_path, name, payload, words):
+    path = tmp_path / name
+    if payload == "dir":
+        path.mkdir()
+    elif payload is not None:
+        path.write_bytes(payload)
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        T.load_tokenizer(path)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_default_tokenizer_refuses_before_reading_the_corpus(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("read the embedded corpus before checking vocab_size")
+
+    monkeypatch.setattr(data, "load_documents", boom)
+    with pytest.raises(ValueError, match="vocab_size=100 is too small"):
+        T.load_tokenizer("embedded", vocab_size=100)
+
+
+def test_damaged_cached_tokenizer_is_rebuilt(tokenizers, tmp_path, monkeypatch):
+    good = tokenizers[512]
+    key_path = Path(good.name)
+    damaged = tmp_path / "tokenizers" / key_path.name
+    damaged.parent.mkdir()
+    damaged.write_bytes(b"half a model")  # e.g. a full disk under an older, non-atomic writer
+
+    def train(documents, vocab_size, path):  # the real trainer, minus the seconds it takes
+        return data.atomic_write_bytes(Path(path), key_path.read_bytes())
+
+    monkeypatch.setattr(T, "train_sentencepiece", train)
+    monkeypatch.setattr(data, "load_documents", lambda *a, **k: [])
+    assert T.default_tokenizer(512, cache_dir=tmp_path).fingerprint == good.fingerprint
+    (tmp_path / "blocker").write_text("a file where the cache directory should be")
+    with pytest.raises(data.DataError, match="set LLADAX_CACHE to a writable directory"):
+        T.default_tokenizer(512, cache_dir=tmp_path / "blocker")
