@@ -48,6 +48,10 @@ PREFIX = "model.transformer."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "generation_config.json")
 Progress = Callable[[int], None]  # called with the bytes of each tensor done
+# Written by `lladax convert` into every output (HF or Orbax): marks the directory as a
+# converted model, so a later convert may replace it (with --overwrite) and nothing else.
+# Loaders ignore it (HF loaders read config.json and the safetensors; load_hf reads the same).
+EXPORT_MARKER = "lladax_export.json"
 
 
 # --- name mapping ------------------------------------------------------------------------------
@@ -188,6 +192,15 @@ def _check(cfg: ModelConfig, infos: dict[str, TensorInfo], path: Path) -> None:
             f"{cfg.d_model}, vocab={cfg.vocab_size}): {'; '.join(problems)}. Use the config.json "
             "that came with these weights, and a LLaDA checkpoint (tensors named "
             f"{PREFIX}blocks.<i>.q_proj.weight, ...), not a converted or other-architecture one")
+
+
+def check_hf(path: str | os.PathLike) -> ModelConfig:
+    """Everything `load_hf` checks before reading a weight (config.json, the safetensors headers,
+    every name and shape): one error, nothing read beyond headers. Returns the ModelConfig."""
+    path = Path(path)
+    cfg = load_config(path)
+    _check(cfg, scan_dir(path), path)
+    return cfg
 
 
 def stored_dtype(path: str | os.PathLike) -> np.dtype:
@@ -365,6 +378,11 @@ def save_hf(path: str | os.PathLike, cfg: ModelConfig, params: Params,
     _write_json(path / "special_tokens.json", cfg.special_tokens())
 
 
+def write_export_marker(path: str | os.PathLike, info: dict[str, Any]) -> None:
+    """Write `EXPORT_MARKER` (how the directory was made: direction, source, settings)."""
+    _write_json(Path(path) / EXPORT_MARKER, {"written_by": "lladax convert", **info})
+
+
 def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
     """Copy the tokenizer files present in `src` to `dst`; returns their names."""
     src, dst = Path(src), Path(dst)
@@ -379,6 +397,6 @@ def _tensor_reader(path: Path) -> tuple[list[str], Callable[[str], np.ndarray]]:
     infos = file_tensors(Path(path))
     return list(infos), lambda name: read_tensor(infos[name])
 
-__all__ = ["CheckpointFormatError", "ConfigError", "copy_tokenizer_files", "hf_shapes",
-           "hf_tensors", "load_config", "load_hf", "save_hf",
-           "stored_dtype", "write_safetensors"]
+__all__ = ["EXPORT_MARKER", "CheckpointFormatError", "ConfigError", "check_hf",
+           "copy_tokenizer_files", "hf_shapes", "hf_tensors", "load_config", "load_hf",
+           "save_hf", "stored_dtype", "write_export_marker", "write_safetensors"]

@@ -14,6 +14,7 @@ This module imports lm_eval (the optional extra `lladax[eval]`); nothing else in
 
 from __future__ import annotations
 
+import math
 import zlib
 from typing import Any
 
@@ -29,6 +30,7 @@ from lladax.likelihood import bucket_length
 # block_length = 1024); steps / block_length default to gen_length.
 MODEL_ARGS: dict[str, tuple[type, Any]] = {
     "checkpoint": (str, None),      # `lladax train` workdir (Orbax) or Hugging Face LLaDA dir
+    "tokenizer": (str, None),       # tokenizer.json / tokenizer.model (default: the checkpoint's)
     "dtype": (str, None),           # float32 | bfloat16 (default: as saved; HF dirs: float32)
     "mc_num": (int, 128),           # Monte-Carlo samples per loglikelihood request
     "batch_size": (int, 16),        # MC batch (rows per iteration) and prompts per generate call
@@ -48,10 +50,60 @@ MODEL_ARGS: dict[str, tuple[type, Any]] = {
 ALIASES = {"pretrained": "checkpoint", "model_path": "checkpoint", "cfg": "cfg_scale"}
 # Passed by lm-eval itself (simple_evaluate's batch_size/device flags): accepted, not needed.
 _HARNESS_ARGS = {"max_batch_size", "device"}
+DTYPES = ("float32", "bfloat16")
+# check_options only asks whether a key exists; the adapter always derives one from `seed`, and
+# making a real key here would start JAX's devices before the arguments are all checked.
+_SEEDED: Any = object()
+# Each int arg's smallest valid value (None: unset is allowed and means the default).
+_MIN_INT = {"mc_num": 1, "batch_size": 1, "pair_batch": 1, "gen_length": 1, "steps": 1,
+            "block_length": 1, "max_length": 1, "seed": 0}
+
+
+def parse_arg_string(text: str) -> dict[str, str]:
+    """`key=value,key=value` -> {key: value} (values stay strings; `parse_model_args` types
+    them). An item without `=` or with an empty key is an error, not silently dropped."""
+    out: dict[str, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"model arg {item.strip()!r} is not key=value: write e.g. "
+                             "--model-args mc_num=32,cfg_scale=0.5")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _typed(key: str, value: Any) -> Any:
+    """One model arg as its declared type, strictly (4.5 is not an int, 'yes' not a bool)."""
+    typ = MODEL_ARGS[key][0]
+    if value is None or (isinstance(value, str) and value.lower() == "none"):
+        return None
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"model arg {key}={value!r} must be true or false")
+        return str(value).lower() in ("true", "1")
+    if typ is str:
+        return str(value)
+    if isinstance(value, bool):
+        raise ValueError(f"model arg {key}={value!r} must be {typ.__name__}")
+    try:
+        number = typ(value) if isinstance(value, str) else value
+        if typ is int and (not float(number).is_integer()):
+            raise ValueError
+        number = typ(number)
+    except (TypeError, ValueError):
+        raise ValueError(f"model arg {key}={value!r} must be {typ.__name__}") from None
+    if typ is float and not math.isfinite(number):
+        raise ValueError(f"model arg {key}={value!r} must be a finite number")
+    return number
 
 
 def parse_model_args(args: dict[str, Any]) -> dict[str, Any]:
-    """Validate and type model args (already split by lm-eval) -> the full option dict."""
+    """Validate and type model args (split by `parse_arg_string` or lm-eval) -> the full option
+    dict, every sampler rule included (`denoise.check_options`): nothing loads before this."""
     opts = {k: default for k, (_, default) in MODEL_ARGS.items()}
     for key, value in args.items():
         key = ALIASES.get(key, key)
@@ -60,28 +112,32 @@ def parse_model_args(args: dict[str, Any]) -> dict[str, Any]:
         if key not in MODEL_ARGS:
             raise ValueError(f"unknown model arg {key!r}: choose from "
                              f"{', '.join(sorted(MODEL_ARGS))}")
-        typ = MODEL_ARGS[key][0]
-        if value is None:
-            opts[key] = None
-        elif typ is bool:
-            if str(value).lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"model arg {key}={value!r} must be true or false")
-            opts[key] = str(value).lower() in ("true", "1")
-        else:
-            try:
-                opts[key] = typ(value)
-            except ValueError:
-                raise ValueError(f"model arg {key}={value!r} must be {typ.__name__}") from None
-    if opts["batch_size"] == "auto" or opts["batch_size"] < 1:
-        raise ValueError(f"batch_size={opts['batch_size']} must be a positive integer")
+        opts[key] = _typed(key, value)
+    for key, low in _MIN_INT.items():
+        if opts[key] is not None and opts[key] < low:
+            raise ValueError(f"model arg {key}={opts[key]} must be >= {low}")
+    if opts["batch_size"] is None or opts["mc_num"] is None:
+        raise ValueError("model args mc_num and batch_size need values (positive integers)")
     if opts["mc_num"] % opts["batch_size"]:
         raise ValueError(f"mc_num={opts['mc_num']} must be a positive multiple of batch_size="
                          f"{opts['batch_size']}")
+    if opts["dtype"] is not None and opts["dtype"] not in DTYPES:
+        raise ValueError(f"model arg dtype={opts['dtype']!r}: use one of {', '.join(DTYPES)}")
     if not opts["checkpoint"]:
         raise ValueError("model arg checkpoint=DIR is required (a `lladax train` workdir or a "
                          "Hugging Face LLaDA directory)")
-    opts["steps"] = opts["steps"] or opts["gen_length"]
-    opts["block_length"] = opts["block_length"] or opts["gen_length"]
+    if opts["gen_length"] is None:
+        raise ValueError("model arg gen_length needs a value (tokens to generate, e.g. 256)")
+    opts["steps"] = opts["gen_length"] if opts["steps"] is None else opts["steps"]
+    if opts["block_length"] is None:
+        opts["block_length"] = opts["gen_length"]
+    for key in ("cfg_scale", "temperature"):
+        if opts[key] is None:
+            raise ValueError(f"model arg {key} needs a value (a number >= 0)")
+    denoise.check_options(steps=opts["steps"], gen_length=opts["gen_length"],
+                          block_length=opts["block_length"], remasking=opts["remasking"],
+                          cfg_scale=opts["cfg_scale"], temperature=opts["temperature"],
+                          rng=_SEEDED)
     return opts
 
 
@@ -98,27 +154,21 @@ class LLaDAEval(LM):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
-        self.opts = parse_model_args(kwargs)
+        self.opts = parse_model_args(kwargs)  # every option checked before anything loads
         from lladax.cli.common import load_model  # the one loader for run dirs and HF dirs
 
-        self.cfg, self.params, self.tokenizer = load_model(self.opts["checkpoint"],
-                                                           self.opts["dtype"])
+        self.cfg, self.params, self.tokenizer = load_model(
+            self.opts["checkpoint"], self.opts["dtype"], self.opts["tokenizer"],
+            flag="--tokenizer (model arg tokenizer=)")
         self.max_length = self.opts["max_length"] or self.cfg.max_seq_len
-        denoise.check_options(steps=self.opts["steps"], gen_length=self.opts["gen_length"],
-                                block_length=self.opts["block_length"],
-                                remasking=self.opts["remasking"],
-                                cfg_scale=self.opts["cfg_scale"],
-                                temperature=self.opts["temperature"], rng=jax.random.key(0))
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None
                                ) -> LLaDAEval:
         """lm-eval's constructor path. Explicit model args win over the harness's own flags
         (`--batch_size` arrives in additional_config; upstream also reads it as the MC batch)."""
-        from lm_eval.utils import simple_parse_args_string
-
         args = {k: v for k, v in (additional_config or {}).items() if v is not None}
-        args.update(simple_parse_args_string(arg_string))
+        args.update(parse_arg_string(arg_string))
         return cls(**args)
 
     # -- loglikelihood ---------------------------------------------------------------------------

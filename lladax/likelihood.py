@@ -73,7 +73,7 @@ def batch_elbo(params: Any, cfg: ModelConfig, clean: Any, noisy: Any, p_mask: An
     clean, noisy = jnp.asarray(clean, jnp.int32), jnp.asarray(noisy, jnp.int32)
     if clean.shape != noisy.shape:
         raise ValueError(f"clean {clean.shape} and noisy {noisy.shape} must have the same shape")
-    if cfg_scale < 0:
+    if not cfg_scale >= 0:  # also refuses NaN, which would poison every estimate
         raise ValueError(f"cfg_scale={cfg_scale} must be >= 0 (0 disables guidance)")
     prompt_len = jnp.broadcast_to(jnp.asarray(prompt_len, jnp.int32), (clean.shape[0],))
     return _batch_elbo(params, clean, noisy, jnp.asarray(p_mask, jnp.float32), prompt_len,
@@ -197,7 +197,7 @@ def _check_mc(mc_num: int, batch_size: int, cfg_scale: float, rng: Any) -> int:
     if batch_size < 1 or mc_num < batch_size or mc_num % batch_size:
         raise ValueError(f"mc_num={mc_num} must be a positive multiple of batch_size="
                          f"{batch_size} (the estimate averages mc_num/batch_size batches)")
-    if cfg_scale < 0:
+    if not cfg_scale >= 0:  # also refuses NaN, which would poison every estimate
         raise ValueError(f"cfg_scale={cfg_scale} must be >= 0 (0 disables guidance)")
     if rng is None:
         raise ValueError("log_likelihood draws random masks: pass rng=jax.random.key(seed)")
@@ -243,6 +243,9 @@ def log_likelihood_batch(params: Any, cfg: ModelConfig, prompts: Sequence[Any],
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers: pass one of each "
                          "per pair")
     n_iter = _check_mc(mc_num, batch_size, cfg_scale, rng)
+    if pairs_per_call is not None and pairs_per_call < 1:
+        raise ValueError(f"pairs_per_call={pairs_per_call} must be >= 1 (or None: "
+                         "max(16, batch_size) // batch_size)")
     pairs = [_check_pair(cfg, p, a, i)
              for i, (p, a) in enumerate(zip(prompts, answers, strict=True))]
     n = len(pairs)

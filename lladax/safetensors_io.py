@@ -98,6 +98,30 @@ def file_tensors(path: Path) -> dict[str, TensorInfo]:
     return out
 
 
+def _inside(path: Path, file: Path) -> bool:
+    """`file` (links resolved) lies inside the checkpoint directory `path`, or, for a Hugging
+    Face cache snapshot (`.../snapshots/<rev>/` whose files link to `../../blobs/<sha>`), inside
+    that cache's blobs/ directory."""
+    real, root = file.resolve(), path.resolve()
+    if real.is_relative_to(root):
+        return True
+    return root.parent.name == "snapshots" and real.is_relative_to(root.parent.parent / "blobs")
+
+
+def _checked_shard(path: Path, index: Path, name: Any) -> Path:
+    """The file an index entry names, refused unless it is a relative path that stays inside
+    the checkpoint directory (no absolute path, no `..`, no link leading out)."""
+    if not isinstance(name, str) or not name:
+        raise CheckpointFormatError(f"{index} is corrupt (shard name {name!r} is not a file "
+                                    "name): re-download it")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or not _inside(path, path / rel):
+        raise CheckpointFormatError(
+            f"{index} names shard {name!r}, which lies outside {path}: refusing to read it; "
+            "shards must be files inside the checkpoint directory (re-download the index)")
+    return path / rel
+
+
 def scan_dir(path: Path) -> dict[str, TensorInfo]:
     """name -> TensorInfo for a HF directory (single `model.safetensors` or a sharded index)."""
     index = path / INDEX_NAME
@@ -108,7 +132,8 @@ def scan_dir(path: Path) -> dict[str, TensorInfo]:
         except (json.JSONDecodeError, KeyError, TypeError, AssertionError):
             raise CheckpointFormatError(f"{index} is corrupt (no weight_map): re-download "
                                         "it") from None
-        files = sorted(set(weight_map.values()))
+        files = sorted({str(_checked_shard(path, index, f).relative_to(path))
+                        for f in weight_map.values()})
         absent = [f for f in files if not (path / f).is_file()]
         if absent:
             raise CheckpointFormatError(
@@ -117,7 +142,7 @@ def scan_dir(path: Path) -> dict[str, TensorInfo]:
         out: dict[str, TensorInfo] = {}
         for file in files:
             tensors = file_tensors(path / file)
-            listed = [n for n, f in weight_map.items() if f == file]
+            listed = [n for n, f in weight_map.items() if str(Path(f)) == file]
             lacking = [n for n in listed if n not in tensors]
             if lacking:
                 raise CheckpointFormatError(
@@ -126,6 +151,10 @@ def scan_dir(path: Path) -> dict[str, TensorInfo]:
             out.update({n: tensors[n] for n in listed})
         return out
     if (path / SINGLE_NAME).exists():
+        if not _inside(path, path / SINGLE_NAME):
+            raise CheckpointFormatError(
+                f"{path / SINGLE_NAME} is a link to {(path / SINGLE_NAME).resolve()}, outside "
+                f"{path}: refusing to read it; put the weights file inside the directory")
         return file_tensors(path / SINGLE_NAME)
     raise CheckpointFormatError(
         f"no {SINGLE_NAME} or {INDEX_NAME} in {path}: point at a Hugging Face LLaDA directory "

@@ -88,7 +88,8 @@ def test_missing_config_file(capsys):
 
 
 def test_console_script_exit_code(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "lladax.cli", "convert", str(tmp_path),
+    (tmp_path / "src").mkdir()
+    result = subprocess.run([sys.executable, "-m", "lladax.cli", "convert", str(tmp_path / "src"),
                              str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().endswith("pass a Hugging Face LLaDA checkpoint directory")
@@ -141,7 +142,7 @@ def test_infill_without_marker_is_an_error(tiny_run, capsys):
 def test_sample_bad_options_one_line(tiny_run, capsys):
     assert main(["sample", "--checkpoint", tiny_run, "--prompt", "x", "--gen-length", "8",
                  "--block-length", "3"]) == 2
-    assert "not a multiple of block_length" in capsys.readouterr().err
+    assert "--block-length 3 does not divide --gen-length 8" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", "/no/such/run", "--prompt", "x"]) == 2
     assert "/no/such/run does not exist" in capsys.readouterr().err
 
@@ -168,3 +169,123 @@ def test_chat_keeps_history_like_the_reference(tiny_run, capsys, monkeypatch):
     assert prompts[1][:len(first_without_eos)] == first_without_eos   # turn 2 extends turn 1
     assert prompts[1][len(first_without_eos)] != 1                     # ... without a 2nd BOS
     assert prompts[2][0] == 1 and len(prompts[2]) < len(prompts[1])   # /reset starts over
+
+
+# --- refused inputs (issue 21): one line, exit 2, before the model loads, nothing changed -------
+@pytest.fixture
+def fake_run(tmp_path):
+    """A directory shaped like a `lladax train` run (no weights): every refusal below happens
+    before a weight would be read, so loading it would fail with a different message."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "tokenizer.model").write_bytes(b"not read")
+    (tmp_path / "blank.txt").write_text("\n   \n")
+    (tmp_path / "binary.txt").write_bytes(b"a prompt\n\xff\xfe\x00")
+    return run
+
+
+SAMPLE_REFUSALS = [
+    (["--steps", "0"], "--steps 0 must be >= 1"),
+    (["--gen-length", "0"], "--gen-length 0 must be >= 1"),
+    (["--block-length", "0"], "--block-length 0 must be >= 1"),
+    (["--gen-length", "8", "--block-length", "3"], "--block-length 3 does not divide "
+                                                    "--gen-length 8: pass a divisor of 8"),
+    (["--gen-length", "8", "--block-length", "4", "--steps", "3"],
+     "--steps 3 is not a multiple of the number of blocks 2"),
+    (["--temperature", "-1"], "--temperature -1.0 must be a finite number >= 0"),
+    (["--temperature", "nan"], "--temperature nan must be a finite number >= 0"),
+    (["--cfg-scale", "-0.5"], "--cfg-scale -0.5 must be a finite number >= 0"),
+    (["--seed", "-1"], "--seed -1 must be an integer in [0, 2**63)"),
+    (["--threshold", "-0.1"], "--threshold -0.1 must be a finite number >= 0"),
+    (["--factor", "0"], "--factor 0.0 must be a finite number > 0"),
+    (["--threshold", "0.9", "--factor", "1"], "pass one of them"),
+    (["--fast", "--show-steps"], "drop --fast/--cache/--threshold/--factor"),
+    (["--prompt-file", "{tmp}/blank.txt"], "holds no prompt (it is empty or blank)"),
+    (["--prompt-file", "{tmp}/binary.txt"], "is not UTF-8 text (byte 9)"),
+    (["--prompt-file", "{tmp}"], "is not a file"),
+    (["--prompt-file", "{tmp}/absent.txt"], "absent.txt does not exist"),
+    (["--infill", "a <mask:0> b"], "marker <mask:0> must mark at least one token"),
+    (["--infill", "no spans"], "has no <mask> marker"),
+    (["--infill", "a <mask> b", "--mask-span", "0"], "--mask-span 0 must be >= 1"),
+    (["--infill", "a <mask> b", "--chat", "--cfg-scale", "1"],
+     "--chat, --cfg-scale: no effect with --infill"),
+    (["--tokenizer", "{tmp}/absent.json"], "--tokenizer {tmp}/absent.json does not exist"),
+    (["--tokenizer", "{tmp}/blank.txt"], "neither a .json (Hugging Face) nor a .model"),
+]
+
+
+@pytest.mark.parametrize("extra, words", SAMPLE_REFUSALS)
+def test_sample_refuses_bad_flags_before_loading(fake_run, cli_error, extra, words):
+    tmp = str(fake_run.parent)
+    extra = [a.replace("{tmp}", tmp) for a in extra]
+    if not any(a in extra for a in ("--prompt-file", "--infill")):
+        extra = ["--prompt", "x", *extra]
+    line = cli_error(["sample", "--checkpoint", fake_run, *extra], untouched=[fake_run.parent])
+    assert words.replace("{tmp}", tmp) in line
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--steps", "0"], "--steps 0 must be >= 1"),
+    (["--gen-length", "12", "--block-length", "5"], "--block-length 5 does not divide"),
+    (["--temperature", "inf"], "--temperature inf must be a finite number >= 0"),
+])
+def test_chat_refuses_bad_flags_before_loading(fake_run, cli_error, extra, words):
+    assert words in cli_error(["chat", "--checkpoint", fake_run, *extra],
+                              untouched=[fake_run.parent])
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text("{}")), "is a file, not a dir"),
+    (lambda d: d.mkdir(), "holds neither config.json"),
+    (lambda d: ((d / "checkpoints").mkdir(parents=True), (d / "config.json").write_text("{}")),
+     "holds both config.json (a Hugging Face model) and checkpoints/"),
+    (lambda d: (d / "checkpoints").mkdir(parents=True), "has no tokenizer (tokenizer.json or "
+                                                         "tokenizer.model): pass --tokenizer"),
+], ids=["file", "empty", "hf-and-run", "no-tokenizer"])
+def test_sample_refuses_bad_checkpoint_dirs(tmp_path, cli_error, make, words):
+    target = tmp_path / "ckpt"
+    make(target)
+    if (target / "metrics.jsonl").exists():
+        target = target / "metrics.jsonl"
+    line = cli_error(["sample", "--checkpoint", target, "--prompt", "x"], untouched=[tmp_path])
+    assert words in line
+
+
+def test_steps_default_is_gen_length_and_zero_is_not_a_default():
+    """`--steps 0` used to become gen_length through `args.steps or ...`."""
+    import argparse
+
+    from lladax.cli.common import add_sampling_args, check_sampling_args, sampling_kwargs
+
+    p = argparse.ArgumentParser()
+    add_sampling_args(p)
+    args = p.parse_args(["--gen-length", "16", "--block-length", "4"])
+    check_sampling_args(args)
+    assert (sampling_kwargs(args)["steps"], sampling_kwargs(args)["block_length"]) == (16, 4)
+    with pytest.raises(ValueError, match="--steps 0 must be >= 1"):
+        check_sampling_args(p.parse_args(["--steps", "0"]))
+
+
+CONFIG_FILES = [
+    ("syntax.py", "def get_config(:\n    pass\n", "syntax.py:1: syntax error: "),
+    ("raises.py", "import math\nx = 1\ny = x / 0\n", "raises.py:3: ZeroDivisionError: division by"),
+    ("inner.py", "def helper(n):\n    return {}[n]\n\ndef get_config():\n    return helper(7)\n",
+     "inner.py:2: KeyError: 7"),
+    ("noconf.py", "x = 1\n", "defines no get_config()"),
+    ("notdict.py", "def get_config():\n    return {'a': 1}\n",
+     "get_config() returned dict, not an ml_collections.ConfigDict"),
+    ("needsarg.py", "def get_config(size):\n    return size\n",
+     "needsarg.py: TypeError: get_config() missing 1 required positional argument"),
+]
+
+
+@pytest.mark.parametrize("name, source, words", CONFIG_FILES, ids=[c[0] for c in CONFIG_FILES])
+@pytest.mark.parametrize("command", ["train", "plan"])
+def test_broken_config_file_is_one_line_with_file_and_line(tmp_path, cli_error, name, source,
+                                                           words, command):
+    path = tmp_path / name
+    path.write_text(source)
+    argv = [command, "--config", path] + (
+        ["--workdir", tmp_path / "w"] if command == "train" else ["--hardware", "v5p-8"])
+    line = cli_error(argv, untouched=[tmp_path])
+    assert words in line and str(tmp_path) in line

@@ -212,4 +212,158 @@ def test_llama_config_is_rejected(ckpt_copy):
     msg = str(e.value)
     assert str(ckpt_copy / "config.json") in msg and "'llama'" in msg
     assert "not a LLaDA config" in msg and "GSAI-ML/LLaDA-8B" in msg
-    assert cli_main(["convert", "hf-to-orbax", str(ckpt_copy), str(ckpt_copy / "o")]) == 2
+    assert cli_main(["convert", "hf-to-orbax", str(ckpt_copy), str(ckpt_copy.parent / "o")]) == 2
+    assert not (ckpt_copy.parent / "o").exists()
+
+
+# --- issue 21: refused conversions change nothing; outputs are marked and written atomically ---
+import os  # noqa: E402
+import signal  # noqa: E402
+
+from lladax.cli import convert_cmd  # noqa: E402
+
+
+@pytest.fixture
+def places(ckpt_copy, tmp_path):
+    """SRC (a HF copy), a training-run-like directory, and an earlier convert output."""
+    run = tmp_path / "run"
+    (run / "checkpoints" / "4").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 4}\n')
+    (run / "tokenizer.model").write_bytes(b"trained")
+    old = tmp_path / "old"
+    assert cli_main(["convert", str(ckpt_copy), str(old), "--no-progress"]) == 0
+    (tmp_path / "file.txt").write_text("x")
+    return {"src": ckpt_copy, "run": run, "old": old, "tmp": tmp_path}
+
+
+CONVERT_REFUSALS = [
+    (["{src}", "{src}"], "is SRC {src} or lies inside it"),                       # item 2
+    (["{src}", "{src}/out"], "lies inside it"),
+    (["{run}/checkpoints/4", "{run}"], "lies inside it"),
+    (["{src}", "{run}"], "DST {run} is not empty and is not a converted model"),  # item 3
+    (["{src}", "{run}", "--overwrite"], "is not empty and is not a converted model"),
+    (["{src}", "{old}"], "already holds a converted model: pass a new directory, or --overwrite"),
+    (["{src}", "{tmp}/file.txt"], "is a file, not a directory"),
+    (["{src}", "{tmp}/new", "--max-shard-size", "5 parsecs"], "--max-shard-size: cannot read"),
+    (["{src}", "{tmp}/new", "--max-shard-size", "0.1B"], "must be at least one byte"),
+    (["hf-to-orbax", "{src}", "{tmp}/new", "--max-shard-size", "1GB"], "drop it"),
+    (["{src}", "{tmp}/new", "--mesh", "1,x"], "--mesh '1,x': write three sizes"),
+    (["{src}", "{tmp}/new", "--mesh", "0,1,1"], "each >= 1"),
+    (["{src}", "{tmp}/new", "--mesh", "3,1,1"], "needs 3 devices, but 8 are available"),
+    (["{tmp}/absent", "{tmp}/new"], "SRC {tmp}/absent does not exist"),
+    (["{tmp}/file.txt", "{tmp}/new"], "SRC {tmp}/file.txt is a file"),
+    (["orbax-to-hf", "{src}", "{tmp}/new"], "has no checkpoints/"),
+    (["{run}", "{tmp}/new"], "is a `lladax train` workdir"),
+    (["hf-to-orbax", "{src}"], "takes SRC and DST"),
+]
+
+
+@pytest.mark.parametrize("argv, words", CONVERT_REFUSALS)
+def test_convert_refusals_change_nothing(places, cli_error, argv, words):
+    fill = {k: str(v) for k, v in places.items()}
+    argv = [a.format(**fill) for a in argv]
+    line = cli_error(["convert", *argv], untouched=[places["tmp"]])
+    assert words.format(**fill) in line
+    assert not (places["tmp"] / "new").exists()
+
+
+@pytest.mark.parametrize("entry, words", [
+    ("../outside.safetensors", "lies outside"),        # item 10
+    ("{tmp}/outside.safetensors", "lies outside"),
+    ("link.safetensors", "lies outside"),              # a link leading out of the directory
+    (7, "is not a file name"),
+])
+def test_index_naming_a_shard_outside_the_directory_is_refused(sharded_copy, cli_error, entry,
+                                                               words):
+    tmp = sharded_copy.parent
+    first = _shards(sharded_copy)[0]
+    shutil.copyfile(sharded_copy / first, tmp / "outside.safetensors")
+    (sharded_copy / "link.safetensors").symlink_to(tmp / "outside.safetensors")
+    index_file = sharded_copy / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    entry = entry.format(tmp=tmp) if isinstance(entry, str) else entry
+    index["weight_map"] = {n: (entry if f == first else f) for n, f in index["weight_map"].items()}
+    index_file.write_text(json.dumps(index))
+    line = cli_error(["convert", sharded_copy, tmp / "out"], untouched=[tmp])
+    assert words in line and "model.safetensors.index.json" in line
+
+
+def test_hf_cache_snapshot_links_are_followed(tiny_llada_dir, tmp_path):
+    """The Hugging Face cache keeps snapshots/<rev>/model.safetensors -> ../../blobs/<sha>."""
+    snap = tmp_path / "models--x" / "snapshots" / "abc"
+    blobs = tmp_path / "models--x" / "blobs"
+    snap.mkdir(parents=True)
+    blobs.mkdir()
+    shutil.copyfile(tiny_llada_dir / "model.safetensors", blobs / "sha")
+    (snap / "model.safetensors").symlink_to("../../blobs/sha")
+    for name in ("config.json", "special_tokens.json"):
+        shutil.copyfile(tiny_llada_dir / name, snap / name)
+    assert sorted(convert.scan_dir(snap)) == sorted(convert.scan_dir(tiny_llada_dir))
+
+
+def test_convert_output_is_marked_replaced_only_with_overwrite(places, capsys):
+    src, old = places["src"], places["old"]
+    marker = json.loads((old / convert.EXPORT_MARKER).read_text())
+    assert marker["direction"] == "hf-to-hf" and marker["source"] == str(src.resolve())
+    assert convert.load_hf(old)[0] == convert.load_hf(src)[0]   # the marker is ignored
+    # --overwrite replaces an earlier output, even with another format (HF -> Orbax).
+    assert cli_main(["convert", "hf-to-orbax", str(src), str(old), "--overwrite"]) == 0
+    assert (old / "checkpoints").is_dir() and not (old / "config.json").exists()
+    assert json.loads((old / convert.EXPORT_MARKER).read_text())["direction"] == "hf-to-orbax"
+    assert checkpoint.load_params(old)[0] == convert.load_hf(src)[0]
+    assert sorted(p.name for p in places["tmp"].iterdir()) == ["ckpt", "file.txt", "old", "run"]
+
+
+@pytest.mark.parametrize("how", ["error", "sigterm"])
+def test_interrupted_convert_keeps_the_old_output(places, monkeypatch, how):
+    """A failure or SIGTERM while writing leaves DST exactly as it was and no staging dir;
+    a staging dir left by a killed (kill -9) conversion is removed by the next one."""
+    src, old, tmp = places["src"], places["old"], places["tmp"]
+    before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    stale = tmp / ".old.lladax-convert-99999999.tmp"   # no such pid
+    stale.mkdir()
+
+    def interrupt(path, info):
+        assert (path / "model.safetensors").exists() and path != old  # written into staging
+        if how == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(convert, "write_export_marker", interrupt)
+    with pytest.raises(SystemExit if how == "sigterm" else RuntimeError):
+        cli_main(["convert", str(src), str(old), "--overwrite"])
+    assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp.iterdir()) == ["ckpt", "file.txt", "old", "run"]
+    assert signal.getsignal(signal.SIGTERM) is not convert_cmd._raise_exit
+    if how == "error":  # parent directories made for a new DST go too
+        with pytest.raises(RuntimeError):
+            cli_main(["convert", str(src), str(tmp / "a" / "b" / "new")])
+        assert not (tmp / "a").exists()
+
+
+def _word_tokenizer(path, size: int) -> None:
+    """A tokenizer.json with `size` ids and LLaDA's special tokens at the tiny model's ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    special = {"<unk>": 0, "<|startoftext|>": 1, "<|endoftext|>": 2, "<|eot_id|>": 3,
+               "<|mdm_mask|>": 310}
+    vocab = {f"w{i}": i for i in range(size) if i not in special.values()} | special
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(path))
+
+
+def test_tokenizer_flag_for_hf_dir_without_one(ckpt_copy, tmp_path, cli_error):
+    """Item 12: the error names --tokenizer, the flag reaches the loader, and a directory holding
+    a tokenizer.json works (checked without sampling: the mismatch below proves the file used)."""
+    from lladax.cli.common import load_model
+
+    _word_tokenizer(tmp_path / "tokenizer.json", 311)
+    _word_tokenizer(tmp_path / "big.json", 400)
+    argv = ["sample", "--checkpoint", ckpt_copy, "--prompt", "w5 w6"]
+    assert "has no tokenizer (tokenizer.json or tokenizer.model): pass --tokenizer PATH" in \
+        cli_error(argv, untouched=[tmp_path])
+    assert f"the tokenizer ({tmp_path / 'big.json'}) has 400 ids" in cli_error(
+        [*argv, "--tokenizer", tmp_path / "big.json"], untouched=[tmp_path])
+    cfg, _, tok = load_model(str(ckpt_copy), tokenizer=str(tmp_path))
+    assert tok.name == str(tmp_path / "tokenizer.json") and tok.mask_id == cfg.mask_token_id

@@ -152,6 +152,7 @@ def test_one_compilation_per_shape(tiny_llada):
     (dict(prompt=[-1, 3]), "outside the model vocabulary"),
     (dict(mc_num=20, batch_size=8), "mc_num=20 must be a positive multiple of batch_size=8"),
     (dict(cfg_scale=-1.0), "cfg_scale=-1.0 must be >= 0"),
+    (dict(cfg_scale=float("nan")), "cfg_scale=nan must be >= 0"),
     (dict(rng=None), "pass rng=jax.random.key(seed)"),
 ])
 def test_bad_inputs_one_line_error(tiny_llada, kwargs, message):
@@ -161,6 +162,9 @@ def test_bad_inputs_one_line_error(tiny_llada, kwargs, message):
     with pytest.raises(ValueError) as e:
         likelihood.log_likelihood(params, cfg, call.pop("prompt"), call.pop("answer"), **call)
     assert message in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="pairs_per_call=0 must be >= 1"):
+        likelihood.log_likelihood_batch(params, cfg, [[1]], [[3]], rng=jax.random.key(0),
+                                        pairs_per_call=0)
     with pytest.raises(ValueError, match="2 prompts but 1 answers"):
         likelihood.log_likelihood_batch(params, cfg, [[1], [2]], [[3]], rng=jax.random.key(0))
     with pytest.raises(ValueError, match="must have the same shape"):

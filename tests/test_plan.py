@@ -92,3 +92,21 @@ def test_plan_cli(capsys):
     assert main(["plan", "--config", "configs/llada_8b.py:v5p-128",
                  "--config.train.batch_size=1000"]) == 2
     assert "does not split" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--mfu", "0"], "--mfu 0.0 must be in (0, 1]"),
+    (["--mfu", "nan"], "--mfu nan must be in (0, 1]"),
+    (["--mfu", "1.5"], "--mfu 1.5 must be in (0, 1]"),
+    (["--hardware", "v9-8"], "unknown hardware 'v9-8'"),
+    (["--aot", "8xh100"], "--aot 8xh100: ahead-of-time compilation needs a TPU slice name"),
+    (["--config.train.stepz=1"], "unknown config key 'train.stepz'"),
+])
+def test_plan_refusals_one_line(cli_error, argv, words):
+    assert words in cli_error(["plan", "--config", "configs/llada_8b.py:v5p-128", *argv])
+
+
+def test_plan_config_argument_errors_name_the_file_line(cli_error):
+    line = cli_error(["plan", "--config", "configs/llada_8b.py:v9-1", "--hardware", "v5p-128"])
+    assert line.startswith("lladax plan: error: configs/llada_8b.py:")
+    assert "ValueError: unknown hardware 'v9-1' for llada_8b" in line

@@ -41,10 +41,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     try:
         return COMMANDS[args.command].run(args, rest) or 0
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        # Every expected failure is a one-line message naming the problem and the fix.
-        print(f"lladax {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, KeyError, FileNotFoundError, PermissionError, IsADirectoryError,
+            NotADirectoryError) as e:
+        # Every expected failure is a one-line message naming the problem and the fix; a path
+        # the user named that cannot be read or written is one too (the OS names the path).
+        message = " ".join(line.strip() for line in str(e).splitlines()) or type(e).__name__
+        print(f"lladax {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"lladax {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import argparse
 from lladax.cli.common import (
     add_model_args,
     add_sampling_args,
+    check_model_path,
+    check_sampling_args,
     generate,
     load_model,
     sampling_kwargs,
@@ -26,13 +28,15 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    check_sampling_args(args)  # before anything slow: a typo should not cost a model load
+    check_model_path(args.checkpoint, args.tokenizer)
     import numpy as np
 
     from lladax import sampling
     from lladax.chat import apply_chat_template
     from lladax.cli.sample_cmd import render
 
-    cfg, params, tokenizer = load_model(args.checkpoint, args.dtype)
+    cfg, params, tokenizer = load_model(args.checkpoint, args.dtype, args.tokenizer)
     kwargs = sampling_kwargs(args)
     history: list[int] = []
     print("lladax chat: /reset clears the conversation, /quit exits.")

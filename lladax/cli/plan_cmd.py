@@ -25,18 +25,23 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from lladax import plan
 
-    config = load_config_file(args.config)
-    apply_overrides(config, overrides)
+    # Flags first (cheap, no config executed), then the config file and its overrides.
+    if not 0 < args.mfu <= 1:
+        raise ValueError(f"--mfu {args.mfu} must be in (0, 1]: the fraction of peak FLOP/s "
+                         "reached, e.g. 0.45")
     name = args.hardware or args.aot or args.config.partition(":")[2]
     if not name:
         raise ValueError("name the hardware: --hardware v5p-128 (or configs/x.py:<hardware>)")
-    if not 0 < args.mfu <= 1:
-        raise ValueError(f"--mfu {args.mfu} must be in (0, 1]")
     hw = plan.hardware(name)
+    aot_hw = plan.hardware(args.aot) if args.aot else None
+    if aot_hw is not None and aot_hw.topology is None:
+        raise ValueError(f"--aot {args.aot}: ahead-of-time compilation needs a TPU slice name "
+                         "(e.g. v5p-64)")
+    config = load_config_file(args.config)
+    apply_overrides(config, overrides)
     estimate = plan.estimate(config, hw, args.mfu)
     aot = None
-    if args.aot:
-        aot_hw = plan.hardware(args.aot)
+    if aot_hw is not None:
         if aot_hw.chips != hw.chips:
             estimate = plan.estimate(config, aot_hw, args.mfu)
         aot = plan.aot_compile(config, aot_hw)

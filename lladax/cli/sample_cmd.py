@@ -21,6 +21,8 @@ from lladax.cli.common import (
     add_fast_args,
     add_model_args,
     add_sampling_args,
+    check_model_path,
+    check_sampling_args,
     fast_kwargs,
     generate,
     load_model,
@@ -106,37 +108,74 @@ def show_history(tokenizer: Any, history: Any, prompt_len: int, mask_id: int) ->
         print()
 
 
-def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lladax import sampling
-    from lladax.chat import apply_chat_template
+def read_prompt_file(name: str) -> list[str]:
+    """The non-blank lines of --prompt-file; one-line errors for a missing, unreadable, binary
+    or empty file."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"--prompt-file {path} does not exist: pass a text file with one "
+                                "prompt per line")
+    if not path.is_file():
+        raise ValueError(f"--prompt-file {path} is not a file: pass a text file with one prompt "
+                         "per line")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--prompt-file {path} is not UTF-8 text (byte {e.start}): pass a text "
+                         "file with one prompt per line") from None
+    if "\0" in text:
+        raise ValueError(f"--prompt-file {path} holds a NUL byte (byte {data.index(0)}): it is "
+                         "binary, not text; pass a text file with one prompt per line")
+    prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"--prompt-file {path} holds no prompt (it is empty or blank): write "
+                         "one prompt per line")
+    return prompts
 
+
+def check_infill_args(args: argparse.Namespace) -> None:
+    """--infill: a text with at least one marker, every <mask:N> with N >= 1, and none of the
+    flags that only apply to --prompt (they would be silently ignored)."""
+    ignored = [flag for flag, given in (("--chat", args.chat),
+                                        ("--block-length", args.block_length is not None),
+                                        ("--cfg-scale", args.cfg_scale != 0),
+                                        ("--early-exit", args.early_exit)) if given]
+    if ignored:
+        raise ValueError(f"{', '.join(ignored)}: no effect with --infill (the text is filled as "
+                         "one block, without guidance): drop it, or use --prompt")
+    spans = [m for m in MASK_MARKER.finditer(args.infill)]
+    if not spans:
+        raise ValueError("--infill text has no <mask> marker: write e.g. 'A <mask:4> of items'")
+    for m in spans:
+        if m.group(1) is not None and int(m.group(1)) < 1:
+            raise ValueError(f"--infill marker {m.group(0)} must mark at least one token: write "
+                             "<mask:N> with N >= 1, or <mask> for --mask-span tokens")
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    # Every flag and path is checked before JAX starts or a weight is read.
+    if args.mask_span < 1:
+        raise ValueError(f"--mask-span {args.mask_span} must be >= 1 (tokens per bare <mask>)")
     fast = fast_kwargs(args)
     if fast is not None and (args.infill is not None or args.show_steps):
         raise ValueError("fast decoding applies to --prompt / --prompt-file without "
                          "--show-steps: drop --fast/--cache/--threshold/--factor")
-    cfg, params, tokenizer = load_model(args.checkpoint, args.dtype)
+    if args.infill is not None:
+        check_infill_args(args)
+    check_sampling_args(args)
+    prompts = read_prompt_file(args.prompt_file) if args.prompt_file else args.prompt
+    check_model_path(args.checkpoint, args.tokenizer)
+    cfg, params, tokenizer = load_model(args.checkpoint, args.dtype, args.tokenizer)
     kwargs = sampling_kwargs(args)
     if cfg.causal and (args.infill is not None or fast is not None):
         raise ValueError("--infill and fast decoding need a diffusion model; this checkpoint is "
                          "the autoregressive baseline (kind='autoregressive'): use --prompt")
     if args.infill is not None:
-        ids = encode_infill(args.infill, tokenizer, cfg.mask_token_id, args.mask_span)
-        canvas = sampling.infill(params, cfg, [ids], steps=args.steps or ids.count(
-            cfg.mask_token_id), temperature=args.temperature, remasking=args.remasking,
-            rng=kwargs["rng"], return_history=args.show_steps)
-        if args.show_steps:
-            canvas, history = canvas
-            show_history(tokenizer, history, 0, cfg.mask_token_id)
-        print(render(tokenizer, canvas[0][1:], cfg.mask_token_id))
-        return 0
-    if args.prompt_file:
-        path = Path(args.prompt_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"prompt file {path} does not exist")
-        prompts = [line for line in path.read_text().splitlines() if line.strip()]
-    else:
-        prompts = args.prompt
+        return _infill(args, cfg, params, tokenizer, kwargs)
     if args.chat:
+        from lladax.chat import apply_chat_template
+
         rows = [apply_chat_template(tokenizer, [{"role": "user", "content": p}])
                 for p in prompts]
     else:
@@ -153,11 +192,34 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     else:
         out = generate(params, cfg, tokens, attention_mask, kwargs,
                        return_history=args.show_steps, early_exit=args.early_exit)
+    _print_answers(args, cfg, tokenizer, prompts, tokens.shape[1], out)
+    return 0
+
+
+def _infill(args: argparse.Namespace, cfg: Any, params: Any, tokenizer: Any,
+            kwargs: dict[str, Any]) -> int:
+    from lladax import sampling
+
+    ids = encode_infill(args.infill, tokenizer, cfg.mask_token_id, args.mask_span)
+    steps = args.steps if args.steps is not None else ids.count(cfg.mask_token_id)
+    canvas = sampling.infill(params, cfg, [ids], steps=steps, temperature=args.temperature,
+                             remasking=args.remasking, rng=kwargs["rng"],
+                             return_history=args.show_steps)
+    if args.show_steps:
+        canvas, history = canvas
+        show_history(tokenizer, history, 0, cfg.mask_token_id)
+    print(render(tokenizer, canvas[0][1:], cfg.mask_token_id))
+    return 0
+
+
+def _print_answers(args: argparse.Namespace, cfg: Any, tokenizer: Any, prompts: list[str],
+                   prompt_len: int, out: Any) -> None:
+    from lladax import sampling
+
     if args.show_steps:
         out, history = out
-        show_history(tokenizer, history, tokens.shape[1], cfg.mask_token_id)
+        show_history(tokenizer, history, prompt_len, cfg.mask_token_id)
     for prompt, row in zip(prompts, out, strict=True):
-        answer = sampling.decode_answer(row, tokens.shape[1], cfg)
+        answer = sampling.decode_answer(row, prompt_len, cfg)
         text = render(tokenizer, answer, cfg.mask_token_id)
         print(text if len(prompts) == 1 else f"### {prompt}\n{text}")
-    return 0
