@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lladax import data, instructions, sources
+from lladax import data, instructions, sources, textio
 from lladax.sources import DataError
 
 if TYPE_CHECKING:  # the backends load only with a tokenizer, so `check_chat_source` stays fast
@@ -154,7 +154,7 @@ def chat_files(source: str | Path) -> list[Path]:
 
 def dialogue_of(line: str, where: str) -> Any:
     """The ``messages`` of one chat jsonl line (not yet checked: see `check_dialogue`)."""
-    record = sources.jsonl_record(line, where, "a 'messages' list")
+    record = textio.jsonl_record(line, where, "a 'messages' list")
     if "messages" not in record:
         raise DataError(f"{where}: expected a JSON object with a 'messages' list (it has "
                         f"{sorted(record)[:8]}): write {{'messages': [{{'role': 'user', "
@@ -187,7 +187,7 @@ def check_dialogue(messages: Any, where: str) -> None:
 
 def _read_chat_file(path: Path, split: str) -> list[tuple[str, list]]:
     out = []
-    for where, line in sources.jsonl_lines(path):
+    for where, line in textio.jsonl_lines(path):
         messages = dialogue_of(line, where)
         key = json.dumps(messages, sort_keys=True, ensure_ascii=False)
         if split == "all" or data.split_of(key) == split:
@@ -222,7 +222,7 @@ def check_chat_source(source: str) -> None:
         instructions.parse_source(source)  # ValueError naming the valid tasks
         return
     for f in chat_files(source):
-        first = sources.first_line(f)
+        first = textio.first_line(f)
         if first is not None:
             check_dialogue(dialogue_of(first[1], first[0]), first[0])
 

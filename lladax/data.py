@@ -1,12 +1,12 @@
 """Pack, shuffle, shard and batch tokenised training data with grain; assemble global batches.
 
 Sources (`lladax.sources`): ``"embedded"``, ``.txt`` / ``.jsonl`` files and directories,
-``tfds:NAME[:SPLIT]``, and ArrayRecord shards written by `prepare` (``lladax data prepare``).
-Each text document is split into ``"train"`` / ``"eval"`` by a hash of its text; prepared shards
-keep that split in separate files. Token ids come from `lladax.prepared` (the cached token stream
-of a text source, or prepared shards read lazily). The public names of both modules that callers
-have always used as ``data.NAME`` (``DataError``, ``load_documents``, ``token_stream``,
-``prepare``, ...) are re-exported here.
+``tfds:NAME[:SPLIT]``, and ArrayRecord shards written by `prepare` (``lladax data prepare``,
+`lladax.prepared_writer`). Each text document is split into ``"train"`` / ``"eval"`` by a hash
+of its text; prepared shards keep that split in separate files. Token ids come from
+`lladax.prepared` (the cached token stream of a text source, or prepared shards read lazily). The
+public names of these modules that callers have always used as ``data.NAME`` (``DataError``,
+``load_documents``, ``token_stream``, ``prepare``, ...) are re-exported here.
 
 Two batch layouts (`make_batches`):
 
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lladax import prepared, sources
+from lladax import prepared, prepared_writer, sources
 from lladax.corpus import embedded_documents, embedded_fingerprint  # noqa: F401 (re-exported)
 
 # Names this module has always exported (callers use data.DataError, data.prepare, ...).
@@ -47,9 +47,10 @@ atomic_write_bytes, cache_root, documents_digest = (sources.atomic_write_bytes,
 load_documents, read_documents, source_fingerprint, split_of, check_source = (
     sources.load_documents, sources.read_documents, sources.source_fingerprint, sources.split_of,
     sources.check_source)
-corpus_tokens, token_stream, tokenize_corpus, tokenize_documents, prepare = (
+corpus_tokens, token_stream, tokenize_corpus, tokenize_documents = (
     prepared.corpus_tokens, prepared.token_stream, prepared.tokenize_corpus,
-    prepared.tokenize_documents, prepared.prepare)
+    prepared.tokenize_documents)
+prepare = prepared_writer.prepare
 
 if TYPE_CHECKING:
     import grain

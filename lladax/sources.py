@@ -10,13 +10,14 @@ directory such as ``/data/my_set/1.0.0``; SPLIT defaults to ``train``, slices al
 
 Text sources yield documents (`iter_documents`); each goes to ``"train"`` or ``"eval"`` by a hash
 of its text (`split_of`), so every source has the same held-out ~2% without a second file.
-Prepared (tokenised) directories are only recognised here (`parse_source`); `lladax.prepared`
-writes and reads them.
+Prepared (tokenised) directories are only recognised here (`parse_source`);
+`lladax.prepared_writer` writes them and `lladax.prepared` reads them. The files themselves are
+read by `lladax.textio` (strict UTF-8, .txt paragraphs, .jsonl records), which defines
+`DataError`. `check_source` refuses a bad source in milliseconds, before start-up.
 """
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import hashlib
 import json
@@ -27,17 +28,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from lladax import textio
 from lladax.corpus import embedded_documents, embedded_fingerprint
+from lladax.textio import DataError  # defined below every reader; public as sources.DataError
 
 EVAL_FRACTION = 0.02
 SPLITS = ("train", "eval", "all")
 EMBEDDED = "embedded"
 TEXT_SUFFIXES = (".txt", ".jsonl")
-MANIFEST = "manifest.json"  # marks a directory written by `lladax.prepared.prepare`
-
-
-class DataError(ValueError):
-    """A data source is missing, empty or malformed; the message names the source and the fix."""
+MANIFEST = "manifest.json"  # marks a directory written by `lladax.prepared_writer.prepare`
 
 
 # --- small shared helpers -----------------------------------------------------------------------
@@ -148,86 +147,6 @@ def source_fingerprint(source: str | Path, field: str = "text") -> str:
 
 
 # --- text documents -----------------------------------------------------------------------------
-_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
-               bool: "boolean", type(None): "null"}
-
-
-def decode_text(raw: bytes, where: str, *, offset: int = 0, final: bool = True) -> str:
-    """``raw`` as UTF-8 text. Text sources must be UTF-8: a NUL byte or undecodable bytes mean a
-    binary file (or another encoding), which would otherwise train as garbage, so they raise a
-    one-line `DataError` naming ``where`` and the file's byte offset (``offset`` = where ``raw``
-    starts in the file). ``final=False`` allows a character cut at the end (a file's head)."""
-    nul = raw.find(b"\x00")
-    bad = nul if nul >= 0 else None
-    try:
-        text = codecs.getincrementaldecoder("utf-8")().decode(raw, final=final)
-    except UnicodeDecodeError as e:
-        bad = e.start if bad is None else min(bad, e.start)
-    if bad is None:
-        return text
-    what = "a NUL byte" if bad == nul else "not valid UTF-8"
-    raise DataError(f"{where}: byte {offset + bad} is {what}, so this is not UTF-8 text (a binary "
-                    "file, or another encoding): convert it to UTF-8 (e.g. `iconv -t UTF-8`) or "
-                    "remove it from the source")
-
-
-def _read_txt(path: Path) -> Iterator[str]:
-    raw = path.read_bytes()
-    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
-    text = decode_text(raw[bom:], str(path), offset=bom)
-    for doc in re.split(r"\n[ \t\r]*\n", text):
-        if doc.strip():
-            yield doc.strip("\n")
-
-
-def jsonl_record(line: str, where: str, what: str) -> dict[str, Any]:
-    """One jsonl line -> its JSON object; ``what`` names the expected content in the message."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: expected a JSON object with {what} (JSONDecodeError: {e}): "
-                        "fix the line (one JSON object per line)") from None
-    if not isinstance(record, dict):
-        kind = _JSON_TYPES.get(type(record), type(record).__name__)
-        raise DataError(f"{where}: expected a JSON object with {what}, got a JSON {kind}: "
-                        "write one JSON object per line")
-    return record
-
-
-def _jsonl_text(line: str, field: str, where: str) -> str:
-    record = jsonl_record(line, where, f"a {field!r} field")
-    if field not in record:
-        raise DataError(f"{where}: expected a JSON object with a {field!r} field (it has "
-                        f"{sorted(record)[:8]}): fix the line or set data.field (`lladax data "
-                        "prepare --field`)")
-    text = record[field]
-    if not isinstance(text, str):
-        kind = _JSON_TYPES.get(type(text), type(text).__name__)
-        raise DataError(f"{where}: {field!r} must be a string, got a JSON {kind}: fix the line "
-                        "or set data.field to a text field")
-    return text
-
-
-def jsonl_lines(path: Path) -> Iterator[tuple[str, str]]:
-    """(``file:line``, text) of each non-blank line of a jsonl file, strictly UTF-8 decoded."""
-    with path.open("rb") as f:
-        offset = 0
-        for lineno, raw in enumerate(f, 1):
-            bom = len(codecs.BOM_UTF8) if lineno == 1 and raw.startswith(codecs.BOM_UTF8) else 0
-            where = f"{path}:{lineno}"
-            line = decode_text(raw[bom:], where, offset=offset + bom)
-            offset += len(raw)
-            if line.strip():
-                yield where, line
-
-
-def _read_jsonl(path: Path, field: str) -> Iterator[str]:
-    for where, line in jsonl_lines(path):
-        text = _jsonl_text(line, field, where)
-        if text.strip():
-            yield text
-
-
 def text_files(path: str | Path) -> list[Path]:
     """The ``.txt`` / ``.jsonl`` files of a file or directory source (raises with the fix)."""
     p = Path(path).expanduser()
@@ -269,7 +188,7 @@ def _tfds_text(record: Any, field: str, where: str) -> str:
         raise DataError(f"{where}: no feature {field!r} (features: {keys}): set data.field")
     value = record[field]
     if isinstance(value, bytes):
-        return decode_text(value, f"{where} feature {field!r}")
+        return textio.decode_text(value, f"{where} feature {field!r}")
     if isinstance(value, str):
         return value
     raise DataError(f"{where}: feature {field!r} is {type(value).__name__}, not text: "
@@ -284,7 +203,7 @@ def iter_documents(source: str | Path = EMBEDDED, field: str = "text") -> Iterat
         yield from embedded_documents()
     elif spec.kind == "files":
         for f in text_files(spec.location):
-            yield from (_read_jsonl(f, field) if f.suffix == ".jsonl" else _read_txt(f))
+            yield from textio.read_file(f, field)
     elif spec.kind == "tfds":
         ds = _tfds_source(spec)
         for i in range(len(ds)):
@@ -310,12 +229,10 @@ def load_documents(source: str | Path = EMBEDDED, split: str = "train",
 
 def read_documents(path: str | Path, field: str = "text") -> list[str]:
     """All documents of a ``.txt`` / ``.jsonl`` file or a directory of them."""
-    return [d for f in text_files(path)
-            for d in (_read_jsonl(f, field) if f.suffix == ".jsonl" else _read_txt(f))]
+    return [d for f in text_files(path) for d in textio.read_file(f, field)]
 
 
 # --- fast checks before start-up ----------------------------------------------------------------
-HEAD_BYTES = 1 << 16  # how much of each file `check_source` reads
 FORMATS = ("text", "chat")
 _SOURCE_KINDS = ("'embedded', a .txt/.jsonl file or a directory of them, a `lladax data prepare` "
                  "directory, arrayrecord:GLOB or tfds:NAME[:SPLIT]")
@@ -323,7 +240,7 @@ _SOURCE_KINDS = ("'embedded', a .txt/.jsonl file or a directory of them, a `llad
 
 def check_source(source: str, *, field: str = "text", fmt: str = "text") -> None:
     """Refuse a data source that the readers would refuse later, in milliseconds (no JAX, no
-    tokenisation, at most the first `HEAD_BYTES` of each file), so `lladax train` and `lladax
+    tokenisation, at most the first `textio.HEAD_BYTES` of each file), so `lladax train` and `lladax
     data prepare` fail before start-up. Raises a one-line `DataError` (the reader's message).
 
     ``fmt="text"``: embedded; .txt/.jsonl files (UTF-8, first jsonl record has ``field``) or a
@@ -364,40 +281,16 @@ def check_source(source: str, *, field: str = "text", fmt: str = "text") -> None
         raise DataError(str(e)) from None
 
 
-def _head(path: Path) -> tuple[str, bool]:
-    """(the first `HEAD_BYTES` of a file as strict UTF-8, whether that is the whole file)."""
-    try:
-        with path.open("rb") as f:
-            raw = f.read(HEAD_BYTES + 1)
-    except OSError as e:
-        raise DataError(f"cannot read {path} ({e.strerror}): fix its permissions or remove it "
-                        "from the source") from None
-    whole = len(raw) <= HEAD_BYTES
-    raw = raw[:HEAD_BYTES]
-    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
-    return decode_text(raw[bom:], str(path), offset=bom, final=whole), whole
-
-
-def first_line(path: Path) -> tuple[str, str] | None:
-    """(``file:line``, text) of a jsonl file's first non-blank line, if it fits in the head."""
-    text, whole = _head(path)
-    lines = text.split("\n")
-    for lineno, line in enumerate(lines if whole else lines[:-1], 1):
-        if line.strip():
-            return f"{path}:{lineno}", line
-    return None
-
-
 def _check_text_files(location: str, field: str) -> None:
     has_text = False
     for f in text_files(location):
         if f.suffix == ".jsonl":
-            first = first_line(f)
+            first = textio.first_line(f)
             if first is not None:
-                _jsonl_text(first[1], field, first[0])
+                textio.jsonl_text(first[1], field, first[0])
                 has_text = True
         else:
-            has_text |= bool(_head(f)[0].strip())
+            has_text |= bool(textio.read_head(f)[0].strip())
     if not has_text:
         raise DataError(f"data source {location!r} has no documents (its files are empty): "
                         "add text")

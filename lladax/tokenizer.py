@@ -5,12 +5,8 @@
   LLaDA-8B's. Special ids are found by token content (``<|startoftext|>`` bos,
   ``<|endoftext|>`` eos = pad, ``<|eot_id|>``, ``<|mdm_mask|>``, ``<|start_header_id|>``,
   ``<|end_header_id|>``); a missing one raises `MissingTokenError` only when it is asked for.
-* `default_tokenizer(vocab_size)`: a sentencepiece BPE model trained at first use (well under a
-  second) on the embedded train documents (`lladax.data`), cached on disk. Its reserved ids match
-  the `tiny` / `small` presets: unk=0, bos=1, eos=2 (= pad), eot=3 (``<|eot_id|>``), mask=4
-  (``<|mdm_mask|>``). eot and mask are sentencepiece *control* symbols, so no input text (not even
-  the literal string ``"<|mdm_mask|>"``) ever encodes to them; byte fallback makes every string
-  round-trip.
+* `load_tokenizer(path)`: either of them by what ``path`` is, or ``"embedded"``: the default
+  sentencepiece tokenizer, trained at first use and cached (`lladax.tokenizer_train`).
 
 The chat template that turns messages into prompt ids lives in `lladax.chat`.
 """
@@ -19,15 +15,10 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import io
-import json
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from lladax import data
 
 if TYPE_CHECKING:  # importing the config module would import JAX; the CLI loads tokenizers first
     from lladax.config import ModelConfig
@@ -259,11 +250,14 @@ class HFTokenizer(Tokenizer):
 def load_tokenizer(path: str | Path, *, vocab_size: int | None = None) -> Tokenizer:
     """Dispatch on what ``path`` is: a ``.model`` file (sentencepiece), a ``.json`` file (HF), a
     directory holding ``tokenizer.json`` or ``tokenizer.model``, or ``"embedded"`` (the default
-    sentencepiece tokenizer of ``vocab_size``, see `default_tokenizer`)."""
+    sentencepiece tokenizer of ``vocab_size``, see `lladax.tokenizer_train.default_tokenizer`)."""
     file = tokenizer_file(path)
     if file is None:
         if vocab_size is None:
             raise ValueError("load_tokenizer('embedded') needs vocab_size= (e.g. 512 or 2048)")
+        # Imported here: tokenizer_train builds on this module (SentencePieceTokenizer).
+        from lladax.tokenizer_train import default_tokenizer
+
         return default_tokenizer(vocab_size)
     return HFTokenizer(file) if file.suffix == ".json" else SentencePieceTokenizer(file)
 
@@ -292,89 +286,6 @@ def tokenizer_file(path: str | Path) -> Path | None:
     return p
 
 
-# --- the default (embedded) tokenizer -----------------------------------------------------------
-def _spm_settings(vocab_size: int) -> dict[str, object]:
-    return dict(
-        model_type="bpe", vocab_size=vocab_size, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        control_symbols=[EOT_PIECE, MASK_PIECE], byte_fallback=True,
-        normalization_rule_name="identity", remove_extra_whitespaces=False,
-        add_dummy_prefix=False, allow_whitespace_only_pieces=True, split_digits=True,
-        character_coverage=0.9995, input_sentence_size=200_000, shuffle_input_sentence=True,
-        max_sentence_length=16384, minloglevel=2,
-        # Fixed: the thread count is recorded in the model file (pieces do not depend on it).
-        num_threads=2,
-    )
-
-
-def _train_sentencepiece(sentences: list[str], settings: dict[str, object]) -> bytes:
-    """Train a sentencepiece model in memory; returns the serialized model proto."""
-    import sentencepiece as spm
-
-    spm.set_random_generator_seed(0)
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=buf,
-                                   **settings)
-    return buf.getvalue()
-
-
-def train_sentencepiece(documents: Sequence[str], vocab_size: int, path: str | Path) -> Path:
-    """Train the default-style BPE model (reserved ids as in `default_tokenizer`) on
-    ``documents`` (one training sentence per paragraph) and write it atomically to ``path``."""
-    check_vocab_size(vocab_size)
-    sentences = [p for doc in documents for p in re.split(r"\n\s*\n", doc) if p.strip()]
-    if not sentences:
-        raise data.DataError("no text to train a tokenizer on")
-    try:
-        proto = _train_sentencepiece(sentences, _spm_settings(vocab_size))
-    except RuntimeError as e:  # "Vocabulary size too high (N). Please set it to a value <= M."
-        most = re.search(r"<= *(\d+)", str(e))
-        if most is None:
-            raise
-        raise ValueError(f"vocab_size={vocab_size} is too large for this corpus: sentencepiece "
-                         f"can make at most {most[1]} tokens from it; use a smaller vocab size "
-                         "(--vocab-size / model.vocab_size) or more text") from None
-    return data.atomic_write_bytes(Path(path), proto)
-
-
-def check_vocab_size(vocab_size: int) -> None:
-    """The lower bound of a trained default-style tokenizer (the upper one depends on the corpus:
-    `train_sentencepiece` reports it in about two seconds)."""
-    if vocab_size < 300:
-        raise ValueError(f"vocab_size={vocab_size} is too small: byte fallback alone needs 261 "
-                         "ids; use 512 or more")
-
-
-def default_tokenizer(vocab_size: int, cache_dir: str | Path | None = None
-                      ) -> SentencePieceTokenizer:
-    """The sentencepiece BPE tokenizer for the embedded corpus, trained at first use and cached.
-
-    Cached at ``<cache>/tokenizers/spm_bpe_<vocab>_<key>.model``, ``<cache>`` = ``cache_dir`` or
-    ``$LLADAX_CACHE`` or ``~/.cache/lladax``; ``key`` hashes the embedded corpus fingerprint
-    (Python build, module list, extraction version), the trainer settings and the sentencepiece
-    version. Written atomically, so concurrent processes are safe. Training is deterministic.
-    Ids: unk=0, bos=1, eos=pad=2, eot=3, mask=4.
-    """
-    import sentencepiece as spm
-
-    check_vocab_size(vocab_size)  # before the embedded corpus is read
-    key = hashlib.sha256(json.dumps(
-        [data.embedded_fingerprint(), _spm_settings(vocab_size), spm.__version__],
-        sort_keys=True).encode()
-    ).hexdigest()[:16]
-    path = data.cache_root(cache_dir) / "tokenizers" / f"spm_bpe_{vocab_size}_{key}.model"
-    if path.is_file():
-        try:
-            return SentencePieceTokenizer(path)
-        except ValueError:
-            pass  # a damaged cache file (a disk filled up, a hand edit): train it again
-    try:
-        train_sentencepiece(data.load_documents(data.EMBEDDED, split="train"), vocab_size, path)
-    except OSError as e:
-        raise data.DataError(f"cannot write the cache file {path} ({e.strerror}): set "
-                             "LLADAX_CACHE to a writable directory") from None
-    return SentencePieceTokenizer(path)
-
-
 def __getattr__(name: str):
     # The chat template moved to `lladax.chat` (which imports this module); the design card lists
     # it under tokenizer.py, so `from lladax.tokenizer import apply_chat_template` keeps working.
@@ -386,9 +297,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "HFTokenizer", "MissingTokenError", "SentencePieceTokenizer", "Tokenizer",
-    "check_vocab_size", "default_tokenizer", "load_tokenizer", "tokenizer_file",
-    "train_sentencepiece",
+    "HFTokenizer", "MissingTokenError", "SentencePieceTokenizer", "Tokenizer", "load_tokenizer",
+    "tokenizer_file",
 ]
 
 

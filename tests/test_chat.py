@@ -9,11 +9,12 @@ import pytest
 
 from lladax import chat, data, instructions
 from lladax import tokenizer as T
+from lladax.tokenizer_train import default_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tok(cache_dir) -> T.SentencePieceTokenizer:
-    return T.default_tokenizer(512, cache_dir=cache_dir)
+    return default_tokenizer(512, cache_dir=cache_dir)
 
 
 def _msg(role: str, content: str) -> dict[str, str]:
@@ -29,7 +30,7 @@ GOOD = [_msg("user", "Name a colour."), _msg("assistant", "Red.")]
 
 
 def test_sentencepiece_chat_template_fallback(cache_dir):
-    tok = T.default_tokenizer(2048, cache_dir=cache_dir)
+    tok = default_tokenizer(2048, cache_dir=cache_dir)
     messages = [{"role": "user", "content": " Hi there "},
                 {"role": "assistant", "content": "Hello."},
                 {"role": "user", "content": "Bye"}]
@@ -58,7 +59,7 @@ def test_samples_tokenise_like_the_rendered_dialogue(cache_dir, vocab):
     could not learn to copy it and SFT stayed at 0-6 % exact match. Prompt + answer ids must be
     the tokenisation of the rendered turns, and every answer piece of the word tasks must occur
     in its prompt (the demo's 2048-piece tokenizer: each word ONE shared id)."""
-    tok = T.default_tokenizer(vocab, cache_dir=cache_dir)
+    tok = default_tokenizer(vocab, cache_dir=cache_dir)
     items = instructions.examples(list(instructions.TASKS), "train", per_task=20)
     for ex in items + instructions.examples(list(instructions.TASKS), "eval", per_task=5):
         ((prompt, answer),) = chat.dialogue_samples(tok, ex.messages())

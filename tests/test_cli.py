@@ -75,7 +75,7 @@ def test_bad_input_one_line_error(tmp_path, capsys, args, message):
 
 
 def test_tokenizer_vocab_mismatch(tmp_path, capsys):
-    from lladax.tokenizer import default_tokenizer
+    from lladax.tokenizer_train import default_tokenizer
 
     bigger = default_tokenizer(2048)  # the tiny model has 512 ids
     assert _train(tmp_path, f"--config.data.tokenizer={bigger.name}") == 2

@@ -12,11 +12,12 @@ import pytest
 
 from lladax import data
 from lladax import tokenizer as T
+from lladax.tokenizer_train import default_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tok(cache_dir) -> T.SentencePieceTokenizer:
-    return T.default_tokenizer(512, cache_dir=cache_dir)
+    return default_tokenizer(512, cache_dir=cache_dir)
 
 
 def _write_txt(path: Path, n: int = 60) -> list[str]:
@@ -85,14 +86,15 @@ def test_bad_sources_give_clear_errors(tmp_path):
 
 def test_reexported_names_are_the_defining_modules():
     """`lladax.data` keeps the names callers have always used; they are the same objects."""
-    from lladax import prepared, sources
+    from lladax import prepared, prepared_writer, sources
 
     for name in ("DataError", "EMBEDDED", "SPLITS", "load_documents", "read_documents",
-                 "split_of", "cache_root", "atomic_write_bytes", "source_fingerprint"):
+                 "split_of", "cache_root", "atomic_write_bytes", "source_fingerprint",
+                 "check_source"):
         assert getattr(data, name) is getattr(sources, name), name
-    for name in ("prepare", "token_stream", "corpus_tokens", "tokenize_corpus",
-                 "tokenize_documents"):
+    for name in ("token_stream", "corpus_tokens", "tokenize_corpus", "tokenize_documents"):
         assert getattr(data, name) is getattr(prepared, name), name
+    assert data.prepare is prepared_writer.prepare
     assert all(hasattr(data, name) for name in data.__all__)
 
 

@@ -1,4 +1,4 @@
-"""Source specs (a prepared directory is recognised), JSONL fields, TFDS sources."""
+"""Source specs (a prepared directory is recognised), TFDS sources, the fast `check_source`."""
 
 from __future__ import annotations
 
@@ -10,27 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lladax import data, sources
+from lladax import data, sources, textio
 from lladax import tokenizer as T
+from lladax.tokenizer_train import default_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tok(cache_dir) -> T.SentencePieceTokenizer:
-    return T.default_tokenizer(512, cache_dir=cache_dir)
+    return default_tokenizer(512, cache_dir=cache_dir)
 
 
-def _corpus(directory: Path, n: int = 150) -> list[str]:
-    """A directory with a .txt and a .jsonl file; returns its documents in reading order."""
-    directory.mkdir(parents=True, exist_ok=True)
-    txt = [f"Plain doc {i}: " + " ".join(f"w{j}" for j in range(i % 23)) for i in range(n)]
-    (directory / "a.txt").write_text("\n\n".join(txt))
-    body = [f"json doc {i} " + "x" * (i % 50) for i in range(n // 2)]
-    (directory / "b.jsonl").write_text("\n".join(json.dumps({"body": b, "id": i})
-                                                 for i, b in enumerate(body)))
-    return txt + body
-
-
-# --- specs and text sources -----------------------------------------------------------------------
+# --- specs ----------------------------------------------------------------------------------------
 def test_parse_source(tmp_path):
     S = sources.SourceSpec
     assert sources.parse_source("embedded") == S("embedded", "")
@@ -46,18 +36,6 @@ def test_parse_source(tmp_path):
                                                                   "test")
     with pytest.raises(data.DataError, match="tfds:NAME"):
         sources.parse_source("tfds:")
-
-
-def test_jsonl_field_and_missing_field(tmp_path):
-    docs = _corpus(tmp_path / "c")
-    got = data.load_documents(tmp_path / "c", "all", field="body")
-    assert got == docs
-    with pytest.raises(data.DataError, match=r"b\.jsonl:1: expected a JSON object with a "
-                                             r"'text' field .*data\.field"):
-        data.load_documents(tmp_path / "c", "all")  # default field "text" is absent
-    (tmp_path / "d.jsonl").write_text('{"body": "ok"}\n\n{"body": 3}\n')
-    with pytest.raises(data.DataError, match=r"d\.jsonl:3: 'body' must be a string"):
-        data.load_documents(tmp_path / "d.jsonl", "all", field="body")
 
 
 # --- TFDS -----------------------------------------------------------------------------------------
@@ -214,22 +192,8 @@ def test_check_source_accepts_and_reads_only_the_head(tmp_path):
     sources.check_source("synthetic:copy,reverse", fmt="chat")
     # A binary tail beyond the head passes the check; the reader names its byte offset.
     big = tmp_path / "big.txt"
-    big.write_bytes(b"word " * (sources.HEAD_BYTES // 5 + 10) + b"\xff")
+    big.write_bytes(b"word " * (textio.HEAD_BYTES // 5 + 10) + b"\xff")
     sources.check_source(str(big))
     with pytest.raises(sources.DataError, match=rf"big\.txt: byte {big.stat().st_size - 1} is "
                                                 "not valid UTF-8"):
         sources.load_documents(big, "all")
-
-
-def test_readers_refuse_binary_and_name_the_place(tmp_path):
-    """Issue 21 item 9: no more errors='replace': the byte offset and the fix, one line."""
-    j = tmp_path / "x.jsonl"
-    j.write_bytes(b'{"text": "a"}\n{"text": "b"}\n{"text": "\xe9t\xe9"}\n')
-    with pytest.raises(sources.DataError, match=r"x\.jsonl:3: byte 38 is not valid UTF-8.*"
-                                                r"convert it to UTF-8"):
-        sources.load_documents(j, "all")
-    (tmp_path / "bom.jsonl").write_bytes(codecs.BOM_UTF8 + b'{"text": "bom ok"}\n')
-    assert sources.load_documents(tmp_path / "bom.jsonl", "all") == ["bom ok"]
-    with pytest.raises(sources.DataError, match=r"tfds:d:train\[7\] feature 'text': byte 1 is "
-                                                "not valid UTF-8"):
-        sources._tfds_text({"text": b"a\xff"}, "text", "tfds:d:train[7]")

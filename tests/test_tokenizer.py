@@ -1,4 +1,4 @@
-"""Tokenizers: the default sentencepiece model, HF tokenizer.json, dispatch, chat template."""
+"""Tokenizers: sentencepiece decoding, HF tokenizer.json, dispatch, chat template, bad paths."""
 
 from __future__ import annotations
 
@@ -7,49 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from lladax import chat, data
+from lladax import chat
 from lladax import tokenizer as T
-
-TEXTS = [
-    "Hello, world!",
-    "héllo  wörld\n\t日本語テキスト 🎉🦀 naïve café",
-    "  leading and trailing spaces  \n\n\n",
-    "control \x00\x01\x7f and zero-width \u200b and RTL \u05e9\u05dc\u05d5\u05dd",
-    "literal specials: <s></s><unk><|eot_id|><|mdm_mask|><|endoftext|>",
-    "def f(x):\n    return x ** 2  # 1234567890\r\n",
-    "",
-]
+from lladax.tokenizer_train import default_tokenizer
 
 
-@pytest.fixture(scope="session")
-def tokenizers(cache_dir) -> dict[int, T.SentencePieceTokenizer]:
-    return {v: T.default_tokenizer(v, cache_dir=cache_dir) for v in (512, 2048)}
+@pytest.fixture(scope="module")
+def tok(cache_dir) -> T.SentencePieceTokenizer:
+    return default_tokenizer(512, cache_dir=cache_dir)
 
 
-@pytest.mark.parametrize("vocab", [512, 2048])
-def test_default_special_ids(tokenizers, vocab):
-    tok = tokenizers[vocab]
-    assert tok.vocab_size == vocab
-    assert (tok.unk_id, tok.bos_id, tok.eos_id, tok.pad_id, tok.eot_id, tok.mask_id) == (
-        0, 1, 2, 2, 3, 4)
-
-
-@pytest.mark.parametrize("vocab", [512, 2048])
-def test_round_trip_and_no_special_ids(tokenizers, vocab):
-    tok = tokenizers[vocab]
-    for text in TEXTS:
-        ids = tok.encode(text)
-        assert all(5 <= i < vocab for i in ids), (text, ids)
-        assert tok.decode(ids) == text
-    sample = data.load_documents("embedded", "eval")[:20]
-    for ids, text in zip(tok.encode_batch(sample), sample, strict=True):
-        assert min(ids) >= 5 and max(ids) < vocab
-        assert tok.decode(ids) == text
-    assert tok.encode("abc", add_bos=True)[0] == tok.bos_id
-
-
-def test_decode_specials_and_out_of_range(tokenizers):
-    tok = tokenizers[512]
+def test_decode_specials_and_out_of_range(tok):
     body = tok.encode("ab")
     ids = [tok.bos_id, *body, tok.eot_id, tok.mask_id, tok.eos_id, 10_000, -3]
     assert tok.decode(ids, skip_special=True) == "ab"
@@ -58,35 +26,9 @@ def test_decode_specials_and_out_of_range(tokenizers):
     assert tok.decode([]) == ""
 
 
-def test_cache_hit_does_not_retrain(tokenizers, cache_dir, monkeypatch):
-    def boom(*args, **kwargs):
-        raise AssertionError("retrained although the model is cached")
-
-    monkeypatch.setattr(T, "_train_sentencepiece", boom)
-    again = T.default_tokenizer(512, cache_dir=cache_dir)
-    assert again.fingerprint == tokenizers[512].fingerprint
-
-
-def test_training_is_deterministic_and_uses_env_cache(tokenizers, tmp_path, monkeypatch):
-    calls = []
-    real = T._train_sentencepiece
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(T, "_train_sentencepiece", counting)
-    monkeypatch.setenv("LLADAX_CACHE", str(tmp_path))
-    fresh = T.default_tokenizer(512)
-    assert calls == [1]
-    assert Path(fresh.name).parent == tmp_path / "tokenizers"
-    assert fresh.fingerprint == tokenizers[512].fingerprint  # same bytes on a fresh train
-    assert not [p for p in (tmp_path / "tokenizers").iterdir() if p.suffix == ".tmp"]
-
-
-def test_load_tokenizer_dispatch(tokenizers, tmp_path, cache_dir, monkeypatch):
-    model = Path(tokenizers[512].name)
-    assert T.load_tokenizer(model).fingerprint == tokenizers[512].fingerprint
+def test_load_tokenizer_dispatch(tok, tmp_path, cache_dir, monkeypatch):
+    model = Path(tok.name)
+    assert T.load_tokenizer(model).fingerprint == tok.fingerprint
     (tmp_path / "tokenizer.model").write_bytes(model.read_bytes())
     assert isinstance(T.load_tokenizer(tmp_path), T.SentencePieceTokenizer)
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -94,7 +36,7 @@ def test_load_tokenizer_dispatch(tokenizers, tmp_path, cache_dir, monkeypatch):
     with pytest.raises(ValueError, match="vocab_size"):
         T.load_tokenizer("embedded")
     monkeypatch.setenv("LLADAX_CACHE", str(cache_dir))
-    assert T.load_tokenizer("embedded", vocab_size=512).fingerprint == tokenizers[512].fingerprint
+    assert T.load_tokenizer("embedded", vocab_size=512).fingerprint == tok.fingerprint
 
 
 # --- Hugging Face tokenizer.json ------------------------------------------------------------------
@@ -197,30 +139,3 @@ def test_load_tokenizer_one_line_errors(tmp_path, name, payload, words):
     with pytest.raises((ValueError, FileNotFoundError)) as e:
         T.load_tokenizer(path)
     assert words in str(e.value) and "\n" not in str(e.value)
-
-
-def test_default_tokenizer_refuses_before_reading_the_corpus(monkeypatch):
-    def boom(*args, **kwargs):
-        raise AssertionError("read the embedded corpus before checking vocab_size")
-
-    monkeypatch.setattr(data, "load_documents", boom)
-    with pytest.raises(ValueError, match="vocab_size=100 is too small"):
-        T.load_tokenizer("embedded", vocab_size=100)
-
-
-def test_damaged_cached_tokenizer_is_rebuilt(tokenizers, tmp_path, monkeypatch):
-    good = tokenizers[512]
-    key_path = Path(good.name)
-    damaged = tmp_path / "tokenizers" / key_path.name
-    damaged.parent.mkdir()
-    damaged.write_bytes(b"half a model")  # e.g. a full disk under an older, non-atomic writer
-
-    def train(documents, vocab_size, path):  # the real trainer, minus the seconds it takes
-        return data.atomic_write_bytes(Path(path), key_path.read_bytes())
-
-    monkeypatch.setattr(T, "train_sentencepiece", train)
-    monkeypatch.setattr(data, "load_documents", lambda *a, **k: [])
-    assert T.default_tokenizer(512, cache_dir=tmp_path).fingerprint == good.fingerprint
-    (tmp_path / "blocker").write_text("a file where the cache directory should be")
-    with pytest.raises(data.DataError, match="set LLADAX_CACHE to a writable directory"):
-        T.default_tokenizer(512, cache_dir=tmp_path / "blocker")

@@ -43,8 +43,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     # Everything that can be refused is refused here, in milliseconds, before the tokenizer
     # loads (the embedded one trains on first use) or the corpus is read; nothing is written.
-    from lladax import prepared
-    from lladax.tokenizer import check_vocab_size, load_tokenizer, tokenizer_file
+    from lladax import prepared_writer
+    from lladax.tokenizer import load_tokenizer, tokenizer_file
+    from lladax.tokenizer_train import check_vocab_size
 
     vocab = DEFAULT_VOCAB if args.vocab_size is None else args.vocab_size
     tok_file = tokenizer_file(args.tokenizer)
@@ -53,13 +54,15 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     elif args.vocab_size is not None:
         raise ValueError(f"--vocab-size only sizes the 'embedded' tokenizer, but --tokenizer is "
                          f"{args.tokenizer} (vocab fixed by the file): drop --vocab-size")
-    prepared.check_prepare(args.source, args.out, field=args.field, seq_len=args.seq_len,
-                           shards=args.shards, overwrite=args.overwrite, tokenizer_path=tok_file)
+    prepared_writer.check_prepare(args.source, args.out, field=args.field, seq_len=args.seq_len,
+                                  shards=args.shards, overwrite=args.overwrite,
+                                  tokenizer_path=tok_file)
     tok = load_tokenizer(args.tokenizer, vocab_size=vocab)
     with _sigterm_as_exit():
-        manifest = prepared.prepare(args.source, args.out, tok, field=args.field,
-                                    seq_len=args.seq_len, shards=args.shards,
-                                    overwrite=args.overwrite, progress=not args.no_progress)
+        manifest = prepared_writer.prepare(args.source, args.out, tok, field=args.field,
+                                           seq_len=args.seq_len, shards=args.shards,
+                                           overwrite=args.overwrite,
+                                           progress=not args.no_progress)
     summary = {s: {k: v for k, v in st.items() if k != "files"} | {"files": len(st["files"])}
                for s, st in manifest["splits"].items()}
     print(json.dumps(summary))
