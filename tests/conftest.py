@@ -61,6 +61,36 @@ def cache_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tok(cache_dir):
+    """The default sentencepiece tokenizer at 512 ids (trained once per run, cached)."""
+    from lladax.tokenizer_train import default_tokenizer
+
+    return default_tokenizer(512, cache_dir=cache_dir)
+
+
+# --- small corpora written by the data tests (import: `from conftest import write_txt`) ----------
+def write_txt(path: Path, n: int = 60) -> list[str]:
+    """A .txt file of `n` two-line documents separated by blank lines; returns the documents."""
+    docs = [f"Document number {i}.\nIt has two lines about topic {i % 7}." for i in range(n)]
+    path.write_text("\n\n".join(docs) + "\n\n\n")
+    return docs
+
+
+def text_corpus(directory: Path, n: int = 150) -> list[str]:
+    """A directory with a .txt and a .jsonl file (text field "body"); returns its documents in
+    reading order."""
+    import json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    txt = [f"Plain doc {i}: " + " ".join(f"w{j}" for j in range(i % 23)) for i in range(n)]
+    (directory / "a.txt").write_text("\n\n".join(txt))
+    body = [f"json doc {i} " + "x" * (i % 50) for i in range(n // 2)]
+    (directory / "b.jsonl").write_text("\n".join(json.dumps({"body": b, "id": i})
+                                                 for i, b in enumerate(body)))
+    return txt + body
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(cache_dir):
     """Tests never read or write the user's ~/.cache/lladax."""

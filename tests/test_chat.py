@@ -12,11 +12,6 @@ from lladax import tokenizer as T
 from lladax.tokenizer_train import default_tokenizer
 
 
-@pytest.fixture(scope="module")
-def tok(cache_dir) -> T.SentencePieceTokenizer:
-    return default_tokenizer(512, cache_dir=cache_dir)
-
-
 def _msg(role: str, content: str) -> dict[str, str]:
     return {"role": role, "content": content}
 

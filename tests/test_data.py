@@ -5,25 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_txt
 
 from lladax import data
-from lladax import tokenizer as T
-from lladax.tokenizer_train import default_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok(cache_dir) -> T.SentencePieceTokenizer:
-    return default_tokenizer(512, cache_dir=cache_dir)
-
-
-def _write_txt(path: Path, n: int = 60) -> list[str]:
-    docs = [f"Document number {i}.\nIt has two lines about topic {i % 7}." for i in range(n)]
-    path.write_text("\n\n".join(docs) + "\n\n\n")
-    return docs
 
 
 # --- embedded corpus and sources ------------------------------------------------------------------
@@ -49,7 +36,7 @@ def test_splits_disjoint_and_complete():
 
 
 def test_txt_jsonl_and_directory_sources(tmp_path):
-    docs = _write_txt(tmp_path / "a.txt")
+    docs = write_txt(tmp_path / "a.txt")
     assert data.load_documents(tmp_path / "a.txt", "all") == docs
     lines = [json.dumps({"text": f"json doc {i}\n\nwith a blank line", "id": i}) for i in range(5)]
     (tmp_path / "b.jsonl").write_text("\n".join(lines) + "\n\n")
@@ -128,7 +115,7 @@ def test_iterator_state_resumes_exactly(tok, cache_dir):
 
 
 def test_epochs_reshuffle_and_finite(tok, tmp_path, cache_dir):
-    _write_txt(tmp_path / "a.txt", n=40)
+    write_txt(tmp_path / "a.txt", n=40)
     kwargs = dict(source=tmp_path / "a.txt", split="all", seq_len=16, cache_dir=cache_dir)
     rows = data.pack_rows(data.token_stream(tok, source=tmp_path / "a.txt", split="all",
                                             cache_dir=cache_dir), 16)
@@ -195,7 +182,7 @@ def _segments(batch: dict[str, np.ndarray], pad_id: int) -> list[bytes]:
 
 
 def test_packed_epoch_holds_every_document_once(tok, tmp_path, cache_dir, caplog):
-    docs = _write_txt(tmp_path / "a.txt", n=30)
+    docs = write_txt(tmp_path / "a.txt", n=30)
     long_doc = " ".join(f"word{i}" for i in range(120))  # far longer than seq_len tokens
     (tmp_path / "b.txt").write_text(long_doc)
     docs.append(long_doc)
@@ -218,7 +205,7 @@ def test_packed_epoch_holds_every_document_once(tok, tmp_path, cache_dir, caplog
 
 
 def test_packed_batches_shuffle_and_shard(tok, tmp_path, cache_dir):
-    _write_txt(tmp_path / "a.txt", n=50)
+    write_txt(tmp_path / "a.txt", n=50)
     kwargs = dict(source=tmp_path / "a.txt", split="all", seq_len=32, batch_size=1,
                   num_epochs=1, pack=True, cache_dir=cache_dir)
 

@@ -4,30 +4,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_txt
 
 from lladax import data, prepared, prepared_writer, sources
-from lladax import tokenizer as T
 from lladax.tokenizer_train import default_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok(cache_dir) -> T.SentencePieceTokenizer:
-    return default_tokenizer(512, cache_dir=cache_dir)
-
-
-def _write_txt(path: Path, n: int = 60) -> list[str]:
-    docs = [f"Document number {i}.\nIt has two lines about topic {i % 7}." for i in range(n)]
-    path.write_text("\n\n".join(docs) + "\n\n\n")
-    return docs
 
 
 # --- token cache ----------------------------------------------------------------------------------
 def test_token_stream_eos_and_cache(tok, tmp_path, cache_dir, monkeypatch):
-    docs = _write_txt(tmp_path / "a.txt", n=10)
+    docs = write_txt(tmp_path / "a.txt", n=10)
     src = tmp_path / "a.txt"
     stream = prepared.token_stream(tok, source=src, split="all", cache_dir=cache_dir)
     assert stream.dtype == np.int32 and (stream == tok.eos_id).sum() == len(docs)
@@ -48,7 +36,7 @@ def test_token_stream_eos_and_cache(tok, tmp_path, cache_dir, monkeypatch):
 
 # --- prepared shards ------------------------------------------------------------------------------
 def test_prepared_state_resumes(tok, tmp_path):
-    _write_txt(tmp_path / "a.txt")
+    write_txt(tmp_path / "a.txt")
     prepared_writer.prepare(tmp_path / "a.txt", tmp_path / "p", tok, shards=2, progress=False)
     for pack in (False, True):
         kwargs = dict(source=tmp_path / "p", seq_len=16, batch_size=2, seed=4, pack=pack)
@@ -64,7 +52,7 @@ def test_prepared_state_resumes(tok, tmp_path):
 
 
 def test_prepared_bad_input(tok, tmp_path, cache_dir):
-    _write_txt(tmp_path / "a.txt")
+    write_txt(tmp_path / "a.txt")
     out = tmp_path / "p"
     prepared_writer.prepare(tmp_path / "a.txt", out, tok, progress=False)
     other = default_tokenizer(600, cache_dir=cache_dir)

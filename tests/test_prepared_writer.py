@@ -10,33 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import text_corpus, write_txt
 
 from lladax import data, prepared, prepared_writer, sources
-from lladax import tokenizer as T
 from lladax.cli import main as cli_main
-from lladax.tokenizer_train import default_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok(cache_dir) -> T.SentencePieceTokenizer:
-    return default_tokenizer(512, cache_dir=cache_dir)
-
-
-def _write_txt(path: Path, n: int = 60) -> list[str]:
-    docs = [f"Document number {i}.\nIt has two lines about topic {i % 7}." for i in range(n)]
-    path.write_text("\n\n".join(docs) + "\n\n\n")
-    return docs
-
-
-def _corpus(directory: Path, n: int = 150) -> list[str]:
-    """A directory with a .txt and a .jsonl file; returns its documents in reading order."""
-    directory.mkdir(parents=True, exist_ok=True)
-    txt = [f"Plain doc {i}: " + " ".join(f"w{j}" for j in range(i % 23)) for i in range(n)]
-    (directory / "a.txt").write_text("\n\n".join(txt))
-    body = [f"json doc {i} " + "x" * (i % 50) for i in range(n // 2)]
-    (directory / "b.jsonl").write_text("\n".join(json.dumps({"body": b, "id": i})
-                                                 for i, b in enumerate(body)))
-    return txt + body
 
 
 def _pieces(tok, docs: list[str], seq_len: int | None) -> list[bytes]:
@@ -50,7 +27,7 @@ def _pieces(tok, docs: list[str], seq_len: int | None) -> list[bytes]:
 
 # --- prepare --------------------------------------------------------------------------------------
 def test_prepare_round_trip(tok, tmp_path, cache_dir):
-    docs = _corpus(tmp_path / "c")
+    docs = text_corpus(tmp_path / "c")
     out = tmp_path / "prep"
     manifest = prepared_writer.prepare(tmp_path / "c", out, tok, field="body", seq_len=12,
                                        shards=3, progress=False)
@@ -93,7 +70,7 @@ def test_prepare_round_trip(tok, tmp_path, cache_dir):
 
 
 def test_prepare_refuses_and_keeps_the_old_output(tok, tmp_path):
-    _corpus(tmp_path / "c")
+    text_corpus(tmp_path / "c")
     out = tmp_path / "p"
     prepared_writer.prepare(tmp_path / "c", out, tok, field="body", progress=False)
     with pytest.raises(ValueError, match="already holds prepared data: pass a new directory, "
@@ -118,7 +95,7 @@ def test_prepare_refuses_and_keeps_the_old_output(tok, tmp_path):
 
 def test_cli_prepare(tok, tmp_path, capsys, cache_dir, monkeypatch):
     monkeypatch.setenv("LLADAX_CACHE", str(cache_dir))
-    _corpus(tmp_path / "c")
+    text_corpus(tmp_path / "c")
     out = tmp_path / "p"
     rc = cli_main(["data", "prepare", "--source", str(tmp_path / "c"), "--out", str(out),
                    "--vocab-size", "512", "--field", "body", "--shards", "2", "--no-progress"])
@@ -144,7 +121,7 @@ def scene(tmp_path, tok, cache_dir, monkeypatch) -> Path:
     """tmp_path holding: src/ (a small corpus), home/ (a user's files), own/ (prepared data)."""
     monkeypatch.setenv("LLADAX_CACHE", str(cache_dir))
     (tmp_path / "src").mkdir()
-    _write_txt(tmp_path / "src" / "a.txt", n=20)
+    write_txt(tmp_path / "src" / "a.txt", n=20)
     (tmp_path / "body.jsonl").write_text('{"body": "x"}\n')
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "thesis.tex").write_text("years of work")

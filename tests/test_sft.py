@@ -13,12 +13,6 @@ import pytest
 
 from lladax import chat, data, diffusion, instructions, sft
 from lladax import tokenizer as T
-from lladax.tokenizer_train import default_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok(cache_dir) -> T.SentencePieceTokenizer:
-    return default_tokenizer(512, cache_dir=cache_dir)
 
 
 def _write_jsonl(path: Path, dialogues: list[list[dict]]) -> Path:

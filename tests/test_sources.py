@@ -11,13 +11,6 @@ import numpy as np
 import pytest
 
 from lladax import data, sources, textio
-from lladax import tokenizer as T
-from lladax.tokenizer_train import default_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok(cache_dir) -> T.SentencePieceTokenizer:
-    return default_tokenizer(512, cache_dir=cache_dir)
 
 
 # --- specs ----------------------------------------------------------------------------------------

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import codecs
-import json
-from pathlib import Path
 
 import pytest
+from conftest import text_corpus
 
 from lladax import data, sources
 
 
-def _corpus(directory: Path, n: int = 150) -> list[str]:
-    """A directory with a .txt and a .jsonl file; returns its documents in reading order."""
-    directory.mkdir(parents=True, exist_ok=True)
-    txt = [f"Plain doc {i}: " + " ".join(f"w{j}" for j in range(i % 23)) for i in range(n)]
-    (directory / "a.txt").write_text("\n\n".join(txt))
-    body = [f"json doc {i} " + "x" * (i % 50) for i in range(n // 2)]
-    (directory / "b.jsonl").write_text("\n".join(json.dumps({"body": b, "id": i})
-                                                 for i, b in enumerate(body)))
-    return txt + body
-
-
 def test_jsonl_field_and_missing_field(tmp_path):
-    docs = _corpus(tmp_path / "c")
+    docs = text_corpus(tmp_path / "c")
     got = data.load_documents(tmp_path / "c", "all", field="body")
     assert got == docs
     with pytest.raises(data.DataError, match=r"b\.jsonl:1: expected a JSON object with a "

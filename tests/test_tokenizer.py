@@ -9,12 +9,6 @@ import pytest
 
 from lladax import chat
 from lladax import tokenizer as T
-from lladax.tokenizer_train import default_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok(cache_dir) -> T.SentencePieceTokenizer:
-    return default_tokenizer(512, cache_dir=cache_dir)
 
 
 def test_decode_specials_and_out_of_range(tok):
