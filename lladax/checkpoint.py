@@ -21,6 +21,7 @@ before it is used (keep >= 2).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import warnings
 from typing import Any
@@ -39,12 +40,27 @@ from lladax.ckpt_format import (
     DataStateRestore,
     DataStateSave,
     as_path,
+    check_model_fields,
     checksums,
     compare_structure,
+    describe_error,
 )
 from lladax.config import ModelConfig
 
 ITEMS = ("params", "train", "ema", "data", "meta")
+
+
+class _DropReadOnlyNotice(logging.Filter):
+    """Orbax warns `Given directory is read only=...` whenever a read-only manager opens, i.e. on
+    every `lladax sample` / eval: reading a run is not worth a warning. Only that one message
+    is dropped; every other absl warning still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+if not any(isinstance(f, _DropReadOnlyNotice) for f in logging.getLogger("absl").filters):
+    logging.getLogger("absl").addFilter(_DropReadOnlyNotice())
 
 
 def check_writable(run_dir: str | os.PathLike) -> epath.Path:
@@ -169,6 +185,8 @@ def _restore_step(mgr: ocp.CheckpointManager, like_state: Any, step: int,
     for name, like in items_like.items():
         if name in present:
             recast[name] = compare_structure(name, saved_md[name], like, where, meta, model_cfg)
+    if model_cfg is not None:  # same shapes, but other numerics (rope_theta, token ids, ...)
+        check_model_fields(meta, model_cfg, where)
     names = [n for n in items_like if n in present]
     args: dict[str, Any] = {n: ocp.args.StandardRestore(_abstract(items_like[n])) for n in names}
     if "data" in present:
@@ -237,7 +255,7 @@ def restore(mgr: ocp.CheckpointManager, like_state: Any, step: int | None = None
         except CheckpointError as e:
             result, error = None, str(e)
         except Exception as e:  # orbax/tensorstore raise many types for damaged files
-            result, error = None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            result, error = None, describe_error(e)
         if not _all_processes_ok(error is None):
             error = error or "damaged on another process"
         if error is None:
@@ -278,8 +296,7 @@ def _first_good(mgr: ocp.CheckpointManager, step: int | None, read: Any) -> tupl
         try:
             return s, read(s)
         except Exception as e:
-            reason = e if isinstance(e, CheckpointError) else \
-                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            reason = e if isinstance(e, CheckpointError) else describe_error(e)
             errors.append(f"step {s} ({reason})")
             if s != steps[-1]:
                 _warn(f"checkpoint {_step_dir(mgr, s)} is damaged ({reason}); using the "

@@ -2,6 +2,8 @@
 and foreign checkpoints, unwritable directories, and a SIGKILL during an async save."""
 
 import dataclasses
+import json
+import logging
 import os
 import re
 import signal
@@ -14,8 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from etils import epath
 
 from lladax import checkpoint, sharding, train
+from lladax.ckpt_format import MetricsFile
 from lladax.config import preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,13 +147,61 @@ def _damage(step_dir: Path, how: str) -> None:
 def test_damaged_latest_falls_back_with_warning(saved, how):
     run_dir, (one, _) = saved
     _damage(run_dir / "checkpoints" / "2", how)
-    with pytest.warns(checkpoint.CheckpointWarning, match="checkpoints/2 is damaged"):
+    with pytest.warns(checkpoint.CheckpointWarning, match="checkpoints/2 is damaged") as got:
         restored = checkpoint.restore(checkpoint.manager(run_dir), _target())
+    message = str(got[0].message)  # one readable line: no TensorStore spec dump / bound method
+    assert "\n" not in message and "TensorStore details" not in message, message
+    assert "tensorstore_spec" not in message and "<bound method" not in message, message
     assert restored.step == 1 and restored.data_state == {"pos": "one"}
     _equal(restored.state, one)
     # The damaged step is moved aside (so it is neither reused nor overwritten by the resume).
     assert (run_dir / "corrupt_checkpoints" / "2").is_dir()
     assert checkpoint.manager(run_dir).all_steps() == [1]
+
+
+def test_reading_a_run_logs_no_read_only_notice(saved, caplog):
+    """Orbax's `Given directory is read only` (on every sample/eval) is dropped; other absl
+    warnings still pass."""
+    run_dir, _ = saved
+    with caplog.at_level(logging.INFO):
+        checkpoint.read_meta(run_dir)
+        logging.getLogger("absl").warning("another absl warning")
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("read only" in m for m in messages) and "another absl warning" in messages
+
+
+def test_tensorstore_errors_are_one_short_line():
+    spec = ' [tensorstore_spec=\'{"driver":"zarr"}\']'
+    inner = ValueError('DATA_LOSS: Error opening "zarr" driver: Error reading "wte/.zarray" in '
+                       'OCDBT database at local file "/r/params/": Error decoding b-tree node: '
+                       'Expected to start with 0cdb20de but received: 0x91; at byte 4' + spec)
+    assert checkpoint.describe_error(inner) == (
+        "ValueError: DATA_LOSS reading wte: Error decoding b-tree node: Expected to start with "
+        "0cdb20de but received: 0x91; at byte 4")
+    try:  # Orbax wraps it: the wrapper's spec suffix goes, its cause is kept
+        raise Exception("Encountered error while reading array index: (0,). See full "
+                        "TensorStore details: <bound method PyCapsule.spec of <Array>>.") from inner
+    except Exception as e:
+        text = checkpoint.describe_error(e)
+    assert text.startswith("Exception: Encountered error while reading array index: (0,) ("
+                           "ValueError: DATA_LOSS reading wte: Error decoding"), text
+    assert "bound method" not in text and "tensorstore_spec" not in text
+
+
+def test_metrics_file_on_resume_drops_redone_and_torn_records(tmp_path):
+    """A run killed after logging step 12 but checkpointed at 8 resumes at 8: the records of
+    steps 9..12 are redone, so they go (each step is logged once); a line torn by the kill
+    goes too (the next append would be glued to it)."""
+    path = tmp_path / "metrics.jsonl"
+    records = [{"step": 0, "eval_loss": 9.0}, {"step": 4, "loss": 5.0, "eval_loss": 4.0},
+               {"step": 8, "loss": 3.0}, {"step": 12, "loss": 2.0, "eval_loss": 1.0}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 16, "lo')
+    metrics = MetricsFile(epath.Path(path), True)
+    assert metrics.resume(8) == 4.0  # the last eval loss up to the resumed step
+    metrics.write({"step": 9, "loss": 2.5})
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 4, 8, 9]
+    before = path.read_bytes()
+    assert MetricsFile(epath.Path(path), True).resume(9) == 4.0 and path.read_bytes() == before
 
 
 def test_damaged_latest_params_only_load_falls_back(saved):

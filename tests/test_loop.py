@@ -164,3 +164,224 @@ def test_init_from_another_model_is_one_line_error(runs, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "different model" in err and "[2, " in err
     assert "n_layers 2 vs 3" in err
+
+
+# --- refused before JAX starts (issue 21) ------------------------------------------------------
+@pytest.fixture
+def no_jax_start(monkeypatch):
+    """Fail the test if `lladax train` gets as far as starting JAX (distributed.initialize is
+    the first device call): a preflight refusal must come before it."""
+    from lladax import distributed
+
+    def started(*args, **kwargs):
+        raise AssertionError("JAX was started before the refusal")
+
+    monkeypatch.setattr(distributed, "initialize", started)
+
+
+def _dirs(tmp_path):
+    """Directories a user might hand to --workdir / init_from by mistake."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    hf = tmp_path / "hf_model"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "manifest.json").write_text("{}")
+    (tmp_path / "a_file").write_text("x")
+    return home, hf, prepared
+
+
+PREFLIGHT = [  # (extra argv, words of the one-line error); every one is refused before JAX starts
+    (["--config.train.steps=-3"], "train.steps=-3 must be an int >= 0"),
+    (["--config.data.seq_len=256"], "data.seq_len=256 is longer than model.max_seq_len=128"),
+    (["--stop-after", "0"], "--stop-after 0 must be a step >= 1"),
+    (["--stop-after", "-2"], "--stop-after -2 must be a step >= 1"),
+    (["--config.train.lr=-0.1"], "train.lr=-0.1 must be a number >= 0"),
+    (["--config.train.warmup_steps=-1"], "train.warmup_steps=-1 must be an int >= 0"),
+    (["--config.train.decay_fraction=1.5"], "train.decay_fraction=1.5 must be a number in [0, 1]"),
+    (["--config.train.grad_accum=0"], "train.grad_accum=0 must be an int >= 1"),
+    (["--config.train.batch_size=0"], "train.batch_size=0 must be an int >= 1"),
+    (["--config.train.b2=1.0"], "train.b2=1.0 must be a number in [0, 1)"),
+    (["--config.train.mask_eps=0.0"], "train.mask_eps=0.0 must be a number in (0, 1)"),
+    (["--config.data.format=xml"], "data.format='xml' must be one of ('text', 'chat')"),
+    (["--config.data.seq_len=1"], "data.seq_len=1 must be an int >= 2"),
+    (["--config.data.workers=-1"], "data.workers=-1 must be an int >= 0"),
+    (["--config.data.min_answer_len=32"], "data.min_answer_len=32 leaves no room"),
+    (["--config.data.field="], "data.field='' must be a non-empty string"),
+    (["--config.eval.batch_size=0"], "eval.batch_size=0 must be an int >= 1"),
+    (["--config.eval.every=-1"], "eval.every=-1 must be an int >= 0"),
+    (["--config.log.every=0"], "log.every=0 must be an int >= 1"),
+    (["--config.checkpoint.keep=0"], "checkpoint.keep=0 must be an int >= 1"),
+    (["--config.checkpoint.every=-5"], "checkpoint.every=-5 must be an int >= 0"),
+    (["--config.mesh.data=0"], "mesh.data=0 must be -1 (fill) or an int >= 1"),
+    (["--config.mesh.fsdp=-1"], "at most one of them may be -1"),
+    (["--config.mesh.dcn_data=0"], "mesh.dcn_data=0 must be an int >= 1"),
+    (["--config.model.rope_theta=0.0"], "rope_theta=0.0 must be a number > 0"),
+    (["--config.data.source={tmp}/no_such.txt"], "no_such.txt does not exist"),
+    (["--config.data.tokenizer={tmp}/no.model"], "data.tokenizer='{tmp}/no.model' does not exist"),
+    (["--config.checkpoint.init_from={tmp}/nowhere"], "init_from='{tmp}/nowhere' does not exist"),
+    (["--config.checkpoint.init_from={tmp}/home"], "holds neither checkpoints/ nor config.json"),
+    (["--workdir", "{tmp}/home"], "--workdir {tmp}/home is not empty and is not a training run"),
+    (["--workdir", "{tmp}/hf_model"], "is not empty and is not a training run"),
+    (["--workdir", "{tmp}/prepared"], "is not empty and is not a training run"),
+    (["--workdir", "{tmp}/a_file"], "--workdir {tmp}/a_file is a file"),
+    (["--workdir", "{tmp}/a_file/run"], "is not writable ({tmp}/a_file is not a directory)"),
+    (["--workdir", ""], "--workdir is empty"),
+]
+
+
+@pytest.mark.parametrize("extra, words", PREFLIGHT, ids=[" ".join(e) for e, _ in PREFLIGHT])
+def test_bad_run_is_refused_before_jax_starts(tmp_path, cli_error, no_jax_start, extra, words):
+    _dirs(tmp_path)
+    argv = ["train", "--config", ROOT / "configs" / "tiny.py", "--workdir", tmp_path / "run",
+            "--config.data.seq_len=32", *[a.replace("{tmp}", str(tmp_path)) for a in extra]]
+    line = cli_error(argv, untouched=[tmp_path])
+    assert words.replace("{tmp}", str(tmp_path)) in line, line
+    assert not (tmp_path / "run").exists()  # nothing written, not even the workdir
+
+
+def _copy_run(run_dir, dest):
+    import shutil
+
+    shutil.copytree(run_dir, dest)
+    return dest
+
+
+RESUME_REFUSED = [  # (extra argv, words): a resume of the straight run that cannot go on as asked
+    (["--config.model.rope_theta=10000.0"],
+     "model.rope_theta=500000.0 there, 10000.0 now): resuming would change what its weights "
+     "compute; set them back (--config.model.rope_theta=500000.0)"),
+    (["--config.model.rms_norm_eps=1e-06"], "model.rms_norm_eps=1e-05 there, 1e-06 now"),
+    (["--config.model.bos_token_id=5", "--config.model.eot_token_id=7"],
+     "model.bos_token_id=1 there, 5 now, model.eot_token_id=3 there, 7 now"),
+    ([f"--config.train.steps={STEPS - 2}"],
+     f"holds a checkpoint at step {STEPS}, past train.steps={STEPS - 2}: pass "
+     f"--config.train.steps above {STEPS}"),
+    (["--stop-after", "3"], f"--stop-after 3 is before the checkpoint at step {STEPS}"),
+]
+
+
+@pytest.mark.parametrize("extra, words", RESUME_REFUSED, ids=[e[0] for e, _ in RESUME_REFUSED])
+def test_resume_that_cannot_go_on_is_refused(runs, cli_error, extra, words):
+    straight, *_ = runs
+    line = cli_error(_args(straight, *extra), untouched=[straight])
+    assert words in line, line
+
+
+def test_resume_with_another_tokenizer_is_refused(runs, tmp_path, cli_error):
+    run_dir = _copy_run(runs[0], tmp_path / "run")
+    (run_dir / "tokenizer.model").write_bytes(b"another tokenizer")
+    line = cli_error(_args(run_dir), untouched=[run_dir])
+    assert "was trained with another tokenizer than data.tokenizer='embedded'" in line, line
+
+
+def test_resume_names_what_it_changes(runs, capsys):
+    """Settings that keep the function (remat, lr, ...) may change on resume: one warning names
+    each; nothing is left to train at the last step, and the workdir stays as it was."""
+    from conftest import tree_snapshot
+
+    straight, *_ = runs
+    before = tree_snapshot(straight)
+    capsys.readouterr()
+    assert main(_args(straight, "--config.model.remat_policy=full", "--config.train.lr=0.001",
+                      "--config.checkpoint.init_from=" + str(straight))) == 0
+    err = capsys.readouterr().err
+    assert ("with changed settings (model.remat_policy 'none' -> 'full', train.lr 0.003 -> "
+            "0.001): the run continues with the new values") in err, err
+    assert "checkpoint.init_from is not used" in err and f"already at step {STEPS}" in err
+    assert tree_snapshot(straight) == before
+
+
+def test_sigterm_during_restore_stops_before_the_first_step(runs, tmp_path, monkeypatch,
+                                                           capsys):
+    """The handlers are installed before the restore: a SIGTERM there stops the run before it
+    takes a step (exit 75), with nothing new to save and the workdir as it was."""
+    from conftest import tree_snapshot
+
+    run_dir = _copy_run(runs[0], tmp_path / "run")
+    before = tree_snapshot(run_dir)
+    restore = checkpoint.restore
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return restore(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "restore", interrupted)
+    assert main(_args(run_dir, f"--config.train.steps={STEPS + 2}")) == loop.EXIT_PREEMPTED
+    err = capsys.readouterr().err
+    assert f"stopped by SIGTERM at step {STEPS}; the newest checkpoint in {run_dir} is step " \
+           f"{STEPS}: rerun the same command to resume" in err, err
+    assert tree_snapshot(run_dir) == before and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_zero_steps_saves_the_initial_params_and_says_so(runs, tmp_path, capsys):
+    # (after `runs`: its compiled init and checksum programs are reused)
+    run_dir = tmp_path / "init"
+    assert main(_args(run_dir, "--config.train.steps=0")) == 0
+    captured = capsys.readouterr()
+    assert "train.steps=0: saving the initial params as step 0 without training" in captured.err
+    assert json.loads(captured.out.splitlines()[0]) == {"step": 0, "stopped": None}
+    assert checkpoint.read_meta(run_dir)[0] == 0 and checkpoint.load_params(run_dir)[0].n_layers
+
+
+def test_progress_bar_shows_dash_until_measured():
+    """After a resume the first log point has no timed step and no eval yet: '-', not 0."""
+    unmeasured = {"tokens_per_s": 0.0, "mfu": 0.0, "step_s": 0.0}
+    assert loop._postfix(2.5, None, unmeasured, {}) == {"loss": "2.500", "eval": "-",
+                                                         "tok_s": "-", "mfu": "-"}
+    measured = {"tokens_per_s": 1234.0, "mfu": 0.25, "step_s": 0.1}
+    assert loop._postfix(2.5, 3.0, measured, {"hbm_peak_gib": 1.0}) == {
+        "loss": "2.500", "eval": "3.000", "tok_s": "1,234", "mfu": "25.0%", "hbm": "1.0G"}
+
+
+# --- signals around the final save (a real process) -------------------------------------------
+def _wait_for_line(stream, words: str, seen: list) -> None:
+    """Read `stream` line by line until one contains `words` (EOF: the child died)."""
+    for line in iter(stream.readline, ""):
+        seen.append(line)
+        if words in line:
+            return
+    raise AssertionError(f"no {words!r} on stderr; the child said:\n{''.join(seen)[-3000:]}")
+
+
+def test_sigterm_twice_during_final_save_keeps_the_run(runs, tmp_path):  # runs: see the end
+    """SIGTERM, then SIGTERM again, while the final checkpoint of a finished run is being
+    written (default checkpoint.every=0: the only save): both wait for the save, which commits;
+    the run is complete (exit 0) and resumes from it. The child holds its final save open
+    ($LLADAX_TEST_HOLD_FINAL_SAVE) until the test has seen both signals handled."""
+    import subprocess
+    import sys
+    import time
+
+    run_dir, hold = tmp_path / "run", tmp_path / "hold"
+    hold.mkdir()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="8",
+               LLADAX_TEST_HOLD_FINAL_SAVE=str(hold))
+    child = subprocess.Popen([sys.executable, "-m", "lladax.cli",
+                              *_args(run_dir, "--config.train.steps=2")], env=env, cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    try:
+        deadline = time.time() + 300
+        while not (hold / "held").exists() and child.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert (hold / "held").exists(), child.communicate()[1][-3000:]
+        child.send_signal(signal.SIGTERM)
+        _wait_for_line(child.stderr, "SIGTERM received while the final checkpoint is being "
+                       "written", seen)
+        child.send_signal(signal.SIGTERM)
+        _wait_for_line(child.stderr, "SIGTERM received again while a checkpoint is being "
+                       "written", seen)
+        (hold / "release").touch()
+        out, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 0, "".join(seen) + err
+    assert "SIGTERM arrived during the final checkpoint save; the save completed (step 2)" in err
+    assert json.loads(out.splitlines()[0])["stopped"] is None
+    assert checkpoint.read_meta(run_dir)[0] == 2 and checkpoint.load_params(run_dir)[0].n_layers
+    assert main(_args(run_dir)) == 0  # resumes from step 2 (with the program `runs` compiled)
+    assert checkpoint.manager(run_dir, read_only=True).latest_step() == STEPS

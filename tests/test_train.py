@@ -236,3 +236,26 @@ def test_ema_follows_params(tokens):
     for e, got in zip(jax.tree.leaves(expected), jax.tree.leaves(state.ema), strict=True):
         np.testing.assert_allclose(np.asarray(got), e, rtol=1e-6, atol=1e-7)
     assert not _leaves_equal(state.ema, state.params)
+
+
+# --- StopRequest: what a signal does at each moment of a run ------------------------------------
+def test_stop_request_waits_for_a_save_in_flight(monkeypatch):
+    """The handler itself, called as a signal would: the first signal asks for a stop; a second
+    one while a save is in flight never kills the process (it waits for the commit); a second
+    one otherwise restores the default handler and re-sends the signal (stop at once)."""
+    import os
+    import signal
+
+    sent = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append(sig))
+    with train.StopRequest() as stop:
+        assert signal.getsignal(signal.SIGTERM) == stop._handle and not stop(1)
+        stop._handle(signal.SIGTERM, None)
+        assert stop(2) and stop.reason == "SIGTERM" and not stop.hurry
+        stop.saving = True
+        stop._handle(signal.SIGTERM, None)
+        assert stop.hurry and sent == [] and signal.getsignal(signal.SIGTERM) == stop._handle
+        stop.saving = False
+        stop._handle(signal.SIGTERM, None)
+        assert sent == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -1,17 +1,29 @@
 """`lladax train`: train from a config file with `--config.x=y` overrides.
 
-Exit codes: 0 finished (or stopped by --stop-after), 2 bad input, 75 stopped by SIGTERM/SIGINT or
-a preemption notice after saving a checkpoint (rerun the same command to resume).
+Exit codes: 0 finished (or stopped by --stop-after; also when a signal arrives only during the
+final save, which completes), 2 bad input, 75 stopped by SIGTERM/SIGINT or a preemption notice
+after saving a checkpoint (rerun the same command to resume).
+
+Every check that needs no device runs first (`preflight`: the whole run config, the data source,
+the tokenizer and init_from paths, the workdir), so bad input is refused in milliseconds, before
+JAX starts, and nothing is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
 
 from lladax.cli.config_files import apply_overrides, load_config_file
 
 EXIT_PREEMPTED = 75  # = loop.EXIT_PREEMPTED (EX_TEMPFAIL), duplicated to keep imports light
+RUN_MARKERS = ("checkpoints", "metrics.jsonl")  # what every training workdir holds
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -38,11 +50,104 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.set_defaults(accepts_overrides=True)
 
 
+def _local(path: str) -> bool:
+    return "://" not in path
+
+
+def _check_workdir(workdir: str) -> None:
+    """A local workdir must be a training run, empty or new, in a writable place (object
+    stores are checked by the loop, which can reach them)."""
+    from lladax.destinations import check_destination
+
+    if not _local(workdir):
+        return
+    check_destination(workdir, markers=RUN_MARKERS, what="a training run",
+                      flag="--workdir", allow_own=True)
+    path = os.path.abspath(os.path.expanduser(workdir))
+    parent = path
+    while not os.path.exists(parent):  # the directory the run dir will be created in
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"output directory {path} is not writable ({parent} is "
+                         f"{'not a directory' if not os.path.isdir(parent) else 'read-only'}): "
+                         "pass a writable --workdir (or --config.log.workdir)")
+
+
+def preflight(config: Any, stop_after: int | None) -> None:
+    """Refuse bad input before JAX starts: the run config (`config.check_run_config`),
+    --stop-after, the data source (`sources.check_source`), the tokenizer and init_from paths
+    and the workdir. Raises a one-line ValueError / FileNotFoundError."""
+    from lladax import sources
+    from lladax.config import check_run_config
+
+    if stop_after is not None and stop_after <= 0:
+        raise ValueError(f"--stop-after {stop_after} must be a step >= 1: pass the step to "
+                         "checkpoint and stop at")
+    check_run_config(config)
+    d = config.data
+    tokenizer = d.tokenizer
+    if tokenizer not in ("", "embedded", "default") and _local(tokenizer) and \
+            not os.path.exists(os.path.expanduser(tokenizer)):
+        raise FileNotFoundError(f"data.tokenizer={tokenizer!r} does not exist: pass a "
+                                "sentencepiece .model, a tokenizer.json (or a directory holding "
+                                "one), or '' for the embedded tokenizer")
+    init_from = config.checkpoint.init_from
+    if init_from and _local(init_from):
+        src = os.path.expanduser(init_from)
+        if not os.path.isdir(src):
+            raise FileNotFoundError(
+                f"checkpoint.init_from={init_from!r} "
+                f"{'does not exist' if not os.path.exists(src) else 'is not a directory'}: pass "
+                "a `lladax train` workdir, an Orbax params export or a Hugging Face directory")
+        if not any(os.path.exists(os.path.join(src, m)) for m in ("checkpoints", "config.json")):
+            raise ValueError(f"checkpoint.init_from={init_from!r} holds neither checkpoints/ nor "
+                             "config.json: pass a `lladax train` workdir, an Orbax params "
+                             "export or a Hugging Face directory")
+    _check_workdir(config.log.workdir)
+    sources.check_source(d.source, field=d.get("field", "text"), fmt=d.get("format", "text"))
+
+
+class _StderrHandler(logging.Handler):
+    """The loop's INFO/WARNING lines on the current sys.stderr (looked up per record, so an
+    in-process caller that swaps stderr sees them), as `lladax train: [warning: ]message`."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        kind = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        try:
+            print(f"lladax train: {kind}{record.getMessage()}", file=sys.stderr, flush=True)
+        except Exception:  # never let a log line break a run
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _log_lines() -> Iterator[None]:
+    """During `lladax train` the loop's INFO lines show too (resumed from..., what a resume
+    changes, the final save), each once and in the CLI's format: not also through the root
+    handler Orbax installs (`WARNING:lladax.train:...`). Undone afterwards, so an in-process
+    caller's other commands print as before."""
+    logger, handler = logging.getLogger("lladax"), _StderrHandler()
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    if level == logging.NOTSET or level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     config = load_config_file(args.config)
     apply_overrides(config, overrides)
-    if args.workdir:
+    if args.workdir is not None:
+        if not args.workdir.strip():
+            raise ValueError("--workdir is empty: pass the run directory (or leave the flag out "
+                             f"to use log.workdir={config.log.workdir!r})")
         config.log.workdir = args.workdir
+    preflight(config, args.stop_after)
     from lladax import distributed
 
     # Before anything touches a JAX backend: the processes must form one job first.
@@ -50,7 +155,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
                                   mode=args.distributed)
     from lladax import train  # heavy imports only once the arguments are valid
 
-    final = train.run(config, stop_after=args.stop_after)
+    with _log_lines():
+        final = train.run(config, stop_after=args.stop_after)
     if info.process_index == 0:
         print(json.dumps({k: final[k] for k in ("step", "loss", "eval_loss", "tokens_per_s",
                                                 "mfu", "skipped", "stopped") if k in final}))
