@@ -25,7 +25,8 @@ import numpy as np
 
 from lladax import data, train
 from lladax.cli.config_files import load_config_file
-from lladax.config import TrainConfig, model_config_from
+from lladax.config import TrainConfig
+from lladax.run_config import model_config_from
 from lladax.tokenizer import load_tokenizer
 
 

@@ -5,7 +5,7 @@ The config argument names the hardware (`configs/llada_1b.py:1xh100`, default `8
 (`--config.data.tokenizer=/path/to/tokenizer.json`) and bf16 compute.
 """
 
-from lladax.config import run_config
+from lladax.run_config import run_config
 
 # hardware -> (mesh data/fsdp/tensor, grad_accum, remat policy)
 HARDWARE = {

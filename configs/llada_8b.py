@@ -10,7 +10,7 @@ global batch): at 4096 tokens the float32 logits alone are 4 GiB per sequence. U
 tokenizer (`--config.data.tokenizer=/path/to/tokenizer.json`).
 """
 
-from lladax.config import run_config
+from lladax.run_config import run_config
 
 # hardware -> (mesh data/fsdp/tensor, grad_accum, remat policy); `lladax plan` checks each fits.
 HARDWARE = {

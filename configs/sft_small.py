@@ -7,7 +7,7 @@
 docs/sft.md. Copy and reverse samples are 25-26 tokens with min_answer_len 8: one bucket, 32.
 """
 
-from lladax.config import run_config
+from lladax.run_config import run_config
 
 
 def get_config():

@@ -9,7 +9,7 @@ For CI and smoke tests (seconds on a CPU). SFT normally starts from pretrained p
 line); see docs/sft.md.
 """
 
-from lladax.config import run_config
+from lladax.run_config import run_config
 
 
 def get_config():

@@ -40,12 +40,12 @@ from lladax.ckpt_format import (
     DataStateRestore,
     DataStateSave,
     as_path,
-    check_model_fields,
     checksums,
     compare_structure,
     describe_error,
 )
 from lladax.config import ModelConfig
+from lladax.run_dir import check_model_fields
 
 ITEMS = ("params", "train", "ema", "data", "meta")
 

@@ -43,18 +43,12 @@ import numpy as np
 from etils import epath
 
 from lladax import checkpoint, data, sharding
-from lladax.ckpt_format import MetricsFile, atomic_write, check_resume, resume_changes
-from lladax.config import (
-    DATA_FORMATS,
-    ConfigError,
-    ModelConfig,
-    TrainConfig,
-    check_run_config,
-    model_config_from,
-)
+from lladax.config import ConfigError, ModelConfig, TrainConfig
+from lladax.run_config import DATA_FORMATS, check_run_config, model_config_from
+from lladax.run_dir import MetricsFile, atomic_write, check_resume, resume_changes
+from lladax.stopping import StopRequest, hold_final_save_for_test
 from lladax.throughput import Meter, device_memory_gib, peak_flops_per_device
 from lladax.train import (
-    StopRequest,
     abstract_state,
     eval_loss,
     init_state,
@@ -66,7 +60,6 @@ from lladax.train import (
 log = logging.getLogger("lladax.train")
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal after saving; rerun to resume
 FORMATS = DATA_FORMATS
-HOLD_ENV = "LLADAX_TEST_HOLD_FINAL_SAVE"
 
 
 def _check_format(config: Any) -> str:
@@ -249,18 +242,6 @@ def _start_state(config: Any, s: _Setup, optimizer: Any, mgr: Any) -> tuple[Any,
     return state, None
 
 
-def _hold_for_test() -> None:
-    """The testing hook of the module doc ($LLADAX_TEST_HOLD_FINAL_SAVE)."""
-    where = os.environ.get(HOLD_ENV)
-    if not where:
-        return
-    held, release = epath.Path(where) / "held", epath.Path(where) / "release"
-    held.write_text("")
-    deadline = time.monotonic() + 300
-    while not release.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)  # signal handlers run between these sleeps
-
-
 def _postfix(loss: float, eval_loss: float | None, speed: dict[str, float],
              record: dict[str, Any]) -> dict[str, str]:
     """The progress bar's fields: '-' for what has not been measured yet (no eval so far, or no
@@ -343,7 +324,7 @@ def _train(config: Any, s: _Setup, state: Any, step_fn: Any, train_iter: Any, ev
 
 
 def run(config: Any, stop_after: int | None = None) -> dict[str, Any]:
-    """Train as `config` (a run ConfigDict, see `config.run_config`) says; returns the last
+    """Train as `config` (a run ConfigDict, see `run_config.run_config`) says; returns the last
     logged metrics plus `stopped` (None, "stop_after", or the signal that stopped the run).
 
     Evaluates the held-out loss every `eval.every` steps with fixed noise (comparable across
@@ -400,7 +381,7 @@ def run(config: Any, stop_after: int | None = None) -> dict[str, Any]:
         if not (stop.hurry or idle) and saver.step != done and done not in mgr.all_steps():
             log.info("saving the final checkpoint (step %d)", done)
             saver.save(state, train_iter, done, force=True)
-            _hold_for_test()
+            hold_final_save_for_test()
         saver.finish()
         newest = max(mgr.all_steps(), default=None)
         mgr.close()

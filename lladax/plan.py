@@ -20,7 +20,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from lladax.config import ModelConfig, TrainConfig, model_config_from
+from lladax.config import ModelConfig, TrainConfig
+from lladax.run_config import model_config_from
 
 GiB = 1024**3
 

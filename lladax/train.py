@@ -17,17 +17,12 @@ finite leaves params and optimizer state untouched and is counted in `state.guar
 `nan_lr_drop_after` consecutive skips the learning rate is scaled by `nan_lr_drop_factor`; a loss
 above `spike_factor` × its running mean is counted as a spike; with `ema_decay` > 0 an f32
 exponential moving average of the params is kept in `state.ema`. The loop logs the counters.
-`StopRequest` turns SIGTERM/SIGINT (or a multi-host preemption notice) into a stop at a step
-boundary; the loop uses it as its module doc describes.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
-import signal
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +35,7 @@ from lladax import autoregressive, diffusion, model, sharding
 from lladax.config import ModelConfig, TrainConfig
 from lladax.throughput import measure_matmul_peak, peak_flops_per_device
 
-__all__ = ["StopRequest", "TrainConfig", "TrainState", "abstract_state", "eval_loss", "init_state",
+__all__ = ["TrainConfig", "TrainState", "abstract_state", "eval_loss", "init_state",
            "jit_train_step", "loss_fn", "lr_schedule", "make_optimizer", "measure_matmul_peak",
            "peak_flops_per_device", "run", "shardings_of", "state_shardings", "train_step"]
 
@@ -301,62 +296,6 @@ def eval_loss(params: Any, cfg: ModelConfig, tokens: jax.Array, key: jax.Array,
     if prompt_lengths is not None:
         return diffusion.sft_loss(params, cfg, tokens, noisy, p_mask, prompt_lengths)
     return diffusion.pretrain_loss(params, cfg, tokens, noisy, p_mask)
-
-
-# --- stopping a run on a signal (the loop's policy is in loop.py's module doc) -----------------
-class StopRequest:
-    """Whether the loop should stop at this step boundary (a context manager installing the
-    signal handlers of a one-process run). The loop sets `saving` while a save is in flight and
-    `final` once the last step has run; `hurry` = asked again while saving: start no new save."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self.saving = self.final = self.hurry = False
-        self._old: dict[int, Any] = {}
-        self._multi = jax.process_count() > 1
-
-    def __enter__(self) -> StopRequest:
-        # Several processes: JAX's preemption notifier owns SIGTERM (a Python handler would
-        # replace it), and every host must stop at the same step -> the sync point below.
-        if not self._multi and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        # Runs between bytecodes of the main thread: only flags and log lines here.
-        name = signal.Signals(signum).name
-        if self.reason is None:
-            self.reason = name
-            if self.final:
-                log.warning("%s received while the final checkpoint is being written: finishing "
-                            "the save first", name)
-            else:
-                log.warning("%s received: saving a checkpoint after this step, then stopping "
-                            "(send it again to stop without saving)", name)
-        elif self.saving:  # killing now would lose the save in flight
-            self.hurry = True
-            log.warning("%s received again while a checkpoint is being written: stopping as soon "
-                        "as it has committed, without another save", name)
-        else:  # asked twice: stop now, the default way
-            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            os.kill(os.getpid(), signum)
-
-    def __call__(self, step: int) -> bool:
-        if self._multi and self.reason is None:
-            from jax.experimental import multihost_utils
-            try:  # must be called at every step, with the same step on every host
-                if multihost_utils.reached_preemption_sync_point(step):
-                    self.reason = "preemption"
-            except RuntimeError:  # preemption service disabled
-                pass
-        return self.reason is not None
 
 
 def run(config: Any, stop_after: int | None = None) -> dict[str, Any]:

@@ -19,8 +19,8 @@ import pytest
 from etils import epath
 
 from lladax import checkpoint, sharding, train
-from lladax.ckpt_format import MetricsFile
 from lladax.config import preset
+from lladax.run_dir import MetricsFile
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = preset("tiny")

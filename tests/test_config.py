@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from lladax.config import ConfigError, ModelConfig, check_run_config, preset, run_config
+from lladax.config import ConfigError, ModelConfig, preset
+from lladax.run_config import check_run_config, run_config
 
 
 def test_hf_dict_round_trip(tiny_llada_dir):
@@ -61,7 +62,7 @@ def test_forward_flops_consistent_with_training_flops():
     assert window < cfg.forward_flops(n) and cfg.forward_flops(n, n) == cfg.forward_flops(n)
 
 
-# --- the run config (config.check_run_config) ---------------------------------------------------
+# --- the run config (run_config.check_run_config) ------------------------------------------
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from lladax import checkpoint, loop, train
 from lladax.cli import main
-from lladax.config import model_config_from
+from lladax.run_config import model_config_from
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, STOP_AT, POISON_AT = 12, 5, 8  # the 8th batch carries an id outside the vocabulary

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lladax import diffusion, model, sharding, train
+from lladax import diffusion, model, sharding, stopping, train
 from lladax.config import ConfigError, preset
 
 CFG = preset("tiny")
@@ -248,7 +248,7 @@ def test_stop_request_waits_for_a_save_in_flight(monkeypatch):
 
     sent = []
     monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append(sig))
-    with train.StopRequest() as stop:
+    with stopping.StopRequest() as stop:
         assert signal.getsignal(signal.SIGTERM) == stop._handle and not stop(1)
         stop._handle(signal.SIGTERM, None)
         assert stop(2) and stop.reason == "SIGTERM" and not stop.hurry

@@ -74,11 +74,11 @@ def _check_workdir(workdir: str) -> None:
 
 
 def preflight(config: Any, stop_after: int | None) -> None:
-    """Refuse bad input before JAX starts: the run config (`config.check_run_config`),
+    """Refuse bad input before JAX starts: the run config (`run_config.check_run_config`),
     --stop-after, the data source (`sources.check_source`), the tokenizer and init_from paths
     and the workdir. Raises a one-line ValueError / FileNotFoundError."""
     from lladax import sources
-    from lladax.config import check_run_config
+    from lladax.run_config import check_run_config
 
     if stop_after is not None and stop_after <= 0:
         raise ValueError(f"--stop-after {stop_after} must be a step >= 1: pass the step to "
