@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lladax.config import ConfigError, ModelConfig
+from lladax.files import atomic_write
 from lladax.model import Params, abstract_params, param_logical_axes
 from lladax.safetensors_io import (
     INDEX_NAME,
@@ -325,9 +326,7 @@ def hf_tensors(cfg: ModelConfig, params: Params, dtype: Any = None
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=2) + "\n")
 
 
 def save_hf(path: str | os.PathLike, cfg: ModelConfig, params: Params,

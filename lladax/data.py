@@ -42,8 +42,7 @@ from lladax.corpus import embedded_documents, embedded_fingerprint  # noqa: F401
 # Names this module has always exported (callers use data.DataError, data.prepare, ...).
 EMBEDDED, EVAL_FRACTION, SPLITS, DataError = (sources.EMBEDDED, sources.EVAL_FRACTION,
                                               sources.SPLITS, sources.DataError)
-atomic_write_bytes, cache_root, documents_digest = (sources.atomic_write_bytes,
-                                                    sources.cache_root, sources.documents_digest)
+cache_root, documents_digest = sources.cache_root, sources.documents_digest
 load_documents, read_documents, source_fingerprint, split_of, check_source = (
     sources.load_documents, sources.read_documents, sources.source_fingerprint, sources.split_of,
     sources.check_source)

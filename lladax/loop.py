@@ -44,8 +44,9 @@ from etils import epath
 
 from lladax import checkpoint, data, sharding
 from lladax.config import ConfigError, ModelConfig, TrainConfig
+from lladax.files import atomic_write
 from lladax.run_config import DATA_FORMATS, check_run_config, model_config_from
-from lladax.run_dir import MetricsFile, atomic_write, check_resume, resume_changes
+from lladax.run_dir import MetricsFile, check_resume, resume_changes
 from lladax.stopping import StopRequest, hold_final_save_for_test
 from lladax.throughput import Meter, device_memory_gib, peak_flops_per_device
 from lladax.train import (

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lladax import sources
-from lladax.destinations import check_destination, same_location
+from lladax.files import atomic_write, check_destination, same_location
 from lladax.prepared import PREPARED_FORMAT, RECORD_DTYPE, shard_name, tokenize_corpus
-from lladax.sources import MANIFEST, DataError, atomic_write_bytes
+from lladax.sources import MANIFEST, DataError
 
 if TYPE_CHECKING:
     from lladax.tokenizer import Tokenizer
@@ -107,7 +107,7 @@ class PreparedWriter:
                     (self.tmp / name).unlink()
             splits[s] = {**self.stats[s], "files": files}
         manifest = {"format": PREPARED_FORMAT, **header, "splits": splits}
-        atomic_write_bytes(self.tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+        atomic_write(self.tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
         old = None
         # SIGTERM waits until both renames are done: `out` is never left missing.
         masked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
@@ -192,7 +192,7 @@ def check_prepare(source: str | Path, out: str | Path, *, field: str = "text",
                   tokenizer_path: str | Path | None = None) -> None:
     """Every check `prepare` can make before reading the corpus, in milliseconds and with nothing
     written: arguments, the source (`sources.check_source`; text, not already prepared), the
-    destination (`destinations.check_destination`), and that neither the source nor the tokenizer
+    destination (`files.check_destination`), and that neither the source nor the tokenizer
     file would be read from or deleted with ``out``. Raises a one-line ValueError / DataError."""
     if seq_len is not None and seq_len < 2:
         raise DataError(f"--seq-len must be at least 2 (a record needs a token and room to "

@@ -12,32 +12,15 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from typing import Any
 
 from etils import epath
 
 from lladax.ckpt_format import CheckpointError, CheckpointMismatchError
 from lladax.config import ModelConfig
+from lladax.files import atomic_write
 
 log = logging.getLogger("lladax.train")
-
-
-def atomic_write(path: epath.Path, payload: bytes) -> None:
-    """Write via a temporary file and a rename (a kill leaves the old file or the new one);
-    object stores replace an object atomically by themselves."""
-    if "://" in os.fspath(path):
-        path.write_bytes(payload)
-        return
-    fd, tmp = tempfile.mkstemp(dir=os.fspath(path.parent), prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, os.fspath(path))
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 class MetricsFile:

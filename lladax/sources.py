@@ -23,13 +23,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from lladax import textio
 from lladax.corpus import embedded_documents, embedded_fingerprint
+from lladax.files import atomic_write
 from lladax.textio import DataError  # defined below every reader; public as sources.DataError
 
 EVAL_FRACTION = 0.02
@@ -47,26 +47,11 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir).expanduser()
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> Path:
-    """Write ``payload`` to a temp file beside ``path`` then rename it into place (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_cache(path: Path, payload: bytes) -> Path:
-    """`atomic_write_bytes` for a cache file: a cache directory that cannot be written (a file,
+    """`files.atomic_write` for a cache file: a cache directory that cannot be written (a file,
     read-only, disk full) is a one-line error naming ``$LLADAX_CACHE``, the fix."""
     try:
-        return atomic_write_bytes(path, payload)
+        return atomic_write(path, payload)
     except OSError as e:
         raise DataError(f"cannot write the cache file {path} ({e.strerror or type(e).__name__}): "
                         "set LLADAX_CACHE to a writable directory") from None

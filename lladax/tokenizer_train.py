@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from lladax import sources
+from lladax import files, sources
 from lladax.corpus import embedded_fingerprint
 from lladax.tokenizer import EOT_PIECE, MASK_PIECE, SentencePieceTokenizer
 
@@ -63,7 +63,7 @@ def train_sentencepiece(documents: Sequence[str], vocab_size: int, path: str | P
         raise ValueError(f"vocab_size={vocab_size} is too large for this corpus: sentencepiece "
                          f"can make at most {most[1]} tokens from it; use a smaller vocab size "
                          "(--vocab-size / model.vocab_size) or more text") from None
-    return sources.atomic_write_bytes(Path(path), proto)
+    return files.atomic_write(Path(path), proto)
 
 
 def check_vocab_size(vocab_size: int) -> None:

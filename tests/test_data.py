@@ -76,7 +76,7 @@ def test_reexported_names_are_the_defining_modules():
     from lladax import prepared, prepared_writer, sources
 
     for name in ("DataError", "EMBEDDED", "SPLITS", "load_documents", "read_documents",
-                 "split_of", "cache_root", "atomic_write_bytes", "source_fingerprint",
+                 "split_of", "cache_root", "source_fingerprint",
                  "check_source"):
         assert getattr(data, name) is getattr(sources, name), name
     for name in ("token_stream", "corpus_tokens", "tokenize_corpus", "tokenize_documents"):

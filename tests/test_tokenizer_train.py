@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lladax import data, sources
+from lladax import data, files, sources
 from lladax import tokenizer as T
 from lladax import tokenizer_train as TT
 
@@ -92,7 +92,7 @@ def test_damaged_cached_tokenizer_is_rebuilt(tokenizers, tmp_path, monkeypatch):
     damaged.write_bytes(b"half a model")  # e.g. a full disk under an older, non-atomic writer
 
     def train(documents, vocab_size, path):  # the real trainer, minus the seconds it takes
-        return data.atomic_write_bytes(Path(path), key_path.read_bytes())
+        return files.atomic_write(Path(path), key_path.read_bytes())
 
     monkeypatch.setattr(TT, "train_sentencepiece", train)
     monkeypatch.setattr(sources, "load_documents", lambda *a, **k: [])

@@ -91,7 +91,7 @@ class _Bar:
 def _check(args: argparse.Namespace) -> tuple[str, Path, Path, int]:
     """Every usage check, before any weight is read or JAX starts: (direction, SRC, DST,
     shard bytes)."""
-    from lladax import destinations
+    from lladax import files
     from lladax.convert import EXPORT_MARKER
     from lladax.safetensors_io import parse_size
 
@@ -109,7 +109,7 @@ def _check(args: argparse.Namespace) -> tuple[str, Path, Path, int]:
     if not src.is_dir():
         raise ValueError(f"SRC {src} is a file, not a directory: pass the checkpoint directory "
                          "(the one holding config.json, or a `lladax train` workdir)")
-    if destinations.same_location(src, dst):
+    if files.same_location(src, dst):
         raise ValueError(f"DST {dst} is SRC {src} or lies inside it (or SRC inside DST): the "
                          "conversion would overwrite its own source; pass a DST outside SRC")
     if direction == "hf-to-orbax" and args.max_shard_size is not None:
@@ -122,7 +122,7 @@ def _check(args: argparse.Namespace) -> tuple[str, Path, Path, int]:
     if shard_bytes < 1:
         raise ValueError(f"--max-shard-size {args.max_shard_size!r} must be at least one byte: "
                          "write e.g. '5GB'")
-    destinations.check_destination(dst, markers=(EXPORT_MARKER,),
+    files.check_destination(dst, markers=(EXPORT_MARKER,),
                                    what="a converted model", flag="DST",
                                    overwrite=args.overwrite)
     return direction, src, dst, shard_bytes

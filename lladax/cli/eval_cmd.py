@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lladax.cli.common import TOKENIZER_HELP, check_model_path
+from lladax.files import atomic_write
 
 RESULT_KEY = "lladax_eval"  # top-level key of every results file `lladax eval` writes
 INSTALL_HINT = "lm-eval is not installed: install with `uv sync --extra eval` (or pip install " \
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     results["config"]["model_args"] = {k: v for k, v in lm.opts.items()}
     results[RESULT_KEY] = {"checkpoint": str(Path(args.checkpoint).resolve()),
                            "tasks": task_names}
-    _write_atomic(out, json.dumps(results, indent=2, default=str))
+    atomic_write(out, json.dumps(results, indent=2, default=str))
     for task, metrics in results.get("results", {}).items():
         shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         print(task, json.dumps(shown))
@@ -175,13 +176,3 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path` and rename it into place: a kill never
-    leaves a half-written results file (nor destroys the previous one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

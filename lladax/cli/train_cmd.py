@@ -57,7 +57,7 @@ def _local(path: str) -> bool:
 def _check_workdir(workdir: str) -> None:
     """A local workdir must be a training run, empty or new, in a writable place (object
     stores are checked by the loop, which can reach them)."""
-    from lladax.destinations import check_destination
+    from lladax.files import check_destination
 
     if not _local(workdir):
         return

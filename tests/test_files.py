@@ -1,10 +1,11 @@
-"""The one rule every writer follows: absent or empty, or its own output (and --overwrite)."""
+"""How lladax writes: the destination rule (absent or empty, or its own output and --overwrite)
+and the atomic write."""
 
 import os
 
 import pytest
 
-from lladax.destinations import DestinationError, check_destination, same_location
+from lladax.files import DestinationError, atomic_write, check_destination, same_location
 
 RULE = dict(markers=("manifest.json",), what="prepared data", flag="--out")
 
@@ -46,3 +47,32 @@ def test_same_location_sees_links_and_nesting(tmp_path):
     assert same_location(tmp_path / "a", tmp_path / "a" / "b")
     assert same_location(tmp_path / "a" / "b" / "..", tmp_path / "a")
     assert not same_location(tmp_path / "a", tmp_path / "c")
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
+    target = tmp_path / "sub" / "out.json"
+    assert atomic_write(target, "first") == target  # parents created, str encoded
+    assert target.read_text() == "first" and oct(target.stat().st_mode & 0o777) == "0o644"
+
+    def torn(fd, data):  # the process dies halfway through writing the new content
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: _Boom(fd, torn))
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, b"second")
+    assert target.read_text() == "first"  # the old file is intact ...
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.json"]  # ... no temp left
+
+
+class _Boom:
+    def __init__(self, fd, write):
+        self.fd, self.write_fn = fd, write
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+    def write(self, data):
+        self.write_fn(self.fd, data)

@@ -1,4 +1,5 @@
-"""Where lladax writes: the one rule every writer follows before it touches a destination.
+"""How lladax writes files: the one rule every writer follows before it touches a destination,
+and the one atomic write.
 
 A writer (`lladax data prepare`, `lladax convert`, `lladax train`'s workdir) may write into a
 directory that does not exist yet or is empty. A directory that already holds files is the
@@ -8,14 +9,19 @@ creates there: `manifest.json` for prepared data, `lladax_export.json` for a con
 the user's explicit `--overwrite`; anything else — a home directory, a training run handed to
 `convert`, a Hugging Face download — is refused with a one-line error and left untouched.
 
+`atomic_write` puts a file in place whole or not at all (a temporary file beside it, renamed), so
+a kill never leaves a torn file nor destroys the previous one.
+
 Nothing here imports JAX: the CLI checks destinations before any device or compiler starts.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 class DestinationError(ValueError):
@@ -61,3 +67,26 @@ def same_location(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     ra = Path(os.path.expanduser(os.fspath(a))).resolve()
     rb = Path(os.path.expanduser(os.fspath(b))).resolve()
     return ra == rb or ra.is_relative_to(rb) or rb.is_relative_to(ra)
+
+
+def atomic_write(path: Any, payload: bytes | str) -> Any:
+    """Write `payload` (str is UTF-8 encoded) to `path` via a temporary file beside it and a
+    rename, creating missing parent directories; returns `path`. `path` may be a local path or
+    an `etils.epath.Path`; an object-store URL (`gs://...`) is written directly, since object
+    stores replace an object atomically by themselves."""
+    data = payload.encode() if isinstance(payload, str) else payload
+    if "://" in os.fspath(path):
+        path.write_bytes(data)
+        return path
+    local = Path(os.fspath(path))
+    local.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, local)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
