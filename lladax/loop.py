@@ -176,10 +176,7 @@ def _prepare(config: Any, stop_after: int | None) -> _Setup:
     resume's consistency with the workdir. Raises a one-line ValueError."""
     from lladax.tokenizer import check_compatible, load_tokenizer
 
-    check_run_config(config)
-    if stop_after is not None and stop_after <= 0:
-        raise ConfigError(f"--stop-after {stop_after} must be a step >= 1: pass the step to "
-                          "checkpoint and stop at")
+    check_run_config(config, stop_after)
     cfg, tc = model_config_from(config.model), TrainConfig.from_config(config.train)
     tok = load_tokenizer(config.data.tokenizer or "embedded", vocab_size=cfg.vocab_size)
     check_compatible(tok, cfg)

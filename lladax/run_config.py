@@ -110,11 +110,14 @@ def _bad(key: str, value: Any, problem: str, fix: str | None = None) -> ConfigEr
     return ConfigError(f"{key}={value!r} {problem}: " + (fix or f"pass a valid --config.{key}"))
 
 
-def check_run_config(config: Any) -> None:
+def check_run_config(config: Any, stop_after: int | None = None) -> None:
     """Validate a whole run ConfigDict (`run_config`) before anything starts: every key's type
-    and range, and the keys that must agree (seq_len vs model.max_seq_len, ...). Pure: reads
-    no files and touches no device. Raises a one-line ConfigError naming `section.key=value`
-    and the fix."""
+    and range, and the keys that must agree (seq_len vs model.max_seq_len, ...), and the run's
+    `--stop-after` step. Pure: reads no files and touches no device. Raises a one-line
+    ConfigError naming `section.key=value` (or the flag) and the fix."""
+    if stop_after is not None and stop_after <= 0:
+        raise ConfigError(f"--stop-after {stop_after} must be a step >= 1: pass the step to "
+                          "checkpoint and stop at")
     sections = set(_RULES) | {"model"}
     for name in sorted(set(config.keys()) - sections):
         raise ConfigError(f"unknown config section {name!r}: the sections are {sorted(sections)}")

@@ -201,7 +201,7 @@ SAMPLE_REFUSALS = [
     (["--threshold", "0.9", "--factor", "1"], "pass one of them"),
     (["--fast", "--show-steps"], "drop --fast/--cache/--threshold/--factor"),
     (["--prompt-file", "{tmp}/blank.txt"], "holds no prompt (it is empty or blank)"),
-    (["--prompt-file", "{tmp}/binary.txt"], "is not UTF-8 text (byte 9)"),
+    (["--prompt-file", "{tmp}/binary.txt"], "byte 9 is not valid UTF-8, so this is not UTF-8 text"),
     (["--prompt-file", "{tmp}"], "is not a file"),
     (["--prompt-file", "{tmp}/absent.txt"], "absent.txt does not exist"),
     (["--infill", "a <mask:0> b"], "marker <mask:0> must mark at least one token"),

@@ -118,15 +118,9 @@ def read_prompt_file(name: str) -> list[str]:
     if not path.is_file():
         raise ValueError(f"--prompt-file {path} is not a file: pass a text file with one prompt "
                          "per line")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"--prompt-file {path} is not UTF-8 text (byte {e.start}): pass a text "
-                         "file with one prompt per line") from None
-    if "\0" in text:
-        raise ValueError(f"--prompt-file {path} holds a NUL byte (byte {data.index(0)}): it is "
-                         "binary, not text; pass a text file with one prompt per line")
+    from lladax.textio import decode_text
+
+    text = decode_text(path.read_bytes(), f"--prompt-file {path}")  # UTF-8 or a one-line error
     prompts = [line for line in text.splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"--prompt-file {path} holds no prompt (it is empty or blank): write "

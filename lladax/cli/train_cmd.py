@@ -80,10 +80,7 @@ def preflight(config: Any, stop_after: int | None) -> None:
     from lladax import sources
     from lladax.run_config import check_run_config
 
-    if stop_after is not None and stop_after <= 0:
-        raise ValueError(f"--stop-after {stop_after} must be a step >= 1: pass the step to "
-                         "checkpoint and stop at")
-    check_run_config(config)
+    check_run_config(config, stop_after)
     d = config.data
     tokenizer = d.tokenizer
     if tokenizer not in ("", "embedded", "default") and _local(tokenizer) and \
