@@ -35,7 +35,14 @@ import numpy as np
 
 from lladax import autoregressive, sampling
 from lladax.config import ModelConfig, TrainConfig, preset
-from lladax.experiments.common import mean_ci, provenance, train_rows, write_result
+from lladax.experiments.common import (
+    add_common_options,
+    check_at_least,
+    check_common,
+    mean_ci,
+    run_seeds,
+    train_rows,
+)
 
 BOS, EOS, MASK = 1, 2, 4   # the `tiny` preset's special ids
 ARROW, FOLLOWS, PRECEDES, COLON = 5, 6, 7, 8
@@ -178,10 +185,10 @@ def plot(result: dict[str, Any]):
     return draw
 
 
-def main(argv: list[str] | None = None, log=print) -> dict[str, Any]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options, checked: every refusal happens here, before any model is built."""
     ap = argparse.ArgumentParser(prog="lladax experiment reversal", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--pairs", type=int, default=64, help="knowledge pairs (half held out)")
     ap.add_argument("--entities", type=int, default=16, help="entity tokens (x, y: 2 each)")
     ap.add_argument("--steps", type=int, default=4000)
@@ -191,18 +198,20 @@ def main(argv: list[str] | None = None, log=print) -> dict[str, Any]:
                     help="diffusion only: p_mask >= eps keeps the 1/p_mask weights <= 1/eps "
                          "(docs/sft.md: at batch 64, LLaDA's 1e-3 lets a few rows dominate)")
     ap.add_argument("--size", choices=["base", "tiny"], default="base")
-    ap.add_argument("--out", default="docs/experiments")
+    add_common_options(ap, seeds=[0, 1, 2])
     args = ap.parse_args(argv)
+    # 2 pairs at least: one trained (its questions teach the format), one held out (asked).
+    check_at_least(args, pairs=2, entities=2, steps=1, batch_size=1)
+    if not args.lr > 0:
+        raise ValueError(f"--lr {args.lr} must be > 0: pass e.g. 2e-3")
+    if not 0 < args.mask_eps < 1:
+        raise ValueError(f"--mask-eps {args.mask_eps} must be in (0, 1): pass e.g. 0.2")
     if args.entities ** 2 < 2 * args.pairs:
         raise ValueError(f"--entities {args.entities} gives {args.entities ** 2} distinct sides, "
                          f"fewer than the {2 * args.pairs} that --pairs {args.pairs} needs")
-    per_seed = []
-    for seed in args.seeds:
-        log(f"seed {seed}")
-        per_seed.append(run_seed(seed, args, log))
-    result = {"experiment": "reversal", "settings": vars(args),
-              "provenance": provenance("lladax experiment reversal " + " ".join(argv or []),
-                                       args.seeds),
-              "per_seed": per_seed, "summary": summarize(per_seed)}
-    write_result(args.out, "reversal", result, plot(result))
-    return result
+    check_common(args, "reversal")
+    return args
+
+
+def main(argv: list[str] | None = None, log=print) -> dict[str, Any]:
+    return run_seeds("reversal", argv, parse_args(argv), run_seed, summarize, plot, log)

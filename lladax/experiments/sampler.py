@@ -27,7 +27,14 @@ import numpy as np
 
 from lladax import autoregressive, sampling
 from lladax.config import ModelConfig, TrainConfig, preset
-from lladax.experiments.common import provenance, train_rows, write_result
+from lladax.experiments.common import (
+    add_common_options,
+    check_at_least,
+    check_common,
+    mean_ci,
+    run_seeds,
+    train_rows,
+)
 
 BOS, EOS = 1, 2
 FIRST_ENTITY = 16
@@ -71,48 +78,11 @@ def validity(params: Any, cfg: ModelConfig, prompts: np.ndarray, args: argparse.
     return float(np.mean(valid(replies, prompts[:, 1], args.modulus, args.max_step)))
 
 
-def plot(result: dict[str, Any]):
-    def draw(fig):
-        steps_ax, block_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-        for remasking, rows in result["steps"].items():
-            steps_ax.plot([r["steps"] for r in rows], [100 * r["valid"] for r in rows],
-                          marker="o", label=f"diffusion, {remasking}")
-        ar = 100 * result["autoregressive_valid"]
-        gen = result["settings"]["length"]
-        steps_ax.scatter([gen], [ar], marker="s", color="black", zorder=3,
-                         label=f"autoregressive ({gen} passes)")
-        steps_ax.set_xscale("log", base=2)
-        steps_ax.set_xlabel(f"sampling steps (forward passes) for {gen} tokens")
-        steps_ax.set_ylabel("valid progressions (%)")
-        steps_ax.set_ylim(0, 105)
-        steps_ax.legend()
-        steps_ax.set_title("Steps and remasking (one block)")
-        rows = result["blocks"]
-        block_ax.plot([r["block_length"] for r in rows], [100 * r["valid"] for r in rows],
-                      marker="o")
-        block_ax.set_xscale("log", base=2)
-        block_ax.set_xlabel(f"block length (steps = {gen}, low_confidence)")
-        block_ax.set_ylim(0, 105)
-        block_ax.set_title("Semi-autoregressive blocks")
-    return draw
-
-
-def main(argv: list[str] | None = None, log=print) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(prog="lladax experiment sampler", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--length", type=int, default=16, help="tokens after <bos> a (incl. <eos>)")
-    ap.add_argument("--modulus", type=int, default=64)
-    ap.add_argument("--max-step", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=2000, help="training steps")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--queries", type=int, default=256)
-    ap.add_argument("--out", default="docs/experiments")
-    args = ap.parse_args(argv)
-    if args.length & (args.length - 1):
-        raise ValueError(f"--length {args.length} must be a power of two (the step and block "
-                         "sweeps divide it)")
-    rng = np.random.default_rng(args.seed)
+def run_seed(seed: int, args: argparse.Namespace, log=print) -> dict[str, Any]:
+    """Train both models with `seed` and score every sampler setting on the seed's questions."""
+    rng = np.random.default_rng(seed)
+    # One TrainConfig for every seed (the seed goes to init and data through train_rows), so
+    # the jitted step compiles once per model kind.
     tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=1e-3,
                      warmup_steps=min(50, args.steps // 10), decay_fraction=0.3,
                      truncate_prob=0.0, stratified_t=True)
@@ -123,27 +93,107 @@ def main(argv: list[str] | None = None, log=print) -> dict[str, Any]:
     trained = {}
     for kind in ("diffusion", "autoregressive"):
         cfg = model_config(kind, args.modulus, args.length)
-        trained[kind] = (cfg, train_rows(cfg, tc, sample, seed=args.seed, log=log)[0])
+        trained[kind] = (cfg, train_rows(cfg, tc, sample, seed=seed, log=log)[0])
     cfg, params = trained["diffusion"]
-    counts = [2 ** i for i in range(args.length.bit_length())]  # 1, 2, 4, ..., L
-    result: dict[str, Any] = {"experiment": "sampler", "settings": vars(args),
-                              "provenance": provenance("lladax experiment sampler "
-                                                       + " ".join(argv or []), [args.seed]),
-                              "steps": {}, "blocks": []}
+    out: dict[str, Any] = {"seed": seed, "steps": {}, "blocks": []}
     for remasking in ("low_confidence", "random"):
-        result["steps"][remasking] = [
+        out["steps"][remasking] = [
             {"steps": s, "valid": validity(params, cfg, prompts, args, steps=s,
                                            block_length=args.length, remasking=remasking,
-                                           rng=jax.random.key(args.seed))} for s in counts]
+                                           rng=jax.random.key(seed))}
+            for s in step_counts(args.length)]
         log(f"  {remasking:>14}: " + ", ".join(f"{r['steps']} steps {r['valid']:.0%}"
-                                                for r in result["steps"][remasking]))
-    for block in counts:
-        result["blocks"].append({"block_length": block, "valid": validity(
+                                                for r in out["steps"][remasking]))
+    for block in step_counts(args.length):
+        out["blocks"].append({"block_length": block, "valid": validity(
             params, cfg, prompts, args, steps=args.length, block_length=block)})
     log("  blocks: " + ", ".join(f"{r['block_length']}: {r['valid']:.0%}"
-                                 for r in result["blocks"]))
+                                 for r in out["blocks"]))
     ar_cfg, ar_params = trained["autoregressive"]
-    result["autoregressive_valid"] = validity(ar_params, ar_cfg, prompts, args)
-    log(f"  autoregressive: {result['autoregressive_valid']:.0%}")
-    write_result(args.out, "sampler", result, plot(result))
-    return result
+    out["autoregressive_valid"] = validity(ar_params, ar_cfg, prompts, args)
+    log(f"  autoregressive: {out['autoregressive_valid']:.0%}")
+    return out
+
+
+def step_counts(length: int) -> list[int]:
+    """1, 2, 4, ..., length: the step counts and block lengths swept (length a power of two)."""
+    return [2 ** i for i in range(length.bit_length())]
+
+
+def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± 95 % CI over seeds of every number in `run_seed`'s result (same layout)."""
+    first = per_seed[0]
+    return {
+        "steps": {remasking: [{"steps": row["steps"],
+                               "valid": mean_ci([s["steps"][remasking][i]["valid"]
+                                                 for s in per_seed])}
+                              for i, row in enumerate(rows)]
+                  for remasking, rows in first["steps"].items()},
+        "blocks": [{"block_length": row["block_length"],
+                    "valid": mean_ci([s["blocks"][i]["valid"] for s in per_seed])}
+                   for i, row in enumerate(first["blocks"])],
+        "autoregressive_valid": mean_ci([s["autoregressive_valid"] for s in per_seed])}
+
+
+def _errorbar(ax, xs: list[int], stats: list[dict[str, float]], per_seed: list[list[float]],
+              **style: Any) -> None:
+    """Means with 95 % CI bars, one dot per seed."""
+    ax.errorbar(xs, [100 * s["mean"] for s in stats],
+                yerr=[100 * np.nan_to_num(s["ci95"]) for s in stats], capsize=4, **style)
+    for values in per_seed:
+        ax.scatter(xs, [100 * v for v in values], s=8, color="black", alpha=0.5, zorder=3)
+
+
+def plot(result: dict[str, Any]):
+    def draw(fig):
+        steps_ax, block_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+        summary, seeds = result["summary"], result["per_seed"]
+        for remasking, rows in summary["steps"].items():
+            _errorbar(steps_ax, [r["steps"] for r in rows], [r["valid"] for r in rows],
+                      [[r["valid"] for r in s["steps"][remasking]] for s in seeds],
+                      marker="o", label=f"diffusion, {remasking}")
+        ar, gen = summary["autoregressive_valid"], result["settings"]["length"]
+        steps_ax.errorbar([gen], [100 * ar["mean"]], yerr=[100 * np.nan_to_num(ar["ci95"])],
+                          marker="s", color="black", capsize=4, zorder=3,
+                          label=f"autoregressive ({gen} passes)")
+        steps_ax.set_xscale("log", base=2)
+        steps_ax.set_xlabel(f"sampling steps (forward passes) for {gen} tokens")
+        steps_ax.set_ylabel("valid progressions (%)")
+        steps_ax.set_ylim(0, 105)
+        steps_ax.legend()
+        steps_ax.set_title(f"Steps and remasking (one block), {len(seeds)} seed(s), 95 % CI")
+        rows = summary["blocks"]
+        _errorbar(block_ax, [r["block_length"] for r in rows], [r["valid"] for r in rows],
+                  [[r["valid"] for r in s["blocks"]] for s in seeds], marker="o")
+        block_ax.set_xscale("log", base=2)
+        block_ax.set_xlabel(f"block length (steps = {gen}, low_confidence)")
+        block_ax.set_ylim(0, 105)
+        block_ax.set_title("Semi-autoregressive blocks")
+    return draw
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options, checked: every refusal happens here, before any model is built."""
+    ap = argparse.ArgumentParser(prog="lladax experiment sampler", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--length", type=int, default=16, help="tokens after <bos> a (incl. <eos>)")
+    ap.add_argument("--modulus", type=int, default=64)
+    ap.add_argument("--max-step", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=2000, help="training steps")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--queries", type=int, default=256)
+    add_common_options(ap, seeds=[0, 1, 2])
+    args = ap.parse_args(argv)
+    check_at_least(args, length=2, modulus=2, max_step=1, steps=1, batch_size=1, queries=1)
+    if args.length & (args.length - 1):
+        raise ValueError(f"--length {args.length} must be a power of two (the step and block "
+                         "sweeps divide it): pass e.g. 8 or 16")
+    if args.max_step >= args.modulus:
+        raise ValueError(f"--max-step {args.max_step} must be below --modulus {args.modulus} "
+                         "(a step of M or more wraps onto a smaller one): lower --max-step")
+    check_common(args, "sampler")
+    return args
+
+
+def main(argv: list[str] | None = None, log=print) -> dict[str, Any]:
+    return run_seeds("sampler", argv, parse_args(argv), run_seed, summarize, plot, log)

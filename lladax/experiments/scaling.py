@@ -10,6 +10,9 @@ optimizer, schedule and steps) with only `model.kind` changed, then scored on th
   ranking         (context, same tokens shuffled); the score is exact log p for AR and the
                   Monte-Carlo ELBO (`likelihood.log_likelihood_batch`) for diffusion; accuracy
                   = fraction ranked right
+
+With several --seeds every (size, kind) is trained once per seed (initialisation and data order
+change); the summary is the mean ± 95 % CI over seeds.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ import numpy as np
 
 from lladax import autoregressive, checkpoint, data, diffusion, likelihood, train
 from lladax.cli.config_files import load_config_file
-from lladax.experiments.common import provenance, write_result
+from lladax.experiments.common import (
+    Stopped,
+    add_common_options,
+    check_at_least,
+    check_common,
+    finish,
+    mean_ci,
+)
 from lladax.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,43 +95,74 @@ def ranking_accuracy(params: Any, cfg: Any, pairs: list, mc_num: int, seed: int)
     return float(np.mean(scores[:len(pairs)] > scores[len(pairs):]))
 
 
-def run_one(size: str, kind: str, args: argparse.Namespace, workdir: Path, log=print
-            ) -> dict[str, Any]:
+def base_config() -> Any:
+    """configs/small.py, the run every size is derived from."""
+    return load_config_file(str(ROOT / "configs" / "small.py"))
+
+
+def heldout_stream(config: Any) -> np.ndarray:
+    """The held-out split as one token stream (the continuation pairs are cut from it)."""
+    tok = load_tokenizer("embedded", vocab_size=config.model.vocab_size)
+    return data.token_stream(tok, source=config.data.source, split="eval")
+
+
+def run_one(size: str, kind: str, seed: int, args: argparse.Namespace, workdir: Path,
+            stream: np.ndarray, log=print) -> dict[str, Any]:
     d, layers, heads = SIZES[size]
-    config = load_config_file(str(ROOT / "configs" / "small.py"))
+    config = base_config()
     config.model.update(d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=heads,
                         mlp_hidden_size=3 * d, kind=kind)
-    config.train.update(steps=args.steps, seed=args.seed)
+    config.train.update(steps=args.steps, seed=seed)
     config.eval.update(every=args.steps, batches=args.eval_batches)
-    config.log.update(workdir=str(workdir / f"{size}_{kind}"), progress=False,
+    config.log.update(workdir=str(workdir / f"seed{seed}" / f"{size}_{kind}"), progress=False,
                       every=max(1, args.steps // 10))
-    config.data.seed = args.seed
+    config.data.seed = seed
     out = train.run(config)
+    if out.get("stopped") not in (None, "stop_after"):  # the user's Ctrl-C / SIGTERM
+        raise Stopped(out["stopped"], f"the {size} {kind} run of seed {seed}")
     cfg, params = checkpoint.load_params(config.log.workdir)
     tok = load_tokenizer("embedded", vocab_size=cfg.vocab_size)
     evals = data.eval_batches(tok, source=config.data.source, seq_len=config.data.seq_len,
                               batch_size=config.eval.batch_size, max_batches=args.eval_batches)
-    stream = data.token_stream(tok, source=config.data.source, split="eval")
-    pairs = continuation_pairs(stream, args.pairs, 32, 32, args.seed)
-    result = {"size": size, "kind": kind, "params": cfg.param_count(),
+    pairs = continuation_pairs(stream, args.pairs, 32, 32, seed)
+    result = {"size": size, "kind": kind, "seed": seed, "params": cfg.param_count(),
               "tokens": args.steps * config.train.batch_size * config.data.seq_len,
               "train_loss": out["loss"],
               "heldout_loss": heldout_loss(params, cfg, evals, args.noise_draws),
-              "ranking": ranking_accuracy(params, cfg, pairs, args.mc, args.seed)}
-    log(f"  {size:>2} {kind:>14}: {result['params'] / 1e6:.2f}M params, held-out "
+              "ranking": ranking_accuracy(params, cfg, pairs, args.mc, seed)}
+    log(f"  {size:>2} {kind:>14} seed {seed}: {result['params'] / 1e6:.2f}M params, held-out "
         f"{result['heldout_loss']:.3f} nats/token, ranking {result['ranking']:.0%}")
     return result
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (size, kind) in run order: params, tokens and mean ± 95 % CI over seeds of
+    train_loss, heldout_loss and ranking."""
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        rows.setdefault((r["size"], r["kind"]), []).append(r)
+    return [{"size": size, "kind": kind, "params": group[0]["params"],
+             "tokens": group[0]["tokens"], "seeds": [r["seed"] for r in group],
+             **{k: mean_ci([r[k] for r in group])
+                for k in ("train_loss", "heldout_loss", "ranking")}}
+            for (size, kind), group in rows.items()]
 
 
 def plot(result: dict[str, Any]):
     def draw(fig):
         loss_ax, rank_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
         for kind, marker in (("diffusion", "o"), ("autoregressive", "s")):
-            rows = [r for r in result["runs"] if r["kind"] == kind]
+            rows = [r for r in result["summary"] if r["kind"] == kind]
             n = [r["params"] for r in rows]
             label = kind + (" (ELBO bound)" if kind == "diffusion" else " (exact NLL)")
-            loss_ax.plot(n, [r["heldout_loss"] for r in rows], marker=marker, label=label)
-            rank_ax.plot(n, [100 * r["ranking"] for r in rows], marker=marker, label=kind)
+            for ax, key, scale, name in ((loss_ax, "heldout_loss", 1, label),
+                                         (rank_ax, "ranking", 100, kind)):
+                ax.errorbar(n, [scale * r[key]["mean"] for r in rows],
+                            yerr=[scale * np.nan_to_num(r[key]["ci95"]) for r in rows],
+                            marker=marker, capsize=4, label=name)
+                runs = [r for r in result["runs"] if r["kind"] == kind]
+                ax.scatter([r["params"] for r in runs], [scale * r[key] for r in runs], s=8,
+                           color="black", alpha=0.5, zorder=3)
         for ax in (loss_ax, rank_ax):
             ax.set_xscale("log")
             ax.set_xlabel("parameters")
@@ -129,34 +170,55 @@ def plot(result: dict[str, Any]):
         loss_ax.set_ylabel("held-out nats / token")
         rank_ax.set_ylabel("real > shuffled continuation (%)")
         rank_ax.axhline(50, color="grey", lw=0.8, ls=":")
-        tokens = result["runs"][0]["tokens"]
-        loss_ax.set_title(f"Equal data: {tokens / 1e3:.0f}k tokens each")
+        tokens, seeds = result["runs"][0]["tokens"], len(result["settings"]["seeds"])
+        loss_ax.set_title(f"Equal data: {tokens / 1e3:.0f}k tokens each, {seeds} seed(s), 95 % CI")
         rank_ax.set_title(f"Continuation ranking, {result['settings']['pairs']} pairs")
     return draw
 
 
-def main(argv: list[str] | None = None, log=print) -> dict[str, Any]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options, checked: every refusal happens here, before any model is built."""
     ap = argparse.ArgumentParser(prog="lladax experiment scaling", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--steps", type=int, default=300, help="configs/small.py's default")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-batches", type=int, default=8)
     ap.add_argument("--noise-draws", type=int, default=8, help="diffusion ELBO noise draws")
     ap.add_argument("--pairs", type=int, default=50)
-    ap.add_argument("--mc", type=int, default=64, help="Monte-Carlo samples per ELBO")
-    ap.add_argument("--workdir", default=None, help="keep the runs here (default: a temp dir)")
-    ap.add_argument("--out", default="docs/experiments")
+    ap.add_argument("--mc", type=int, default=64,
+                    help="Monte-Carlo samples per ELBO (at most 16, or a multiple of 16)")
+    ap.add_argument("--workdir", default=None,
+                    help="keep the runs here (a new or empty directory; default: a temp dir)")
+    add_common_options(ap, seeds=[0])
     args = ap.parse_args(argv)
+    repeated = sorted({s for s in args.sizes if args.sizes.count(s) > 1})
+    if repeated:
+        raise ValueError(f"--sizes repeats {' '.join(repeated)}: pass each size once")
+    check_at_least(args, steps=1, eval_batches=1, noise_draws=1, pairs=1, mc=1)
+    if args.mc > 16 and args.mc % 16:  # the ELBO runs min(16, mc) samples per forward
+        raise ValueError(f"--mc {args.mc} must be at most 16 or a multiple of 16: pass e.g. "
+                         f"{args.mc // 16 * 16 or 16}")
+    if args.workdir is not None:
+        work = Path(args.workdir).expanduser()
+        if work.exists() and (not work.is_dir() or any(work.iterdir())):
+            raise ValueError(f"--workdir {work} is not a new or empty directory: pass one (the "
+                             "runs would resume from or mix with what is there)")
+    check_common(args, "scaling")
+    return args
+
+
+def main(argv: list[str] | None = None, log=print) -> dict[str, Any]:
+    args = parse_args(argv)
+    stream = heldout_stream(base_config())
+    if len(stream) < args.pairs * 64:  # checked before training: pairs are cut after it
+        raise ValueError(f"--pairs {args.pairs} needs {args.pairs * 64} held-out tokens, the "
+                         f"held-out split has {len(stream)}: pass --pairs "
+                         f"{len(stream) // 64} or fewer")
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(args.workdir or tmp)
-        for size in args.sizes:
-            for kind in ("diffusion", "autoregressive"):
-                runs.append(run_one(size, kind, args, workdir, log))
-    result = {"experiment": "scaling", "settings": vars(args),
-              "provenance": provenance("lladax experiment scaling " + " ".join(argv or []),
-                                       [args.seed]),
-              "runs": runs}
-    write_result(args.out, "scaling", result, plot(result))
-    return result
+        workdir = Path(args.workdir).expanduser() if args.workdir else Path(tmp)
+        for seed in args.seeds:
+            for size in args.sizes:
+                for kind in ("diffusion", "autoregressive"):
+                    runs.append(run_one(size, kind, seed, args, workdir, stream, log))
+    return finish("scaling", argv, args, {"runs": runs, "summary": summarize(runs)}, plot)
