@@ -58,8 +58,10 @@ ARGS = ["--config.log.progress=false", "--config.train.steps=3", "--config.eval.
         "--config.train.ema_decay=0.9"]
 
 
-# Process 1 gets a SIGTERM while fetching its 2nd batch: JAX's preemption notifier tells the
-# other process, both agree on a step (the sync point), save it and exit with code 75.
+# Process 1 gets a SIGTERM while fetching its 1st batch: JAX's preemption notifier tells the
+# other process, both agree on a step (the sync point), save it and exit with code 75. The
+# sync point must come before the last of the 3 steps: a stop there is no stop (the run is
+# complete, exit 0), and more steps would let the 2-process vs 1-process rounding grow.
 _PREEMPTED_CHILD = """
 import os, signal, sys
 import jax
@@ -73,7 +75,7 @@ class Preempted:
         self.it, self.n = it, 0
     def __next__(self):
         self.n += 1
-        if self.n == 2 and jax.process_index() == 1:
+        if self.n == 1 and jax.process_index() == 1:
             os.kill(os.getpid(), signal.SIGTERM)
         return next(self.it)
     def get_state(self):
