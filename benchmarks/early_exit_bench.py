@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from lladax import data, sampling
-from lladax.cli.common import load_model
+from lladax.loading import load_model
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ import jax
 import numpy as np
 
 from lladax import checkpoint, data, likelihood
-from lladax.cli.common import load_model
 from lladax.experiments.scaling import continuation_pairs
+from lladax.loading import load_model
 from lladax.tokenizer import load_tokenizer
 
 

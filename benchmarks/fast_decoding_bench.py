@@ -37,7 +37,7 @@ import jax
 import numpy as np
 
 from lladax import data, fast_sampling, sampling
-from lladax.cli.common import load_model
+from lladax.loading import load_model
 
 CONFIGS: dict[str, dict[str, Any] | None] = {
     "plain": None,

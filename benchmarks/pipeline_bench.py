@@ -24,8 +24,8 @@ import jax
 import numpy as np
 
 from lladax import data, train
-from lladax.cli.config_files import load_config_file
 from lladax.config import TrainConfig
+from lladax.config_files import load_config_file
 from lladax.run_config import model_config_from
 from lladax.tokenizer import load_tokenizer
 

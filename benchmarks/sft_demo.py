@@ -2,12 +2,12 @@
 
     python benchmarks/sft_demo.py [--workdir /tmp/sft_demo] [--pretrained runs/small]
 
-1. pretrain: `configs/small.py` on the default (embedded) data, via `lladax.train.run` — skipped
+1. pretrain: `configs/small.py` on the default (embedded) data, via `lladax.loop.run` — skipped
    with `--pretrained DIR` or when `WORKDIR/pretrain` already holds the finished run;
 2. before: greedy `sampling.generate` replies of the pretrained model to held-out prompts of every
    task (`instructions.examples(..., "eval")`, chat template applied), exact match per task;
 3. SFT: `configs/sft_small.py` (`data.format="chat"`, copy + reverse of the synthetic set) from
-   the pretrained params (`checkpoint.init_from`), again via `lladax.train.run`;
+   the pretrained params (`checkpoint.init_from`), again via `lladax.loop.run`;
 4. after: the same held-out prompts, the same sampler settings.
 
 The sampler's canvas is prompt + gen_length positions; the default gen_length is the config's
@@ -26,9 +26,9 @@ import json
 import time
 from pathlib import Path
 
-from lladax import checkpoint, instructions, train
-from lladax.cli.common import load_model
-from lladax.cli.config_files import load_config_file
+from lladax import checkpoint, instruction_eval, instructions, loop
+from lladax.config_files import load_config_file
+from lladax.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def score(run_dir: Path, items: list, args: argparse.Namespace) -> tuple[dict, l
     """(accuracy per task, replies, seconds) of the model in `run_dir` on `items`."""
     cfg, params, tok = load_model(str(run_dir))
     t0 = time.perf_counter()
-    replies = instructions.generate_replies(
+    replies = instruction_eval.generate_replies(
         params, cfg, tok, items, gen_length=args.gen_length, steps=args.gen_length,
         block_length=args.block_length, batch_size=args.eval_batch)
     return instructions.accuracy_by_task(items, replies), replies, time.perf_counter() - t0
@@ -91,7 +91,7 @@ def main() -> None:
 
     if not args.pretrained and not finished(pre_dir, pre_cfg.train.steps):
         t0 = time.perf_counter()
-        out = train.run(pre_cfg)
+        out = loop.run(pre_cfg)
         times["pretrain"] = time.perf_counter() - t0
         print(f"pretrained {out['step']} steps: eval loss {out.get('eval_loss', float('nan')):.3f}"
               f" ({times['pretrain']:.0f} s)")
@@ -99,7 +99,7 @@ def main() -> None:
 
     if not finished(sft_dir, sft_cfg.train.steps):
         t0 = time.perf_counter()
-        out = train.run(sft_cfg)
+        out = loop.run(sft_cfg)
         times["sft"] = time.perf_counter() - t0
         print(f"fine-tuned {out['step']} steps: SFT eval loss "
               f"{out.get('eval_loss', float('nan')):.3f} ({times['sft']:.0f} s)")

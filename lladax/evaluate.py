@@ -155,7 +155,7 @@ class LLaDAEval(LM):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
         self.opts = parse_model_args(kwargs)  # every option checked before anything loads
-        from lladax.cli.common import load_model  # the one loader for run dirs and HF dirs
+        from lladax.loading import load_model  # the one loader for run dirs and HF dirs
 
         self.cfg, self.params, self.tokenizer = load_model(
             self.opts["checkpoint"], self.opts["dtype"], self.opts["tokenizer"],

@@ -1,6 +1,6 @@
 """The training loop around `train.train_step`: data, resume, eval, logging, checkpoints, stopping.
 
-    lladax.loop.run(config)        # = lladax.train.run; `lladax train` calls it
+    lladax.loop.run(config)        # `lladax train` calls it
 
 One process or many (after `lladax.distributed.initialize`): every process runs this same loop
 on its share of each global batch; only process 0 writes metrics and the progress bar.

@@ -37,7 +37,7 @@ from lladax.throughput import measure_matmul_peak, peak_flops_per_device
 
 __all__ = ["TrainConfig", "TrainState", "abstract_state", "eval_loss", "init_state",
            "jit_train_step", "loss_fn", "lr_schedule", "make_optimizer", "measure_matmul_peak",
-           "peak_flops_per_device", "run", "shardings_of", "state_shardings", "train_step"]
+           "peak_flops_per_device", "shardings_of", "state_shardings", "train_step"]
 
 log = logging.getLogger("lladax.train")
 SPIKE_WARMUP = 20    # finite steps before spikes are judged (the running mean must exist first)
@@ -296,10 +296,3 @@ def eval_loss(params: Any, cfg: ModelConfig, tokens: jax.Array, key: jax.Array,
     if prompt_lengths is not None:
         return diffusion.sft_loss(params, cfg, tokens, noisy, p_mask, prompt_lengths)
     return diffusion.pretrain_loss(params, cfg, tokens, noisy, p_mask)
-
-
-def run(config: Any, stop_after: int | None = None) -> dict[str, Any]:
-    """Train as the run ConfigDict `config` says (resuming); see `lladax.loop.run`."""
-    from lladax import loop
-
-    return loop.run(config, stop_after=stop_after)

@@ -114,8 +114,8 @@ def test_sample_batch_of_prompts_and_show_steps(tiny_run, capsys):
 
 
 def test_infill_fills_exactly_the_marked_spans(tiny_run, capsys):
-    from lladax.cli.common import load_model
     from lladax.cli.sample_cmd import encode_infill
+    from lladax.loading import load_model
 
     text = "Lists hold <mask:3> items and <mask> values."
     assert main(["sample", "--checkpoint", tiny_run, "--infill", text, "--mask-span", "2",

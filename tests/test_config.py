@@ -68,7 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
 def test_shipped_configs_pass_the_run_config_check(path):
-    from lladax.cli.config_files import load_config_file
+    from lladax.config_files import load_config_file
 
     config = load_config_file(str(path))
     if not config.data.source:  # llada_8b_sft: the user's chat data is required

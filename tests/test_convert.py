@@ -356,7 +356,7 @@ def _word_tokenizer(path, size: int) -> None:
 def test_tokenizer_flag_for_hf_dir_without_one(ckpt_copy, tmp_path, cli_error):
     """Item 12: the error names --tokenizer, the flag reaches the loader, and a directory holding
     a tokenizer.json works (checked without sampling: the mismatch below proves the file used)."""
-    from lladax.cli.common import load_model
+    from lladax.loading import load_model
 
     _word_tokenizer(tmp_path / "tokenizer.json", 311)
     _word_tokenizer(tmp_path / "big.json", 400)

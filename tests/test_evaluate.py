@@ -204,7 +204,7 @@ def test_ranking_real_beats_shuffled(run_dir):
     cycle tiny ranks 48% after 60 steps, 94-100% after 100 (lr 1e-2 / 3e-3) and 100% after 200
     (mean ELBO gap 42 nats), hence STEPS = 200 at the default lr 3e-3.
     """
-    from lladax.cli.common import load_model
+    from lladax.loading import load_model
 
     cfg, params, tok = load_model(str(run_dir))
     r = np.random.default_rng(1)

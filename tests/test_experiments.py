@@ -264,9 +264,9 @@ def test_missing_matplotlib_is_refused_before_any_work(cli_error, places, monkey
 
 # --- signals: a stopped experiment says so in one line and writes nothing ---------------------
 def test_a_stopped_training_run_stops_the_experiment(places, monkeypatch, capsys):
-    # train.run catches SIGTERM and returns early; scoring that model as finished would be wrong.
+    # loop.run catches SIGTERM and returns early; scoring that model as finished would be wrong.
     monkeypatch.setattr(scaling, "heldout_stream", lambda config: np.zeros(10_000, np.int32))
-    monkeypatch.setattr(scaling.train, "run", lambda config: {"loss": 9.0, "stopped": "SIGTERM"})
+    monkeypatch.setattr(scaling.loop, "run", lambda config: {"loss": 9.0, "stopped": "SIGTERM"})
     before = tree_snapshot(places["root"])
     assert main(["experiment", "scaling", "--sizes", "xs", "--out", str(places["out"])]) == 143
     err = capsys.readouterr().err.strip().splitlines()

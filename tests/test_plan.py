@@ -6,7 +6,7 @@ import pytest
 
 from lladax import plan
 from lladax.cli import main
-from lladax.cli.config_files import load_config_file
+from lladax.config_files import load_config_file
 from lladax.run_config import run_config
 
 

@@ -12,12 +12,11 @@ import argparse
 from lladax.cli.common import (
     add_model_args,
     add_sampling_args,
-    check_model_path,
     check_sampling_args,
     generate,
-    load_model,
     sampling_kwargs,
 )
+from lladax.loading import check_model_path, load_model
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:

@@ -17,8 +17,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lladax.cli.common import TOKENIZER_HELP, check_model_path
+from lladax.cli.common import TOKENIZER_HELP
 from lladax.files import atomic_write
+from lladax.loading import check_model_path
 
 RESULT_KEY = "lladax_eval"  # top-level key of every results file `lladax eval` writes
 INSTALL_HINT = "lm-eval is not installed: install with `uv sync --extra eval` (or pip install " \
@@ -53,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def _eval_config(spec: str) -> dict[str, Any]:
-    from lladax.cli.config_files import load_config_file
+    from lladax.config_files import load_config_file
 
     if ":" not in spec:
         raise ValueError(f"--eval-config {spec!r} needs a task: e.g. configs/eval/base.py:gsm8k")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lladax.cli.config_files import apply_overrides, load_config_file
+from lladax.config_files import apply_overrides, load_config_file
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:

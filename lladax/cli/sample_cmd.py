@@ -21,13 +21,12 @@ from lladax.cli.common import (
     add_fast_args,
     add_model_args,
     add_sampling_args,
-    check_model_path,
     check_sampling_args,
     fast_kwargs,
     generate,
-    load_model,
     sampling_kwargs,
 )
+from lladax.loading import check_model_path, load_model
 
 MASK_MARKER = re.compile(r"<mask(?::(\d+))?>")
 

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from lladax.cli.config_files import apply_overrides, load_config_file
+from lladax.config_files import apply_overrides, load_config_file
 
 EXIT_PREEMPTED = 75  # = loop.EXIT_PREEMPTED (EX_TEMPFAIL), duplicated to keep imports light
 RUN_MARKERS = ("checkpoints", "metrics.jsonl")  # what every training workdir holds
@@ -150,10 +150,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     # Before anything touches a JAX backend: the processes must form one job first.
     info = distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                                   mode=args.distributed)
-    from lladax import train  # heavy imports only once the arguments are valid
+    from lladax import loop  # heavy imports only once the arguments are valid
 
     with _log_lines():
-        final = train.run(config, stop_after=args.stop_after)
+        final = loop.run(config, stop_after=args.stop_after)
     if info.process_index == 0:
         print(json.dumps({k: final[k] for k in ("step", "loss", "eval_loss", "tokens_per_s",
                                                 "mfu", "skipped", "stopped") if k in final}))

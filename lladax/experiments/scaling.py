@@ -1,6 +1,6 @@
 """Diffusion vs autoregressive at several sizes on the default data, equal tokens.
 
-Each size is trained twice by `lladax.train.run` from `configs/small.py` (the same data, batches,
+Each size is trained twice by `lladax.loop.run` from `configs/small.py` (the same data, batches,
 optimizer, schedule and steps) with only `model.kind` changed, then scored on the held-out split:
 
   held-out loss   autoregressive: the exact NLL per token; diffusion: the ELBO bound per token
@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lladax import autoregressive, checkpoint, data, diffusion, likelihood, train
-from lladax.cli.config_files import load_config_file
+from lladax import autoregressive, checkpoint, data, diffusion, likelihood, loop
+from lladax.config_files import load_config_file
 from lladax.experiments.common import (
     Stopped,
     add_common_options,
@@ -117,7 +117,7 @@ def run_one(size: str, kind: str, seed: int, args: argparse.Namespace, workdir: 
     config.log.update(workdir=str(workdir / f"seed{seed}" / f"{size}_{kind}"), progress=False,
                       every=max(1, args.steps // 10))
     config.data.seed = seed
-    out = train.run(config)
+    out = loop.run(config)
     if out.get("stopped") not in (None, "stop_after"):  # the user's Ctrl-C / SIGTERM
         raise Stopped(out["stopped"], f"the {size} {kind} run of seed {seed}")
     cfg, params = checkpoint.load_params(config.log.workdir)
