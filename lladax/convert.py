@@ -43,7 +43,6 @@ from lladax.safetensors_io import (
     scan_dir,
     write_safetensors,
 )
-from lladax.safetensors_io import read_header as read_safetensors_header  # noqa: F401 (old name)
 
 PREFIX = "model.transformer."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
