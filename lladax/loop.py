@@ -60,13 +60,12 @@ from lladax.train import (
 
 log = logging.getLogger("lladax.train")
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal after saving; rerun to resume
-FORMATS = DATA_FORMATS
 
 
 def _check_format(config: Any) -> str:
     fmt = str(config.data.get("format", "text"))
-    if fmt not in FORMATS:
-        raise ConfigError(f"data.format={fmt!r} is unknown: use one of {FORMATS}")
+    if fmt not in DATA_FORMATS:
+        raise ConfigError(f"data.format={fmt!r} is unknown: use one of {DATA_FORMATS}")
     return fmt
 
 

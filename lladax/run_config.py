@@ -13,8 +13,9 @@ import dataclasses
 from typing import Any
 
 from lladax.config import ConfigError, ModelConfig, TrainConfig, preset
+from lladax.sources import FORMATS
 
-DATA_FORMATS = ("text", "chat")  # "text": pretraining rows; "chat": SFT batches (lladax.sft)
+DATA_FORMATS = FORMATS  # defined with the sources that read them (no second copy)
 RUN_SECTIONS: dict[str, dict[str, Any]] = {  # the defaults of every section but model and train
     "data": dict(
         # "embedded" (Python's own docs), a .txt/.jsonl file or directory, a `lladax data

@@ -218,7 +218,7 @@ def read_documents(path: str | Path, field: str = "text") -> list[str]:
 
 
 # --- fast checks before start-up ----------------------------------------------------------------
-FORMATS = ("text", "chat")
+FORMATS = ("text", "chat")  # data.format: "text" pretraining rows, "chat" SFT batches (lladax.sft)
 _SOURCE_KINDS = ("'embedded', a .txt/.jsonl file or a directory of them, a `lladax data prepare` "
                  "directory, arrayrecord:GLOB or tfds:NAME[:SPLIT]")
 
