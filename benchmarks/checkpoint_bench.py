@@ -27,8 +27,9 @@ from pathlib import Path
 
 import jax
 
-from lladax import checkpoint, train
 from lladax.config import preset
+from lladax.store import checkpoint
+from lladax.train import trainer
 
 
 def _size(path: Path) -> int:
@@ -36,8 +37,9 @@ def _size(path: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=64)
@@ -47,18 +49,23 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = preset(args.preset, remat_policy="none")
-    tc = train.TrainConfig(steps=10_000, batch_size=args.batch, truncate_prob=0.0,
-                           ema_decay=args.ema)
-    opt = train.make_optimizer(tc)
-    state = train.init_state(cfg, tc, opt, jax.random.key(0))
-    step = train.jit_train_step(cfg, tc, opt)
-    batch = {"tokens": jax.random.randint(jax.random.key(1), (args.batch, args.seq), 0,
-                                          cfg.vocab_size)}
+    tc = trainer.TrainConfig(
+        steps=10_000, batch_size=args.batch, truncate_prob=0.0, ema_decay=args.ema
+    )
+    opt = trainer.make_optimizer(tc)
+    state = trainer.init_state(cfg, tc, opt, jax.random.key(0))
+    step = trainer.jit_train_step(cfg, tc, opt)
+    batch = {
+        "tokens": jax.random.randint(jax.random.key(1), (args.batch, args.seq), 0, cfg.vocab_size)
+    }
     state, m = step(state, batch)
     jax.block_until_ready(m)
     meta = {"model": dataclasses.asdict(cfg)}
-    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state)
-                      if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
+    state_bytes = sum(
+        x.nbytes
+        for x in jax.tree.leaves(state)
+        if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         mgr = checkpoint.manager(tmp, keep=2)
@@ -101,20 +108,30 @@ def main() -> None:
     step_s = min(plain) / n
     overhead = (statistics.median(saving) - statistics.median(plain)) / args.saves
     med = statistics.median
-    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} "
-          f"({platform.processor() or platform.machine()}), jax {jax.__version__}")
-    print(f"model: {args.preset} ({cfg.param_count() / 1e6:.2f}M params), state "
-          f"{state_bytes / 2**20:.1f} MiB in memory, {on_disk / 2**20:.1f} MiB on disk"
-          f"{', EMA on' if args.ema else ''}; train step {step_s * 1e3:.0f} ms "
-          f"(batch {args.batch} x seq {args.seq})")
-    print(f"synchronous save (write + commit): {med(sync) * 1e3:.0f} ms "
-          f"({state_bytes / 2**20 / med(sync):.0f} MiB/s)")
-    print(f"loop blocked by an async save:     {med(block) * 1e3:.0f} ms "
-          f"({med(block) / med(sync):.0%} of the synchronous save; checksums "
-          f"{med(cks) * 1e3:.0f} ms of it)")
-    print(f"measured loop overhead per save:   {overhead * 1e3:.0f} ms "
-          f"({overhead / step_s:.2f} train steps; {args.saves} saves every {args.every} "
-          f"steps, median of 3 interleaved runs)")
+    print(
+        f"device: {jax.devices()[0].device_kind} x{jax.device_count()} "
+        f"({platform.processor() or platform.machine()}), jax {jax.__version__}"
+    )
+    print(
+        f"model: {args.preset} ({cfg.param_count() / 1e6:.2f}M params), state "
+        f"{state_bytes / 2**20:.1f} MiB in memory, {on_disk / 2**20:.1f} MiB on disk"
+        f"{', EMA on' if args.ema else ''}; train step {step_s * 1e3:.0f} ms "
+        f"(batch {args.batch} x seq {args.seq})"
+    )
+    print(
+        f"synchronous save (write + commit): {med(sync) * 1e3:.0f} ms "
+        f"({state_bytes / 2**20 / med(sync):.0f} MiB/s)"
+    )
+    print(
+        f"loop blocked by an async save:     {med(block) * 1e3:.0f} ms "
+        f"({med(block) / med(sync):.0%} of the synchronous save; checksums "
+        f"{med(cks) * 1e3:.0f} ms of it)"
+    )
+    print(
+        f"measured loop overhead per save:   {overhead * 1e3:.0f} ms "
+        f"({overhead / step_s:.2f} train steps; {args.saves} saves every {args.every} "
+        f"steps, median of 3 interleaved runs)"
+    )
 
 
 if __name__ == "__main__":

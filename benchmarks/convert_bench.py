@@ -28,14 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lladax import config as C  # noqa: E402
-from lladax import convert  # noqa: E402
-from lladax.safetensors_io import ShardWriter, parse_size, plan_shards  # noqa: E402
+from lladax.store import convert  # noqa: E402
+from lladax.store.safetensors_io import ShardWriter, parse_size, plan_shards  # noqa: E402
 
 CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
 import jax, jax.numpy as jnp
-from lladax import checkpoint, convert
+from lladax.store import checkpoint, convert
 from lladax.cli import main
 jnp.zeros(1).block_until_ready()
 def vm(key):
@@ -61,8 +61,9 @@ def make_checkpoint(path: Path, cfg: C.ModelConfig, shard_bytes: int, seed: int 
     files = [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
     path.mkdir(parents=True)
     for file, names in zip(files, shards, strict=True):
-        writer = ShardWriter(path / file, [(n, np.dtype(ml_dtypes.bfloat16), shapes[n])
-                                           for n in names])
+        writer = ShardWriter(
+            path / file, [(n, np.dtype(ml_dtypes.bfloat16), shapes[n]) for n in names]
+        )
         for name in names:
             # Finite bf16 values of magnitude ~2^-7..2^-6 with random signs (fast to draw).
             bits = rng.integers(0, 2**16, shapes[name], dtype=np.uint16) & 0x807F | 0x3C00
@@ -76,8 +77,9 @@ def make_checkpoint(path: Path, cfg: C.ModelConfig, shard_bytes: int, seed: int 
 
 def child(*args: str) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True,
-                         env=env, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, *args], capture_output=True, text=True, env=env, cwd=ROOT
+    )
     lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
     if out.returncode or not lines:
         raise SystemExit(f"child {args} failed:\n{out.stderr[-3000:]}")
@@ -86,13 +88,16 @@ def child(*args: str) -> dict:
 
 def digest(path: Path) -> dict[str, str]:
     """name -> sha256 of the tensor bytes (streamed, one tensor at a time)."""
-    return {n: hashlib.sha256(convert.read_tensor(i).tobytes()).hexdigest() + str(i.dtype)
-            for n, i in convert.scan_dir(path).items()}
+    return {
+        n: hashlib.sha256(convert.read_tensor(i).tobytes()).hexdigest() + str(i.dtype)
+        for n, i in convert.scan_dir(path).items()
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--layers", type=int, default=None, help="default: the preset's 22")
     ap.add_argument("--shard-size", default="1GB")
     ap.add_argument("--keep", default=None, help="work in this directory and keep it")
@@ -111,27 +116,42 @@ def main() -> None:
         total, largest = sum(sizes), max(sizes)
         base = child()
         h2o = child("convert", "hf-to-orbax", str(src), str(orb), "--no-progress")
-        o2h = child("convert", "orbax-to-hf", str(orb), str(back), "--no-progress",
-                    "--max-shard-size", args.shard_size)
+        o2h = child(
+            "convert",
+            "orbax-to-hf",
+            str(orb),
+            str(back),
+            "--no-progress",
+            "--max-shard-size",
+            args.shard_size,
+        )
         identical = digest(src) == digest(back)
     finally:
         if tmp is not None:
             tmp.cleanup()
     mib = 2**20
-    print(f"llada_1b shapes, n_layers={cfg.n_layers}: {cfg.param_count() / 1e9:.3f}B params, "
-          f"bf16 checkpoint {total / mib:.0f} MiB in {len(sizes)} shards (largest "
-          f"{largest / mib:.0f} MiB), built in {made_s:.1f} s; round trip bit-identical: "
-          f"{identical}")
-    print(f"process baseline (python + jax + lladax imported, device touched): VmHWM "
-          f"{base['hwm'] / mib:.0f} MiB\n")
-    print("| direction | wall s | MB/s | peak RSS MiB | peak − baseline MiB | "
-          "(peak − baseline) / largest shard | (peak − baseline − params) / largest shard |")
+    print(
+        f"llada_1b shapes, n_layers={cfg.n_layers}: {cfg.param_count() / 1e9:.3f}B params, "
+        f"bf16 checkpoint {total / mib:.0f} MiB in {len(sizes)} shards (largest "
+        f"{largest / mib:.0f} MiB), built in {made_s:.1f} s; round trip bit-identical: "
+        f"{identical}"
+    )
+    print(
+        f"process baseline (python + jax + lladax imported, device touched): VmHWM "
+        f"{base['hwm'] / mib:.0f} MiB\n"
+    )
+    print(
+        "| direction | wall s | MB/s | peak RSS MiB | peak − baseline MiB | "
+        "(peak − baseline) / largest shard | (peak − baseline − params) / largest shard |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, r in (("hf-to-orbax", h2o), ("orbax-to-hf", o2h)):
         extra = r["hwm"] - base["hwm"]
-        print(f"| {name} | {r['wall_s']:.1f} | {total / 1e6 / r['wall_s']:.0f} | "
-              f"{r['hwm'] / mib:.0f} | {extra / mib:.0f} | {extra / largest:.2f} | "
-              f"{(extra - total) / largest:.2f} |")
+        print(
+            f"| {name} | {r['wall_s']:.1f} | {total / 1e6 / r['wall_s']:.0f} | "
+            f"{r['hwm'] / mib:.0f} | {extra / mib:.0f} | {extra / largest:.2f} | "
+            f"{(extra - total) / largest:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -37,9 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lladax import fast_sampling, model, sampling, train
 from lladax.config import ModelConfig, TrainConfig, preset
-from lladax.throughput import measure_matmul_peak, peak_flops_per_device
+from lladax.diffusion import fast_sampling, sampling
+from lladax.model import transformer
+from lladax.train import trainer
+from lladax.train.throughput import measure_matmul_peak, peak_flops_per_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +59,28 @@ class Shapes:
     sample_batches: tuple[int, ...]
 
 
-FULL = Shapes("llada_1b", batch=8, seq=2048, matmul_n=8192, train_steps=5, prompt=64, gen=256,
-              block=32, sample_batches=(1, 8))
-TINY = Shapes("tiny", batch=8, seq=64, matmul_n=256, train_steps=2, prompt=8, gen=16, block=8,
-              sample_batches=(2,))
+FULL = Shapes(
+    "llada_1b",
+    batch=8,
+    seq=2048,
+    matmul_n=8192,
+    train_steps=5,
+    prompt=64,
+    gen=256,
+    block=32,
+    sample_batches=(1, 8),
+)
+TINY = Shapes(
+    "tiny",
+    batch=8,
+    seq=64,
+    matmul_n=256,
+    train_steps=2,
+    prompt=8,
+    gen=16,
+    block=8,
+    sample_batches=(2,),
+)
 
 
 def _timed(fn: Any, repeats: int) -> tuple[float, Any]:
@@ -77,9 +97,9 @@ def _timed(fn: Any, repeats: int) -> tuple[float, Any]:
 def train_row(cfg: ModelConfig, shapes: Shapes, peaks: dict[str, float]) -> dict[str, Any]:
     """One timed train step of `cfg` ([batch, seq] random tokens), as a table row."""
     tc = TrainConfig(steps=1000, batch_size=shapes.batch, truncate_prob=0.0, warmup_steps=1)
-    opt = train.make_optimizer(tc)
-    state = train.init_state(cfg, tc, opt, jax.random.key(0))
-    step = train.jit_train_step(cfg, tc, opt)
+    opt = trainer.make_optimizer(tc)
+    state = trainer.init_state(cfg, tc, opt, jax.random.key(0))
+    step = trainer.jit_train_step(cfg, tc, opt)
     tokens = jax.random.randint(jax.random.key(1), (shapes.batch, shapes.seq), 5, cfg.vocab_size)
     t0 = time.perf_counter()
     state, m = step(state, {"tokens": tokens})
@@ -93,28 +113,46 @@ def train_row(cfg: ModelConfig, shapes: Shapes, peaks: dict[str, float]) -> dict
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
     flops = cfg.flops_per_token(shapes.seq) * shapes.batch * shapes.seq / step_s
-    return {"row": f"train {cfg.attention_impl}", "seconds": step_s, "compile_s": compile_s,
-            "tokens_per_s": shapes.batch * shapes.seq / step_s, "tflops": flops / 1e12,
-            **{f"mfu_{k}": flops / v for k, v in peaks.items()},
-            "loss": float(m["loss"])}
+    return {
+        "row": f"train {cfg.attention_impl}",
+        "seconds": step_s,
+        "compile_s": compile_s,
+        "tokens_per_s": shapes.batch * shapes.seq / step_s,
+        "tflops": flops / 1e12,
+        **{f"mfu_{k}": flops / v for k, v in peaks.items()},
+        "loss": float(m["loss"]),
+    }
 
 
 def sample_rows(cfg: ModelConfig, shapes: Shapes, batch: int) -> list[dict[str, Any]]:
     """Exact and fast sampler rows for one batch size (same prompts, same weights)."""
-    params = model.init_params(cfg, jax.random.key(2))
+    params = transformer.init_params(cfg, jax.random.key(2))
     rng = np.random.default_rng(batch)
     prompt = rng.integers(5, cfg.vocab_size, size=(batch, shapes.prompt)).astype(np.int32)
     common = dict(gen_length=shapes.gen, block_length=shapes.block, steps=shapes.gen)
     exact_s, _ = _timed(lambda: sampling.generate(params, cfg, prompt, **common), 2)
-    fast_s, (_, stats) = _timed(lambda: fast_sampling.generate(
-        params, cfg, prompt, **common, cache="dual", threshold=0.9, return_stats=True), 2)
+    fast_s, (_, stats) = _timed(
+        lambda: fast_sampling.generate(
+            params, cfg, prompt, **common, cache="dual", threshold=0.9, return_stats=True
+        ),
+        2,
+    )
     nfe = float(np.mean(np.asarray(stats["nfe"])))
     toks = batch * shapes.gen
     return [
-        {"row": f"sample exact b{batch}", "seconds": exact_s, "tokens_per_s": toks / exact_s,
-         "nfe": float(shapes.gen)},
-        {"row": f"sample fast b{batch}", "seconds": fast_s, "tokens_per_s": toks / fast_s,
-         "nfe": nfe, "speedup": exact_s / fast_s},
+        {
+            "row": f"sample exact b{batch}",
+            "seconds": exact_s,
+            "tokens_per_s": toks / exact_s,
+            "nfe": float(shapes.gen),
+        },
+        {
+            "row": f"sample fast b{batch}",
+            "seconds": fast_s,
+            "tokens_per_s": toks / fast_s,
+            "nfe": nfe,
+            "speedup": exact_s / fast_s,
+        },
     ]
 
 
@@ -124,23 +162,37 @@ def _cell(value: Any, fmt: str) -> str:
 
 def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """The markdown block pasted into docs/benchmarks.md."""
-    lines = [f"Device check {meta['date']}: {meta['device']} ×{meta['devices']}, jax "
-             f"{meta['jax']}, `{meta['command']}`; {meta['model']}. Same-run matmul peak "
-             f"{meta['matmul_tflops']:.1f} TFLOP/s ({meta['dtype']}, n={meta['matmul_n']}); "
-             f"data-sheet peak {meta['sheet_tflops'] or 'unknown'}.", "",
-             "| row | s (step or run) | compile s | tokens/s | model TFLOP/s | MFU (sheet) "
-             "| MFU (same-run matmul) | NFE/row | speed-up |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Device check {meta['date']}: {meta['device']} ×{meta['devices']}, jax "
+        f"{meta['jax']}, `{meta['command']}`; {meta['model']}. Same-run matmul peak "
+        f"{meta['matmul_tflops']:.1f} TFLOP/s ({meta['dtype']}, n={meta['matmul_n']}); "
+        f"data-sheet peak {meta['sheet_tflops'] or 'unknown'}.",
+        "",
+        "| row | s (step or run) | compile s | tokens/s | model TFLOP/s | MFU (sheet) "
+        "| MFU (same-run matmul) | NFE/row | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r.get("skipped"):
             lines.append(f"| {r['row']} | n/a ({r['skipped']}) |  |  |  |  |  |  |  |")
             continue
-        lines.append("| " + " | ".join([
-            r["row"], _cell(r["seconds"], ".4f"), _cell(r.get("compile_s"), ".1f"),
-            _cell(r["tokens_per_s"], ",.0f"), _cell(r.get("tflops"), ".1f"),
-            _cell(r.get("mfu_sheet"), ".1%"), _cell(r.get("mfu_matmul"), ".1%"),
-            _cell(r.get("nfe"), ".1f"), _cell(r.get("speedup"), ".2f") + ("x" if "speedup" in r
-                                                                        else "")]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["row"],
+                    _cell(r["seconds"], ".4f"),
+                    _cell(r.get("compile_s"), ".1f"),
+                    _cell(r["tokens_per_s"], ",.0f"),
+                    _cell(r.get("tflops"), ".1f"),
+                    _cell(r.get("mfu_sheet"), ".1%"),
+                    _cell(r.get("mfu_matmul"), ".1%"),
+                    _cell(r.get("nfe"), ".1f"),
+                    _cell(r.get("speedup"), ".2f") + ("x" if "speedup" in r else ""),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -164,14 +216,20 @@ def main(argv: list[str] | None = None) -> int:
     sample_cfg = base.replace(init_std=0.15, remat_policy="none")
     for batch in shapes.sample_batches:
         rows += sample_rows(sample_cfg, shapes, batch)
-    meta = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
-            "devices": jax.device_count(), "jax": jax.__version__,
-            "command": "benchmarks/device_check.sh" + (" --tiny" if args.tiny else ""),
-            "model": f"{shapes.preset} ({base.param_count() / 1e6:,.1f}M params), train "
-                     f"[{shapes.batch}, {shapes.seq}] {dtype}, sampler prompt {shapes.prompt} "
-                     f"gen {shapes.gen} block {shapes.block}",
-            "matmul_tflops": matmul / 1e12, "matmul_n": shapes.matmul_n, "dtype": dtype,
-            "sheet_tflops": sheet / 1e12 if "sheet" in peaks else None}
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "device": jax.devices()[0].device_kind,
+        "devices": jax.device_count(),
+        "jax": jax.__version__,
+        "command": "benchmarks/device_check.sh" + (" --tiny" if args.tiny else ""),
+        "model": f"{shapes.preset} ({base.param_count() / 1e6:,.1f}M params), train "
+        f"[{shapes.batch}, {shapes.seq}] {dtype}, sampler prompt {shapes.prompt} "
+        f"gen {shapes.gen} block {shapes.block}",
+        "matmul_tflops": matmul / 1e12,
+        "matmul_n": shapes.matmul_n,
+        "dtype": dtype,
+        "sheet_tflops": sheet / 1e12 if "sheet" in peaks else None,
+    }
     table = render(meta, rows)
     print(table)
     if args.out:

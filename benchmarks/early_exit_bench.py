@@ -16,8 +16,9 @@ import time
 import jax
 import numpy as np
 
-from lladax import data, sampling
-from lladax.loading import load_model
+from lladax.data import sources
+from lladax.diffusion import sampling
+from lladax.store.loading import load_model
 
 
 def main() -> None:
@@ -34,16 +35,26 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg, params, tok = load_model(args.checkpoint)
-    docs = [d for d in data.load_documents(args.source, split="eval")
-            if len(tok.encode(d)) >= args.prompt_len][: args.prompts]
-    prompt = np.asarray([[tok.bos_id, *tok.encode(d)[: args.prompt_len - 1]] for d in docs],
-                        np.int32)
-    kw = dict(steps=args.gen, gen_length=args.gen, block_length=args.block,
-              temperature=args.temperature, rng=jax.random.key(args.seed))
+    docs = [
+        d
+        for d in sources.load_documents(args.source, split="eval")
+        if len(tok.encode(d)) >= args.prompt_len
+    ][: args.prompts]
+    prompt = np.asarray(
+        [[tok.bos_id, *tok.encode(d)[: args.prompt_len - 1]] for d in docs], np.int32
+    )
+    kw = dict(
+        steps=args.gen,
+        gen_length=args.gen,
+        block_length=args.block,
+        temperature=args.temperature,
+        rng=jax.random.key(args.seed),
+    )
 
     def run(early_exit: bool):
-        return sampling.generate(params, cfg, prompt, **kw, early_exit=early_exit,
-                                 return_stats=True)
+        return sampling.generate(
+            params, cfg, prompt, **kw, early_exit=early_exit, return_stats=True
+        )
 
     results = {}
     for early_exit in (False, True):
@@ -58,17 +69,23 @@ def main() -> None:
 
     (t_full, full, s_full), (t_exit, exit_, s_exit) = results[False], results[True]
     P = prompt.shape[1]
-    same = all(sampling.decode_answer(a, P, cfg) == sampling.decode_answer(b, P, cfg)
-               for a, b in zip(full, exit_, strict=True))
+    same = all(
+        sampling.decode_answer(a, P, cfg) == sampling.decode_answer(b, P, cfg)
+        for a, b in zip(full, exit_, strict=True)
+    )
     lengths = [len(sampling.decode_answer(a, P, cfg)) for a in full]
-    print(f"checkpoint {args.checkpoint}: {args.prompts} prompts x {P} tokens, gen {args.gen}, "
-          f"block {args.block}, steps {args.gen}, T={args.temperature} low_confidence")
+    print(
+        f"checkpoint {args.checkpoint}: {args.prompts} prompts x {P} tokens, gen {args.gen}, "
+        f"block {args.block}, steps {args.gen}, T={args.temperature} low_confidence"
+    )
     print(f"answer lengths (tokens before EOS/EoT): {lengths}")
     print("| mode | forward passes | wall s | speed-up | answers identical |")
     print("|---|---|---|---|---|")
     print(f"| full run | {int(s_full['forward_passes'])} | {t_full:.2f} | 1.00x | - |")
-    print(f"| early_exit | {int(s_exit['forward_passes'])} | {t_exit:.2f} | "
-          f"{t_full / t_exit:.2f}x | {same} |")
+    print(
+        f"| early_exit | {int(s_exit['forward_passes'])} | {t_exit:.2f} | "
+        f"{t_full / t_exit:.2f}x | {same} |"
+    )
     print(f"per-row freeze step: {np.asarray(s_exit['done_step']).tolist()}")
 
 

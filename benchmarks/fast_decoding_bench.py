@@ -36,8 +36,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from lladax import data, fast_sampling, sampling
-from lladax.loading import load_model
+from lladax.data import sources
+from lladax.diffusion import fast_sampling, sampling
+from lladax.store.loading import load_model
 
 CONFIGS: dict[str, dict[str, Any] | None] = {
     "plain": None,
@@ -56,13 +57,16 @@ def decode(params, cfg, prompt, mask, fast: dict | None, *, gen: int, block: int
     if fast is None:
         canvas, stats = sampling.generate(params, cfg, prompt, mask, **kw, return_stats=True)
         fwd, win = int(stats["forward_passes"]), int(stats["window_passes"])
-        flops = B * (win * cfg.forward_flops(P + gen, block)
-                     + (fwd - win) * cfg.forward_flops(P + gen))
+        flops = B * (
+            win * cfg.forward_flops(P + gen, block) + (fwd - win) * cfg.forward_flops(P + gen)
+        )
         return np.asarray(canvas), float(fwd), flops
-    canvas, stats = fast_sampling.generate(params, cfg, prompt, mask, **kw, **fast,
-                                           return_stats=True)
-    flops = fast_sampling.model_flops(cfg, stats, batch=B, canvas_len=P + gen,
-                                      block_length=block, cache=fast["cache"])
+    canvas, stats = fast_sampling.generate(
+        params, cfg, prompt, mask, **kw, **fast, return_stats=True
+    )
+    flops = fast_sampling.model_flops(
+        cfg, stats, batch=B, canvas_len=P + gen, block_length=block, cache=fast["cache"]
+    )
     return np.asarray(canvas), float(np.mean(stats["nfe"])), flops
 
 
@@ -80,76 +84,102 @@ def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[st
 
 def doc_prompts(tok, args, n: int) -> tuple[np.ndarray, None]:
     """The first `--prompt-len` tokens of `n` held-out documents: [n, prompt_len], no padding."""
-    docs = [d for d in data.load_documents(args.source, split="eval")
-            if len(tok.encode(d)) >= args.prompt_len][:n]
-    return np.asarray([[tok.bos_id, *tok.encode(d)[: args.prompt_len - 1]] for d in docs],
-                      np.int32), None
+    docs = [
+        d
+        for d in sources.load_documents(args.source, split="eval")
+        if len(tok.encode(d)) >= args.prompt_len
+    ][:n]
+    return np.asarray(
+        [[tok.bos_id, *tok.encode(d)[: args.prompt_len - 1]] for d in docs], np.int32
+    ), None
 
 
 def instruction_prompts(cfg, tok, items) -> tuple[np.ndarray, np.ndarray]:
     """Chat-formatted held-out instruction prompts, left-padded: (tokens, attention_mask)."""
-    from lladax.chat import apply_chat_template
+    from lladax.data.chat import apply_chat_template
 
     rows = [apply_chat_template(tok, ex.messages(with_answer=False)) for ex in items]
     width = max(len(r) for r in rows)
     prompt = np.full((len(rows), width), cfg.pad_token_id, np.int32)
     mask = np.zeros((len(rows), width), np.int32)
     for r, ids in enumerate(rows):
-        prompt[r, width - len(ids):], mask[r, width - len(ids):] = ids, 1
+        prompt[r, width - len(ids) :], mask[r, width - len(ids) :] = ids, 1
     return prompt, mask
 
 
 def speed_table(params, cfg, prompt, mask, args) -> None:
     B, P = prompt.shape
-    print(f"\nbatch {B}, prompt {P} tokens, gen {args.gen}, block {args.block}, "
-          f"steps {args.gen}, greedy")
-    print("| configuration | tokens/s | speed-up | NFE/row | model GFLOP | FLOP ratio | "
-          "GFLOP/s | agreement |")
+    print(
+        f"\nbatch {B}, prompt {P} tokens, gen {args.gen}, block {args.block}, "
+        f"steps {args.gen}, greedy"
+    )
+    print(
+        "| configuration | tokens/s | speed-up | NFE/row | model GFLOP | FLOP ratio | "
+        "GFLOP/s | agreement |"
+    )
     print("|---|---|---|---|---|---|---|---|")
-    fns = {name: functools.partial(decode, params, cfg, prompt, mask, fast, gen=args.gen,
-                                   block=args.block) for name, fast in CONFIGS.items()}
+    fns = {
+        name: functools.partial(
+            decode, params, cfg, prompt, mask, fast, gen=args.gen, block=args.block
+        )
+        for name, fast in CONFIGS.items()
+    }
     results = {name: fn() for name, fn in fns.items()}  # compile + warm up; the outputs
     times = interleaved_times(fns, args.repeats)
     t0, (_, _, flops0), plain = times["plain"], results["plain"], results["plain"][0]
     for name, (canvas, nfe, flops) in results.items():
         agree = (canvas[:, P:] == plain[:, P:]).mean()
-        print(f"| {name} | {B * args.gen / times[name]:.1f} | {t0 / times[name]:.2f}x | "
-              f"{nfe:.1f} | {flops / 1e9:.1f} | {flops0 / flops:.1f}x | "
-              f"{flops / times[name] / 1e9:.0f} | {agree:.3f} |", flush=True)
+        print(
+            f"| {name} | {B * args.gen / times[name]:.1f} | {t0 / times[name]:.2f}x | "
+            f"{nfe:.1f} | {flops / 1e9:.1f} | {flops0 / flops:.1f}x | "
+            f"{flops / times[name] / 1e9:.0f} | {agree:.3f} |",
+            flush=True,
+        )
 
 
 def accuracy_table(args) -> None:
-    from lladax import instructions
+    from lladax.data import instructions
 
     cfg, params, tok = load_model(args.sft)
     items = instructions.examples(list(instructions.TASKS), "eval", per_task=args.sft_per_task)
     prompt, mask = instruction_prompts(cfg, tok, items)
     width = prompt.shape[1]
-    print(f"\nSFT model {args.sft}: {len(items)} held-out prompts ({args.sft_per_task} per "
-          f"task), gen {args.sft_gen}, block {args.sft_block}, steps {args.sft_gen}, greedy")
+    print(
+        f"\nSFT model {args.sft}: {len(items)} held-out prompts ({args.sft_per_task} per "
+        f"task), gen {args.sft_gen}, block {args.sft_block}, steps {args.sft_gen}, greedy"
+    )
     print("| configuration | exact match | per task | NFE/row | FLOP ratio | agreement |")
     print("|---|---|---|---|---|---|")
     base = None
     for name, fast in CONFIGS.items():
-        canvas, nfe, flops = decode(params, cfg, prompt, mask, fast, gen=args.sft_gen,
-                                    block=args.sft_block)
+        canvas, nfe, flops = decode(
+            params, cfg, prompt, mask, fast, gen=args.sft_gen, block=args.sft_block
+        )
         replies = [tok.decode_reply(canvas[r, width:]) for r in range(len(items))]
         acc = instructions.accuracy_by_task(items, replies)
-        hits = np.mean([instructions.exact_match(p, ex.answer)
-                        for p, ex in zip(replies, items, strict=True)])
+        hits = np.mean(
+            [instructions.exact_match(p, ex.answer) for p, ex in zip(replies, items, strict=True)]
+        )
         if base is None:
             base = (flops, canvas)
         agree = (canvas[:, width:] == base[1][:, width:]).mean()
         per_task = " ".join(f"{k} {v:.2f}" for k, v in acc.items())
-        print(f"| {name} | {hits:.3f} | {per_task} | {nfe:.1f} | {base[0] / flops:.1f}x | "
-              f"{agree:.3f} |", flush=True)
+        print(
+            f"| {name} | {hits:.3f} | {per_task} | {nfe:.1f} | {base[0] / flops:.1f}x | "
+            f"{agree:.3f} |",
+            flush=True,
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True, help="a trained run (e.g. configs/small.py)")
-    ap.add_argument("--prompts", choices=["docs", "instructions"], default="docs",
-                    help="held-out documents (pretrained model) or synthetic instructions (SFT)")
+    ap.add_argument(
+        "--prompts",
+        choices=["docs", "instructions"],
+        default="docs",
+        help="held-out documents (pretrained model) or synthetic instructions (SFT)",
+    )
     ap.add_argument("--source", default="embedded", help="where held-out documents come from")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--prompt-len", type=int, default=16)
@@ -165,13 +195,15 @@ def main() -> None:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"date: {now}; devices: {jax.devices()}")
     cfg, params, tok = load_model(args.checkpoint)
-    print(f"checkpoint {args.checkpoint}: {cfg.n_layers} layers, d={cfg.d_model}, "
-          f"vocab {cfg.vocab_size}")
+    print(
+        f"checkpoint {args.checkpoint}: {cfg.n_layers} layers, d={cfg.d_model}, "
+        f"vocab {cfg.vocab_size}"
+    )
     for batch in args.batches:
         if args.prompts == "docs":
             prompt, mask = doc_prompts(tok, args, batch)
         else:  # held-out prompts of the tasks in turn
-            from lladax import instructions
+            from lladax.data import instructions
 
             tasks = list(instructions.TASKS)
             items = instructions.examples(tasks, "eval", per_task=batch)  # task by task

@@ -22,7 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lladax import config, likelihood, model, train
+from lladax import config
+from lladax.diffusion import likelihood
+from lladax.model import transformer
+from lladax.train import trainer
 
 
 def _timed(fn) -> float:
@@ -42,14 +45,13 @@ def loop_estimate(params, cfg, prompt, answer, *, mc_num, batch_size, rng) -> fl
     def draw(u, b):
         return likelihood._draw_masks(u, jnp.int32(T), is_answer, b)
 
-    noise = likelihood._uniforms(rng, L, n_iter, b)   # the same noise as (b)
+    noise = likelihood._uniforms(rng, L, n_iter, b)  # the same noise as (b)
     clean = np.repeat(seq[None], b, axis=0)
     losses = []
     for i in range(n_iter):
         masked, p_mask = draw(noise[:, i], b)
         noisy = jnp.where(masked, cfg.mask_token_id, clean)
-        losses.append(float(likelihood.batch_elbo(params, cfg, clean, noisy, p_mask,
-                                                  len(prompt))))
+        losses.append(float(likelihood.batch_elbo(params, cfg, clean, noisy, p_mask, len(prompt))))
     return -float(np.mean(losses))
 
 
@@ -62,35 +64,43 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     cfg = config.preset("small")
-    params = model.init_params(cfg, jax.random.key(0))
+    params = transformer.init_params(cfg, jax.random.key(0))
     r = np.random.default_rng(0)
     prompt = r.integers(5, cfg.vocab_size, args.prompt).astype(np.int32)
     answer = r.integers(5, cfg.vocab_size, args.len - args.prompt).astype(np.int32)
     opts = dict(mc_num=args.mc_num, batch_size=args.batch)
 
-    peak = train.measure_matmul_peak(2048) / 1e9  # GFLOP/s
+    peak = trainer.measure_matmul_peak(2048) / 1e9  # GFLOP/s
     results = {}
     for name, fn in (
-        ("(a) Python loop over MC iterations", lambda k: loop_estimate(
-            params, cfg, prompt, answer, rng=k, **opts)),
-        ("(b) one jitted program (lax.scan)", lambda k: likelihood.log_likelihood(
-            params, cfg, prompt, answer, rng=k, **opts)),
+        (
+            "(a) Python loop over MC iterations",
+            lambda k: loop_estimate(params, cfg, prompt, answer, rng=k, **opts),
+        ),
+        (
+            "(b) one jitted program (lax.scan)",
+            lambda k: likelihood.log_likelihood(params, cfg, prompt, answer, rng=k, **opts),
+        ),
     ):
-        est = fn(jax.random.key(1))   # warm-up: compile
+        est = fn(jax.random.key(1))  # warm-up: compile
         best = min(_timed(functools.partial(fn, jax.random.key(1))) for _ in range(args.repeats))
         results[name] = (est, best)
     flops = cfg.forward_flops(args.len) * args.mc_num
-    print(f"preset small, random weights; prompt {args.prompt} + answer "
-          f"{args.len - args.prompt} = {args.len} tokens, mc_num {args.mc_num}, batch "
-          f"{args.batch} ({args.mc_num // args.batch} iterations); best of {args.repeats}")
+    print(
+        f"preset small, random weights; prompt {args.prompt} + answer "
+        f"{args.len - args.prompt} = {args.len} tokens, mc_num {args.mc_num}, batch "
+        f"{args.batch} ({args.mc_num // args.batch} iterations); best of {args.repeats}"
+    )
     print(f"matmul peak (jitted f32 2048^3): {peak:.1f} GFLOP/s\n")
     print("| path | s / estimate | ELBO evals/s | GFLOP/s (% peak) | estimate |")
     print("|---|---|---|---|---|")
     base = None
     for name, (est, t) in results.items():
         base = base or t
-        print(f"| {name} | {t:.3f} | {args.mc_num / t:.1f} | {flops / t / 1e9:.1f} "
-              f"({100 * flops / t / 1e9 / peak:.0f}%) | {est:.4f} |")
+        print(
+            f"| {name} | {t:.3f} | {args.mc_num / t:.1f} | {flops / t / 1e9:.1f} "
+            f"({100 * flops / t / 1e9 / peak:.0f}%) | {est:.4f} |"
+        )
     (ea, ta), (eb, tb) = results.values()
     print(f"\nspeed-up (b)/(a): {ta / tb:.2f}x; |estimate (a) - (b)| = {abs(ea - eb):.2e}")
 

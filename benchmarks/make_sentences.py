@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 import sys
 
-from lladax import data
+from lladax.data import sources
 
 
 def main(path: str) -> None:
     sentences = []
-    for doc in data.load_documents("embedded", split="all"):
+    for doc in sources.load_documents("embedded", split="all"):
         for sent in re.split(r"(?<=[.!?])\s+", doc.replace("\n", " ")):
             sent = " ".join(sent.split())
             if 30 <= len(sent) <= 160 and sent[0].isupper():

@@ -21,7 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lladax import config, denoise, model, sampling, train
+from lladax import config
+from lladax.diffusion import denoise, sampling
+from lladax.model import transformer
+from lladax.train import trainer
 
 PROMPT, GEN, STEPS, BLOCK = 64, 128, 128, 32
 
@@ -35,7 +38,7 @@ def bench_cfg() -> config.ModelConfig:
 
 def baseline(params, cfg, prompt: np.ndarray) -> np.ndarray:
     """(a): Python loop, full forward per step (reference structure), same selection rule."""
-    fwd = jax.jit(lambda p, x: model.apply(p, cfg, x))
+    fwd = jax.jit(lambda p, x: transformer.apply(p, cfg, x))
 
     @jax.jit
     def select(x, logits, k, block_end):
@@ -51,8 +54,9 @@ def baseline(params, cfg, prompt: np.ndarray) -> np.ndarray:
         return jnp.where((rank < k[:, None]) & eligible, x0, x)
 
     B, P = prompt.shape
-    x = jnp.concatenate([jnp.asarray(prompt, jnp.int32),
-                         jnp.full((B, GEN), cfg.mask_token_id, jnp.int32)], axis=1)
+    x = jnp.concatenate(
+        [jnp.asarray(prompt, jnp.int32), jnp.full((B, GEN), cfg.mask_token_id, jnp.int32)], axis=1
+    )
     s = STEPS // (GEN // BLOCK)
     for b in range(GEN // BLOCK):
         start, end = P + b * BLOCK, P + (b + 1) * BLOCK
@@ -65,8 +69,9 @@ def baseline(params, cfg, prompt: np.ndarray) -> np.ndarray:
 
 def fused(params, cfg, prompt: np.ndarray) -> np.ndarray:
     """(b)."""
-    return np.asarray(sampling.generate(params, cfg, prompt, steps=STEPS, gen_length=GEN,
-                                        block_length=BLOCK))
+    return np.asarray(
+        sampling.generate(params, cfg, prompt, steps=STEPS, gen_length=GEN, block_length=BLOCK)
+    )
 
 
 def timed(fn, repeats: int) -> tuple[float, np.ndarray]:
@@ -86,18 +91,23 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = bench_cfg()
-    params = model.init_params(cfg, jax.random.key(0))
-    peak = train.measure_matmul_peak(2048) / 1e9  # (c), GFLOP/s
+    params = transformer.init_params(cfg, jax.random.key(0))
+    peak = trainer.measure_matmul_peak(2048) / 1e9  # (c), GFLOP/s
     n = PROMPT + GEN
+
     def f_full(batch: int, q: int | None = None) -> float:
         return batch * cfg.forward_flops(n, q)
 
     print(f"devices: {jax.devices()}; f32 matmul peak {peak:.1f} GFLOP/s")
-    print(f"model: preset small (L={cfg.n_layers}, d={cfg.d_model}, H={cfg.n_heads}, "
-          f"mlp={cfg.mlp_hidden_size}, V={cfg.vocab_size}); prompt {PROMPT}, gen {GEN}, "
-          f"steps {STEPS}, block {BLOCK}; best of {args.repeats} after a warm-up run\n")
-    print("| batch | (a) loop+full fwd s | (a) tok/s | (b) generate s | (b) tok/s | (b)/(a) "
-          "| (a) GFLOP/s (% peak) | (b) useful GFLOP/s (% peak) | tokens identical |")
+    print(
+        f"model: preset small (L={cfg.n_layers}, d={cfg.d_model}, H={cfg.n_heads}, "
+        f"mlp={cfg.mlp_hidden_size}, V={cfg.vocab_size}); prompt {PROMPT}, gen {GEN}, "
+        f"steps {STEPS}, block {BLOCK}; best of {args.repeats} after a warm-up run\n"
+    )
+    print(
+        "| batch | (a) loop+full fwd s | (a) tok/s | (b) generate s | (b) tok/s | (b)/(a) "
+        "| (a) GFLOP/s (% peak) | (b) useful GFLOP/s (% peak) | tokens identical |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for batch in args.batches:
         rng = np.random.default_rng(batch)
@@ -108,11 +118,15 @@ def main() -> None:
         fb = STEPS * f_full(batch, q=BLOCK)  # every step takes the window path here
         toks = batch * GEN
         same = bool((out_a == out_b).all())
-        print(f"| {batch} | {ta:.2f} | {toks / ta:.1f} | {tb:.2f} | {toks / tb:.1f} | "
-              f"{ta / tb:.2f}x | {fa / ta / 1e9:.1f} ({100 * fa / ta / 1e9 / peak:.0f}%) | "
-              f"{fb / tb / 1e9:.1f} ({100 * fb / tb / 1e9 / peak:.0f}%) | {same} |")
-    print(f"\nmatmul FLOPs per step, full forward / block window: "
-          f"{f_full(1) / f_full(1, q=BLOCK):.2f}x (the compute-bound limit of (b)/(a) here)")
+        print(
+            f"| {batch} | {ta:.2f} | {toks / ta:.1f} | {tb:.2f} | {toks / tb:.1f} | "
+            f"{ta / tb:.2f}x | {fa / ta / 1e9:.1f} ({100 * fa / ta / 1e9 / peak:.0f}%) | "
+            f"{fb / tb / 1e9:.1f} ({100 * fb / tb / 1e9 / peak:.0f}%) | {same} |"
+        )
+    print(
+        f"\nmatmul FLOPs per step, full forward / block window: "
+        f"{f_full(1) / f_full(1, q=BLOCK):.2f}x (the compute-bound limit of (b)/(a) here)"
+    )
 
 
 if __name__ == "__main__":

@@ -2,12 +2,13 @@
 
     python benchmarks/sft_demo.py [--workdir /tmp/sft_demo] [--pretrained runs/small]
 
-1. pretrain: `configs/small.py` on the default (embedded) data, via `lladax.loop.run` — skipped
+1. pretrain: `configs/small.py` on the default (embedded) data, via `lladax.train.loop.run`
+   — skipped
    with `--pretrained DIR` or when `WORKDIR/pretrain` already holds the finished run;
 2. before: greedy `sampling.generate` replies of the pretrained model to held-out prompts of every
    task (`instructions.examples(..., "eval")`, chat template applied), exact match per task;
 3. SFT: `configs/sft_small.py` (`data.format="chat"`, copy + reverse of the synthetic set) from
-   the pretrained params (`checkpoint.init_from`), again via `lladax.loop.run`;
+   the pretrained params (`checkpoint.init_from`), again via `lladax.train.loop.run`;
 4. after: the same held-out prompts, the same sampler settings.
 
 The sampler's canvas is prompt + gen_length positions; the default gen_length is the config's
@@ -26,9 +27,12 @@ import json
 import time
 from pathlib import Path
 
-from lladax import checkpoint, instruction_eval, instructions, loop
-from lladax.config_files import load_config_file
-from lladax.loading import load_model
+from lladax.data import instructions
+from lladax.eval import instruction_eval
+from lladax.store import checkpoint
+from lladax.store.loading import load_model
+from lladax.train import loop
+from lladax.train.config_files import load_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,22 +50,36 @@ def score(run_dir: Path, items: list, args: argparse.Namespace) -> tuple[dict, l
     cfg, params, tok = load_model(str(run_dir))
     t0 = time.perf_counter()
     replies = instruction_eval.generate_replies(
-        params, cfg, tok, items, gen_length=args.gen_length, steps=args.gen_length,
-        block_length=args.block_length, batch_size=args.eval_batch)
+        params,
+        cfg,
+        tok,
+        items,
+        gen_length=args.gen_length,
+        steps=args.gen_length,
+        block_length=args.block_length,
+        batch_size=args.eval_batch,
+    )
     return instructions.accuracy_by_task(items, replies), replies, time.perf_counter() - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="/tmp/sft_demo")
-    ap.add_argument("--pretrained", default=None,
-                    help="an existing `small` run to fine-tune (skips pretraining)")
+    ap.add_argument(
+        "--pretrained",
+        default=None,
+        help="an existing `small` run to fine-tune (skips pretraining)",
+    )
     ap.add_argument("--sft-steps", type=int, default=None, help="default: configs/sft_small.py")
     ap.add_argument("--tasks", default="all", help="comma-separated, or 'all'")
     ap.add_argument("--per-task", type=int, default=100, help="held-out prompts per task")
-    ap.add_argument("--gen-length", type=int, default=None,
-                    help="default: data.min_answer_len of configs/sft_small.py (the answer region "
-                         "every SFT row was trained with)")
+    ap.add_argument(
+        "--gen-length",
+        type=int,
+        default=None,
+        help="default: data.min_answer_len of configs/sft_small.py (the answer region "
+        "every SFT row was trained with)",
+    )
     ap.add_argument("--block-length", type=int, default=None, help="default: gen-length")
     ap.add_argument("--eval-batch", type=int, default=128)
     args = ap.parse_args()
@@ -86,36 +104,46 @@ def main() -> None:
     print("equivalent commands:")
     if not args.pretrained:
         print(f"  lladax train --config configs/small.py --workdir {pre_dir}")
-    print(f"  lladax train --config configs/sft_small.py --workdir {sft_dir} "
-          f"--config.checkpoint.init_from={pre_dir} --config.train.steps={sft_cfg.train.steps}")
+    print(
+        f"  lladax train --config configs/sft_small.py --workdir {sft_dir} "
+        f"--config.checkpoint.init_from={pre_dir} --config.train.steps={sft_cfg.train.steps}"
+    )
 
     if not args.pretrained and not finished(pre_dir, pre_cfg.train.steps):
         t0 = time.perf_counter()
         out = loop.run(pre_cfg)
         times["pretrain"] = time.perf_counter() - t0
-        print(f"pretrained {out['step']} steps: eval loss {out.get('eval_loss', float('nan')):.3f}"
-              f" ({times['pretrain']:.0f} s)")
+        print(
+            f"pretrained {out['step']} steps: eval loss {out.get('eval_loss', float('nan')):.3f}"
+            f" ({times['pretrain']:.0f} s)"
+        )
     before, _, times["eval before"] = score(pre_dir, items, args)
 
     if not finished(sft_dir, sft_cfg.train.steps):
         t0 = time.perf_counter()
         out = loop.run(sft_cfg)
         times["sft"] = time.perf_counter() - t0
-        print(f"fine-tuned {out['step']} steps: SFT eval loss "
-              f"{out.get('eval_loss', float('nan')):.3f} ({times['sft']:.0f} s)")
+        print(
+            f"fine-tuned {out['step']} steps: SFT eval loss "
+            f"{out.get('eval_loss', float('nan')):.3f} ({times['sft']:.0f} s)"
+        )
     after, replies, times["eval after"] = score(sft_dir, items, args)
 
     block = args.block_length or args.gen_length
-    print(f"\nexact match on {args.per_task} held-out prompts per task (greedy, gen_length "
-          f"{args.gen_length}, steps {args.gen_length}, block {block})")
+    print(
+        f"\nexact match on {args.per_task} held-out prompts per task (greedy, gen_length "
+        f"{args.gen_length}, steps {args.gen_length}, block {block})"
+    )
     trained = instructions.parse_source(sft_cfg.data.source)
     print("| task | SFT trained on it | before SFT | after SFT |\n|---|---|---|---|")
     for task in tasks:
-        print(f"| {task} | {'yes' if task in trained else 'no'} | {before[task]:.1%} | "
-              f"{after[task]:.1%} |")
+        print(
+            f"| {task} | {'yes' if task in trained else 'no'} | {before[task]:.1%} | "
+            f"{after[task]:.1%} |"
+        )
     print("\nsample replies after SFT:")
     for i in range(0, len(items), args.per_task):
-        for ex, reply in list(zip(items, replies, strict=True))[i:i + 2]:
+        for ex, reply in list(zip(items, replies, strict=True))[i : i + 2]:
             mark = "ok " if instructions.exact_match(reply, ex.answer) else "BAD"
             print(f"  {mark} {ex.prompt!r} -> {reply!r} (expected {ex.answer!r})")
     times["total"] = time.perf_counter() - start

@@ -16,13 +16,14 @@ import time
 import jax
 import jax.numpy as jnp
 
-from lladax import train
 from lladax.config import preset
+from lladax.train import trainer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=128)
@@ -33,36 +34,42 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = preset(args.preset, remat_policy=args.remat, dtype=args.dtype)
-    tc = train.TrainConfig(steps=1000, batch_size=args.batch, truncate_prob=0.0)
-    opt = train.make_optimizer(tc)
-    state = train.init_state(cfg, tc, opt, jax.random.key(0))
-    step = train.jit_train_step(cfg, tc, opt)
+    tc = trainer.TrainConfig(steps=1000, batch_size=args.batch, truncate_prob=0.0)
+    opt = trainer.make_optimizer(tc)
+    state = trainer.init_state(cfg, tc, opt, jax.random.key(0))
+    step = trainer.jit_train_step(cfg, tc, opt)
     tokens = jax.random.randint(jax.random.key(1), (args.batch, args.seq), 0, cfg.vocab_size)
     batch = {"tokens": tokens}
     state, m = step(state, batch)  # compile
     jax.block_until_ready(m)
 
-    peak = train.measure_matmul_peak(args.matmul_n, jnp.dtype(args.dtype))
+    peak = trainer.measure_matmul_peak(args.matmul_n, jnp.dtype(args.dtype))
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
         state, m = step(state, batch)
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
-    peak_after = train.measure_matmul_peak(args.matmul_n, jnp.dtype(args.dtype))
+    peak_after = trainer.measure_matmul_peak(args.matmul_n, jnp.dtype(args.dtype))
     peak = max(peak, peak_after)
     best = sorted(times)[len(times) // 2]  # median step
     tokens_per_step = args.batch * args.seq
     flops = cfg.flops_per_token(args.seq) * tokens_per_step
-    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  "
-          f"({platform.processor() or platform.machine()}), jax {jax.__version__}")
-    print(f"model: {args.preset} ({cfg.param_count() / 1e6:.2f}M params), batch {args.batch} x "
-          f"seq {args.seq}, {args.dtype}, remat={args.remat}")
+    print(
+        f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  "
+        f"({platform.processor() or platform.machine()}), jax {jax.__version__}"
+    )
+    print(
+        f"model: {args.preset} ({cfg.param_count() / 1e6:.2f}M params), batch {args.batch} x "
+        f"seq {args.seq}, {args.dtype}, remat={args.remat}"
+    )
     print(f"{'matmul peak':>22}: {peak / 1e9:8.1f} GFLOP/s  (n={args.matmul_n})")
     print(f"{'train step (median)':>22}: {best * 1e3:8.1f} ms")
     print(f"{'tokens/s':>22}: {tokens_per_step / best:8.0f}")
-    print(f"{'model FLOP/s':>22}: {flops / best / 1e9:8.1f} GFLOP/s "
-          f"({flops / best / 1e12:.4f} TFLOP/s)")
+    print(
+        f"{'model FLOP/s':>22}: {flops / best / 1e9:8.1f} GFLOP/s "
+        f"({flops / best / 1e12:.4f} TFLOP/s)"
+    )
     print(f"{'MFU vs same-run peak':>22}: {flops / best / peak:8.1%}")
 
 

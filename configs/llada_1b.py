@@ -5,7 +5,7 @@ The config argument names the hardware (`configs/llada_1b.py:1xh100`, default `8
 (`--config.data.tokenizer=/path/to/tokenizer.json`) and bf16 compute.
 """
 
-from lladax.run_config import run_config
+from lladax.train.run_config import run_config
 
 # hardware -> (mesh data/fsdp/tensor, grad_accum, remat policy)
 HARDWARE = {
@@ -19,13 +19,14 @@ HARDWARE = {
 
 def get_config(hardware: str = "8xh100"):
     if hardware not in HARDWARE:
-        raise ValueError(f"unknown hardware {hardware!r} for llada_1b: use one of "
-                         f"{sorted(HARDWARE)} (configs/llada_1b.py:<hardware>)")
+        raise ValueError(
+            f"unknown hardware {hardware!r} for llada_1b: use one of "
+            f"{sorted(HARDWARE)} (configs/llada_1b.py:<hardware>)"
+        )
     mesh, grad_accum, remat = HARDWARE[hardware]
     c = run_config("llada_1b", dtype="bfloat16", param_dtype="float32", remat_policy=remat)
     c.data.seq_len = 4096
-    c.train.update(steps=100_000, batch_size=256, grad_accum=grad_accum, lr=4e-4,
-                   warmup_steps=2000)
+    c.train.update(steps=100_000, batch_size=256, grad_accum=grad_accum, lr=4e-4, warmup_steps=2000)
     c.eval.update(every=1000, batches=16, batch_size=32)
     c.log.update(every=50, workdir="runs/llada_1b")
     c.checkpoint.update(every=1000, keep=3)

@@ -32,13 +32,23 @@ def get_config(hardware: str = "v5p-128"):
     # Same micro-batch per device as pretraining (batch 1280), so the memory plan carries over.
     accum = c.train.grad_accum * SFT_BATCH // c.train.batch_size
     if accum < 1 or c.train.grad_accum * SFT_BATCH % c.train.batch_size:
-        raise ValueError(f"hardware {hardware!r}: grad_accum {c.train.grad_accum} does not scale "
-                         f"to batch {SFT_BATCH}; set --config.train.grad_accum yourself")
+        raise ValueError(
+            f"hardware {hardware!r}: grad_accum {c.train.grad_accum} does not scale "
+            f"to batch {SFT_BATCH}; set --config.train.grad_accum yourself"
+        )
     c.data.format = "chat"
-    c.data.source = ""          # a chat .jsonl file or directory (required)
+    c.data.source = ""  # a chat .jsonl file or directory (required)
     c.data.seq_len = 4096
-    c.train.update(steps=52_734, batch_size=SFT_BATCH, grad_accum=accum, lr=2.5e-5,
-                   warmup_steps=50, decay_fraction=0.1, final_lr_ratio=0.1, weight_decay=0.1)
+    c.train.update(
+        steps=52_734,
+        batch_size=SFT_BATCH,
+        grad_accum=accum,
+        lr=2.5e-5,
+        warmup_steps=50,
+        decay_fraction=0.1,
+        final_lr_ratio=0.1,
+        weight_decay=0.1,
+    )
     c.eval.update(every=1000, batches=8, batch_size=64)
     c.log.update(every=50, workdir="runs/llada_8b_sft")
     c.checkpoint.update(every=1000, keep=3)

@@ -7,13 +7,13 @@
 docs/sft.md. Copy and reverse samples are 25-26 tokens with min_answer_len 8: one bucket, 32.
 """
 
-from lladax.run_config import run_config
+from lladax.train.run_config import run_config
 
 
 def get_config():
     # Activations are small: rematerialisation would only add recompute.
     c = run_config("small", remat_policy="none")
-    c.data.format = "chat"               # lladax.sft batches: tokens + prompt_lengths
+    c.data.format = "chat"  # lladax.data.sft batches: tokens + prompt_lengths
     # Two of the five tasks: every step then trains the two most learnable ones (fixed-offset
     # copies). Held-out exact match measured on a 2-core CPU (docs/sft.md): 3000 steps (~22 min)
     # copy 76 %, reverse 63 %; resumed to 6000 steps (--config.train.steps=6000, ~25 min more)
@@ -36,8 +36,15 @@ def get_config():
     # gradient, and this model learns nothing in 600 steps. eps = 0.2 bounds the weights at 5x
     # (answers are then never less than 20% masked): on copy alone a masked answer word is then
     # predicted 94 % right (teacher-forced) after ~150 steps.
-    c.train.update(steps=3000, batch_size=32, lr=2e-3, warmup_steps=30, decay_fraction=0.3,
-                   mask_eps=0.2, stratified_t=True)
+    c.train.update(
+        steps=3000,
+        batch_size=32,
+        lr=2e-3,
+        warmup_steps=30,
+        decay_fraction=0.3,
+        mask_eps=0.2,
+        stratified_t=True,
+    )
     c.eval.update(every=100, batches=4, batch_size=32)
     c.log.update(every=20, workdir="runs/sft_small")
     c.checkpoint.every = 500

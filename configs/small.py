@@ -1,6 +1,6 @@
 """small: ~4.5M params (4 layers, d=256, vocab 2048): learns visibly on a 2-core CPU in minutes."""
 
-from lladax.run_config import run_config
+from lladax.train.run_config import run_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """tiny: a 2-layer, d=64 model for CI and smoke tests (trains in seconds on a CPU)."""
 
-from lladax.run_config import run_config
+from lladax.train.run_config import run_config
 
 
 def get_config():

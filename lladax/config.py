@@ -11,8 +11,15 @@ from typing import Any
 
 import jax.numpy as jnp
 
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_out", "save_qkv_proj",
-                  "offload")
+REMAT_POLICIES = (
+    "none",
+    "full",
+    "dots",
+    "dots_no_batch",
+    "save_attn_out",
+    "save_qkv_proj",
+    "offload",
+)
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "splash_interpret")
 DTYPES = ("float32", "bfloat16", "float16")
 # "diffusion": LLaDA's bidirectional mask predictor; "autoregressive": the same network with causal
@@ -55,40 +62,61 @@ class ModelConfig:
     kind: str = "diffusion"
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
-                     "mlp_hidden_size", "max_seq_len"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "mlp_hidden_size",
+            "max_seq_len",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"ModelConfig.{name} must be a positive int, got {value!r}")
         if self.d_model % self.n_heads:
             raise ConfigError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
-                "choose n_heads that divides d_model")
+                "choose n_heads that divides d_model"
+            )
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(
-                f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+                f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
+            )
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even for rotary embeddings")
-        for name in ("mask_token_id", "bos_token_id", "eos_token_id", "pad_token_id",
-                     "eot_token_id"):
+        for name in (
+            "mask_token_id",
+            "bos_token_id",
+            "eos_token_id",
+            "pad_token_id",
+            "eot_token_id",
+        ):
             value = getattr(self, name)
             if value is not None and not 0 <= value < self.vocab_size:
                 raise ConfigError(
                     f"{name}={value} is outside the vocabulary [0, {self.vocab_size}): "
-                    "the special ids must come from the same tokenizer as vocab_size")
+                    "the special ids must come from the same tokenizer as vocab_size"
+                )
         for name, low in (("rope_theta", "> 0"), ("rms_norm_eps", ">= 0"), ("init_std", ">= 0")):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not (value > 0 if low == "> 0" else
-                                                           value >= 0):
+            if not isinstance(value, (int, float)) or not (
+                value > 0 if low == "> 0" else value >= 0
+            ):
                 raise ConfigError(f"ModelConfig.{name}={value!r} must be a number {low}")
         if self.mask_token_id == self.pad_token_id:
             raise ConfigError("mask_token_id must differ from pad_token_id")
-        for name, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES),
-                              ("remat_policy", REMAT_POLICIES),
-                              ("attention_impl", ATTENTION_IMPLS), ("kind", MODEL_KINDS)):
+        for name, allowed in (
+            ("dtype", DTYPES),
+            ("param_dtype", DTYPES),
+            ("remat_policy", REMAT_POLICIES),
+            ("attention_impl", ATTENTION_IMPLS),
+            ("kind", MODEL_KINDS),
+        ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(
-                    f"ModelConfig.{name}={getattr(self, name)!r} is unknown; use one of {allowed}")
+                    f"ModelConfig.{name}={getattr(self, name)!r} is unknown; use one of {allowed}"
+                )
 
     @property
     def causal(self) -> bool:
@@ -149,11 +177,13 @@ class ModelConfig:
 
     # --- Hugging Face config.json --------------------------------------------------------------
     @classmethod
-    def from_hf_dict(cls, hf: dict[str, Any], special_tokens: dict[str, Any] | None = None,
-                     **overrides: Any) -> ModelConfig:
+    def from_hf_dict(
+        cls, hf: dict[str, Any], special_tokens: dict[str, Any] | None = None, **overrides: Any
+    ) -> ModelConfig:
         """Build from a LLaDA `config.json` dict (the OLMo-derived `LLaDAConfig` keys)."""
         checks = {
-            "block_type": ("llama",), "activation_type": ("silu", "swiglu"),
+            "block_type": ("llama",),
+            "activation_type": ("silu", "swiglu"),
             "layer_norm_type": ("rms",),
         }
         for key, allowed in checks.items():
@@ -161,17 +191,26 @@ class ModelConfig:
             if value not in allowed:
                 raise ConfigError(
                     f"config.json has {key}={value!r}; lladax implements LLaDA's {allowed[0]!r} "
-                    f"only: convert a LLaDA checkpoint (block_type='llama', rms norm, silu)")
-        for key in ("alibi", "include_bias", "include_qkv_bias", "weight_tying", "scale_logits",
-                    "input_emb_norm", "attention_layer_norm", "bias_for_layer_norm"):
+                    f"only: convert a LLaDA checkpoint (block_type='llama', rms norm, silu)"
+                )
+        for key in (
+            "alibi",
+            "include_bias",
+            "include_qkv_bias",
+            "weight_tying",
+            "scale_logits",
+            "input_emb_norm",
+            "attention_layer_norm",
+            "bias_for_layer_norm",
+        ):
             if hf.get(key):
                 raise ConfigError(
                     f"config.json sets {key}=true, which LLaDA does not use and lladax does not "
-                    "implement: set it to false or use a LLaDA checkpoint")
+                    "implement: set it to false or use a LLaDA checkpoint"
+                )
         if not hf.get("rope", True):
             raise ConfigError("config.json sets rope=false; LLaDA uses rotary embeddings")
-        missing = [k for k in ("d_model", "n_layers", "n_heads", "mlp_hidden_size")
-                   if k not in hf]
+        missing = [k for k in ("d_model", "n_layers", "n_heads", "mlp_hidden_size") if k not in hf]
         if missing:
             raise ConfigError(f"config.json lacks {missing}: is this a LLaDA config.json?")
         special = dict(special_tokens or {})
@@ -196,7 +235,8 @@ class ModelConfig:
             rope_theta=float(hf.get("rope_theta", 10000.0)),
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
             mask_token_id=token("mask_token_id", 126336),
-            bos_token_id=token("bos_token_id", None) if token("bos_token_id", None) is not None
+            bos_token_id=token("bos_token_id", None)
+            if token("bos_token_id", None) is not None
             else eos,
             eos_token_id=eos,
             pad_token_id=token("pad_token_id", eos),
@@ -208,59 +248,140 @@ class ModelConfig:
     def to_hf_dict(self) -> dict[str, Any]:
         """A `config.json` dict the LLaDA Hugging Face remote code loads."""
         return {
-            "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0,
+            "activation_type": "silu",
+            "alibi": False,
+            "alibi_bias_max": 8.0,
             "architectures": ["LLaDAModelLM"],
-            "attention_dropout": 0.0, "attention_layer_norm": False,
+            "attention_dropout": 0.0,
+            "attention_layer_norm": False,
             "attention_layer_norm_with_affine": True,
             "auto_map": {
                 "AutoConfig": "configuration_llada.LLaDAConfig",
                 "AutoModel": "modeling_llada.LLaDAModelLM",
                 "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
             },
-            "bias_for_layer_norm": False, "block_group_size": 1, "block_type": "llama",
-            "bos_token_id": self.bos_token_id, "d_model": self.d_model,
-            "embedding_dropout": 0.0, "embedding_size": self.vocab_size,
-            "eos_token_id": self.eos_token_id, "flash_attention": False,
-            "include_bias": False, "include_qkv_bias": False, "init_device": "meta",
-            "init_fn": "mitchell", "init_std": self.init_std, "input_emb_norm": False,
-            "layer_norm_type": "rms", "layer_norm_with_affine": True,
+            "bias_for_layer_norm": False,
+            "block_group_size": 1,
+            "block_type": "llama",
+            "bos_token_id": self.bos_token_id,
+            "d_model": self.d_model,
+            "embedding_dropout": 0.0,
+            "embedding_size": self.vocab_size,
+            "eos_token_id": self.eos_token_id,
+            "flash_attention": False,
+            "include_bias": False,
+            "include_qkv_bias": False,
+            "init_device": "meta",
+            "init_fn": "mitchell",
+            "init_std": self.init_std,
+            "input_emb_norm": False,
+            "layer_norm_type": "rms",
+            "layer_norm_with_affine": True,
             "mask_token_id": self.mask_token_id,
             "max_sequence_length": self.max_seq_len,
-            "mlp_hidden_size": self.mlp_hidden_size, "model_type": "llada",
-            "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads, "n_layers": self.n_layers,
-            "pad_token_id": self.pad_token_id, "residual_dropout": 0.0,
-            "rms_norm_eps": self.rms_norm_eps, "rope": True, "rope_full_precision": True,
-            "rope_theta": self.rope_theta, "scale_logits": False,
-            "torch_dtype": self.param_dtype, "use_cache": False,
-            "vocab_size": self.vocab_size, "weight_tying": False,
+            "mlp_hidden_size": self.mlp_hidden_size,
+            "model_type": "llada",
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads,
+            "n_layers": self.n_layers,
+            "pad_token_id": self.pad_token_id,
+            "residual_dropout": 0.0,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope": True,
+            "rope_full_precision": True,
+            "rope_theta": self.rope_theta,
+            "scale_logits": False,
+            "torch_dtype": self.param_dtype,
+            "use_cache": False,
+            "vocab_size": self.vocab_size,
+            "weight_tying": False,
         }
 
     def special_tokens(self) -> dict[str, int | None]:
         return {
-            "mask_token_id": self.mask_token_id, "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id,
+            "mask_token_id": self.mask_token_id,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
             "eot_token_id": self.eot_token_id,
         }
 
 
-_LLADA_SPECIALS = dict(mask_token_id=126336, bos_token_id=126080, eos_token_id=126081,
-                       pad_token_id=126081, eot_token_id=126348)
+_LLADA_SPECIALS = dict(
+    mask_token_id=126336,
+    bos_token_id=126080,
+    eos_token_id=126081,
+    pad_token_id=126081,
+    eot_token_id=126348,
+)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CI-sized; special ids match the embedded tokenizer's reserved ids (see tokenizer.py).
-    "tiny": dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4,
-                 mlp_hidden_size=128, max_seq_len=128, mask_token_id=4, bos_token_id=1,
-                 eos_token_id=2, pad_token_id=2, eot_token_id=3),
+    "tiny": dict(
+        vocab_size=512,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=4,
+        mlp_hidden_size=128,
+        max_seq_len=128,
+        mask_token_id=4,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        eot_token_id=3,
+    ),
     # A few M params: learns visibly on a CPU in minutes.
-    "small": dict(vocab_size=2048, d_model=256, n_layers=4, n_heads=4, n_kv_heads=4,
-                  mlp_hidden_size=768, max_seq_len=256, mask_token_id=4, bos_token_id=1,
-                  eos_token_id=2, pad_token_id=2, eot_token_id=3),
-    "llada_1b": dict(vocab_size=126464, d_model=2048, n_layers=22, n_heads=16, n_kv_heads=16,
-                     mlp_hidden_size=5632, max_seq_len=4096, **_LLADA_SPECIALS),
+    "small": dict(
+        vocab_size=2048,
+        d_model=256,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=4,
+        mlp_hidden_size=768,
+        max_seq_len=256,
+        mask_token_id=4,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        eot_token_id=3,
+    ),
+    "llada_1b": dict(
+        vocab_size=126464,
+        d_model=2048,
+        n_layers=22,
+        n_heads=16,
+        n_kv_heads=16,
+        mlp_hidden_size=5632,
+        max_seq_len=4096,
+        **_LLADA_SPECIALS,
+    ),
     # Exact LLaDA-8B shapes (8.02B params).
-    "llada_8b": dict(vocab_size=126464, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32,
-                     mlp_hidden_size=12288, max_seq_len=4096, **_LLADA_SPECIALS),
+    "llada_8b": dict(
+        vocab_size=126464,
+        d_model=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=32,
+        mlp_hidden_size=12288,
+        max_seq_len=4096,
+        **_LLADA_SPECIALS,
+    ),
 }
+
+
+def check_kind(cfg: ModelConfig, expected: str, what: str) -> None:
+    """One-line error when a model of the wrong kind reaches a kind-specific function."""
+    if cfg.kind != expected:
+        use = (
+            "lladax.diffusion.autoregressive"
+            if cfg.kind == "autoregressive"
+            else "lladax.sampling / lladax.likelihood"
+        )
+        raise ValueError(
+            f"{what} needs a {expected} model but this checkpoint is "
+            f"kind={cfg.kind!r}: use {use} for it"
+        )
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
@@ -298,10 +419,10 @@ class TrainConfig:
     stratified_t: bool = False  # low-discrepancy noise levels across the batch (see diffusion.py)
     seed: int = 0
     # Robustness (train.py): a step with a non-finite loss or gradient is skipped (counted).
-    nan_lr_drop_after: int = 0     # after this many consecutive skips scale the LR (0 = never)
+    nan_lr_drop_after: int = 0  # after this many consecutive skips scale the LR (0 = never)
     nan_lr_drop_factor: float = 0.25  # ... by this (the paper resumed its NaN crash at LR/4)
-    spike_factor: float = 4.0      # log a spike when loss > this × its running mean (0 = off)
-    ema_decay: float = 0.0         # EMA of params kept in the state and checkpoint (0 = off)
+    spike_factor: float = 4.0  # log a spike when loss > this × its running mean (0 = off)
+    ema_decay: float = 0.0  # EMA of params kept in the state and checkpoint (0 = off)
 
     @classmethod
     def from_config(cls, config_dict: Any) -> TrainConfig:
@@ -309,13 +430,19 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size % self.grad_accum:
-            raise ConfigError(f"train.batch_size={self.batch_size} is not divisible by "
-                              f"train.grad_accum={self.grad_accum}")
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} is not divisible by "
+                f"train.grad_accum={self.grad_accum}"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"train.ema_decay={self.ema_decay} must be in [0, 1) (0 = off; "
-                              "0.999 averages over ~1000 steps)")
+            raise ConfigError(
+                f"train.ema_decay={self.ema_decay} must be in [0, 1) (0 = off; "
+                "0.999 averages over ~1000 steps)"
+            )
         if self.nan_lr_drop_after < 0 or not 0.0 < self.nan_lr_drop_factor <= 1.0:
-            raise ConfigError(f"train.nan_lr_drop_after={self.nan_lr_drop_after} must be >= 0 "
-                              f"and train.nan_lr_drop_factor={self.nan_lr_drop_factor} in (0, 1]")
+            raise ConfigError(
+                f"train.nan_lr_drop_after={self.nan_lr_drop_after} must be >= 0 "
+                f"and train.nan_lr_drop_factor={self.nan_lr_drop_factor} in (0, 1]"
+            )
         if self.spike_factor != 0 and self.spike_factor <= 1.0:
             raise ConfigError(f"train.spike_factor={self.spike_factor} must be > 1 (or 0 = off)")

@@ -32,8 +32,15 @@ def _holds_files(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
-def check_destination(path: str | os.PathLike, *, markers: Sequence[str], what: str,
-                      flag: str, overwrite: bool = False, allow_own: bool = False) -> bool:
+def check_destination(
+    path: str | os.PathLike,
+    *,
+    markers: Sequence[str],
+    what: str,
+    flag: str,
+    overwrite: bool = False,
+    allow_own: bool = False,
+) -> bool:
     """Check that `path` may be written by the writer whose outputs carry one of `markers`.
 
     Returns True when `path` is an existing output of this writer (the caller replaces or
@@ -54,10 +61,12 @@ def check_destination(path: str | os.PathLike, *, markers: Sequence[str], what: 
     if not own:
         raise DestinationError(
             f"{flag} {p} is not empty and is not {what} written by lladax (no "
-            f"{' or '.join(markers)}): refusing to write into it; pass a new or empty directory")
+            f"{' or '.join(markers)}): refusing to write into it; pass a new or empty directory"
+        )
     if not (overwrite or allow_own):
-        raise DestinationError(f"{flag} {p} already holds {what}: pass a new directory, or "
-                               "--overwrite to replace it")
+        raise DestinationError(
+            f"{flag} {p} already holds {what}: pass a new directory, or --overwrite to replace it"
+        )
     return True
 
 

@@ -29,14 +29,16 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 def tiny_llada_dir() -> Path:
     path = FIXTURES / "tiny_llada"
     if not (path / "config.json").exists():
-        pytest.fail(f"fixtures not found at {path}: put ../shared beside the repo or set "
-                    "LLADAX_FIXTURES")
+        pytest.fail(
+            f"fixtures not found at {path}: put ../shared beside the repo or set LLADAX_FIXTURES"
+        )
     return path
 
 
 @pytest.fixture(scope="session")
 def tiny_llada(tiny_llada_dir):
-    from lladax import convert
+    from lladax.store import convert
+
     return convert.load_hf(tiny_llada_dir)
 
 
@@ -46,6 +48,7 @@ def golden(tiny_llada_dir):
 
     def load(case: str):
         return dict(np.load(tiny_llada_dir / "golden" / f"{case}.npz"))
+
     return load
 
 
@@ -64,9 +67,9 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tok(cache_dir):
     """The default sentencepiece tokenizer at 512 ids (trained once per run, cached)."""
-    from lladax.tokenizer_train import default_tokenizer
+    from lladax.data.tokenizer import load_tokenizer
 
-    return default_tokenizer(512, cache_dir=cache_dir)
+    return load_tokenizer("embedded", vocab_size=512, cache_dir=cache_dir)
 
 
 # --- small corpora written by the data tests (import: `from conftest import write_txt`) ----------
@@ -86,8 +89,9 @@ def text_corpus(directory: Path, n: int = 150) -> list[str]:
     txt = [f"Plain doc {i}: " + " ".join(f"w{j}" for j in range(i % 23)) for i in range(n)]
     (directory / "a.txt").write_text("\n\n".join(txt))
     body = [f"json doc {i} " + "x" * (i % 50) for i in range(n // 2)]
-    (directory / "b.jsonl").write_text("\n".join(json.dumps({"body": b, "id": i})
-                                                 for i, b in enumerate(body)))
+    (directory / "b.jsonl").write_text(
+        "\n".join(json.dumps({"body": b, "id": i}) for i, b in enumerate(body))
+    )
     return txt + body
 
 

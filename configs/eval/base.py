@@ -9,8 +9,8 @@ own default in lm-eval (gen tasks; upstream did not override it).
 
 import ml_collections
 
-_PPL = dict(mc_num=128, batch_size=16)          # likelihood tasks: Monte-Carlo ELBO
-_PPL_1 = dict(mc_num=1, batch_size=1)           # single-token answers: one sample is exact enough
+_PPL = dict(mc_num=128, batch_size=16)  # likelihood tasks: Monte-Carlo ELBO
+_PPL_1 = dict(mc_num=1, batch_size=1)  # single-token answers: one sample is exact enough
 _GEN = dict(gen_length=1024, steps=1024, block_length=1024)  # 512 or 256 give ~the same
 
 TASKS = {
@@ -36,5 +36,6 @@ def get_config(task: str = "arc_challenge"):
     if task not in TASKS:
         raise ValueError(f"unknown base eval task {task!r}: choose from {', '.join(TASKS)}")
     name, shots, args, anchor = TASKS[task]
-    return ml_collections.ConfigDict(dict(tasks=name, num_fewshot=shots, model_args=args,
-                                          anchor=anchor))
+    return ml_collections.ConfigDict(
+        dict(tasks=name, num_fewshot=shots, model_args=args, anchor=anchor)
+    )

@@ -13,8 +13,9 @@ import ml_collections
 
 
 def _gen(length: int, block: int | None = None, **flags) -> dict:
-    return dict(gen_length=length, steps=length, block_length=block or length, batch_size=1,
-                **flags)
+    return dict(
+        gen_length=length, steps=length, block_length=block or length, batch_size=1, **flags
+    )
 
 
 _CONF = dict(confidence_eos_eot_inf=True)
@@ -45,5 +46,6 @@ def get_config(task: str = "gsm8k"):
     if task not in TASKS:
         raise ValueError(f"unknown instruct eval task {task!r}: choose from {', '.join(TASKS)}")
     name, shots, args, anchor = TASKS[task]
-    return ml_collections.ConfigDict(dict(tasks=name, num_fewshot=shots, model_args=args,
-                                          anchor=anchor))
+    return ml_collections.ConfigDict(
+        dict(tasks=name, num_fewshot=shots, model_args=args, anchor=anchor)
+    )

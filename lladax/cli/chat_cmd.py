@@ -16,12 +16,16 @@ from lladax.cli.common import (
     generate,
     sampling_kwargs,
 )
-from lladax.loading import check_model_path, load_model
+from lladax.store.loading import check_model_path, load_model
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="interactive multi-turn chat", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        name,
+        help="interactive multi-turn chat",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_model_args(p)
     add_sampling_args(p, gen_length=128)
 
@@ -31,9 +35,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     check_model_path(args.checkpoint, args.tokenizer)
     import numpy as np
 
-    from lladax import sampling
-    from lladax.chat import apply_chat_template
     from lladax.cli.sample_cmd import render
+    from lladax.data.chat import apply_chat_template
+    from lladax.diffusion import sampling
 
     cfg, params, tokenizer = load_model(args.checkpoint, args.dtype, args.tokenizer)
     kwargs = sampling_kwargs(args)
@@ -55,8 +59,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
             continue
         turn = apply_chat_template(tokenizer, [{"role": "user", "content": message}])
         prompt = history + (turn[1:] if history and turn[:1] == [tokenizer.bos_id] else turn)
-        canvas = generate(params, cfg, np.asarray([prompt], np.int32), None, kwargs,
-                          early_exit=args.early_exit)
+        canvas = generate(
+            params, cfg, np.asarray([prompt], np.int32), None, kwargs, early_exit=args.early_exit
+        )
         answer = sampling.decode_answer(canvas[0], len(prompt), cfg)
         print(f"assistant> {render(tokenizer, answer, cfg.mask_token_id).strip()}")
         history = [int(t) for t in np.asarray(canvas[0]) if int(t) != cfg.eos_token_id]

@@ -31,19 +31,41 @@ DEFAULT_SHARD_SIZE = "5GB"
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="convert Hugging Face LLaDA <-> Orbax checkpoints",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", metavar="[DIRECTION] SRC DST",
-                   help=f"DIRECTION: {' or '.join(DIRECTIONS)} (omit for a HF -> HF re-export)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="dtype of the written weights (default: as stored in SRC)")
-    p.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
-                   help="load the params sharded on this device mesh (e.g. 1,8,1)")
-    p.add_argument("--max-shard-size", default=None,
-                   help=f"HF safetensors shard size, e.g. 5GB, 2GiB, 500MB (HF output only; "
-                        f"default {DEFAULT_SHARD_SIZE})")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace DST when it is an earlier `lladax convert` output")
+    p = sub.add_parser(
+        name,
+        help="convert Hugging Face LLaDA <-> Orbax checkpoints",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="[DIRECTION] SRC DST",
+        help=f"DIRECTION: {' or '.join(DIRECTIONS)} (omit for a HF -> HF re-export)",
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype of the written weights (default: as stored in SRC)",
+    )
+    p.add_argument(
+        "--mesh",
+        default=None,
+        metavar="DATA,FSDP,TENSOR",
+        help="load the params sharded on this device mesh (e.g. 1,8,1)",
+    )
+    p.add_argument(
+        "--max-shard-size",
+        default=None,
+        help=f"HF safetensors shard size, e.g. 5GB, 2GiB, 500MB (HF output only; "
+        f"default {DEFAULT_SHARD_SIZE})",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DST when it is an earlier `lladax convert` output",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -56,15 +78,17 @@ def _mesh_sizes(spec: str | None) -> tuple[int, int, int] | None:
     except ValueError:
         sizes = ()
     if len(sizes) != 3 or any(s < 1 and s != -1 for s in sizes) or sizes.count(-1) > 1:
-        raise ValueError(f"--mesh {spec!r}: write three sizes DATA,FSDP,TENSOR, each >= 1 (or "
-                         "one -1 for the remaining devices), e.g. 1,8,1")
+        raise ValueError(
+            f"--mesh {spec!r}: write three sizes DATA,FSDP,TENSOR, each >= 1 (or "
+            "one -1 for the remaining devices), e.g. 1,8,1"
+        )
     return sizes  # type: ignore[return-value]
 
 
 def _mesh(spec: str, sizes: tuple[int, int, int] | None) -> Any:
     if sizes is None:
         return None
-    from lladax.sharding import make_mesh
+    from lladax.model.sharding import make_mesh
 
     try:
         return make_mesh(*sizes)
@@ -78,8 +102,15 @@ class _Bar:
     def __init__(self, desc: str, total: int, disable: bool) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                         disable=True if disable else None, leave=False)
+        self._bar = tqdm(
+            total=total,
+            desc=desc,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            disable=True if disable else None,
+            leave=False,
+        )
 
     def __call__(self, nbytes: int) -> None:
         self._bar.update(nbytes)
@@ -92,61 +123,81 @@ def _check(args: argparse.Namespace) -> tuple[str, Path, Path, int]:
     """Every usage check, before any weight is read or JAX starts: (direction, SRC, DST,
     shard bytes)."""
     from lladax import files
-    from lladax.convert import EXPORT_MARKER
-    from lladax.safetensors_io import parse_size
+    from lladax.store.convert import EXPORT_MARKER
+    from lladax.store.safetensors_io import parse_size
 
     if args.paths[0] in DIRECTIONS:
         direction, rest = args.paths[0], args.paths[1:]
     else:
         direction, rest = "hf-to-hf", args.paths
     if len(rest) != 2:
-        raise ValueError(f"convert {direction} takes SRC and DST, got {rest}: e.g. `lladax "
-                         "convert hf-to-orbax LLaDA-8B-Instruct runs/llada8b`")
+        raise ValueError(
+            f"convert {direction} takes SRC and DST, got {rest}: e.g. `lladax "
+            "convert hf-to-orbax LLaDA-8B-Instruct runs/llada8b`"
+        )
     src, dst = Path(rest[0]).expanduser(), Path(rest[1]).expanduser()
     if not src.exists():
-        raise FileNotFoundError(f"SRC {src} does not exist: pass the checkpoint directory to "
-                                "convert")
+        raise FileNotFoundError(
+            f"SRC {src} does not exist: pass the checkpoint directory to convert"
+        )
     if not src.is_dir():
-        raise ValueError(f"SRC {src} is a file, not a directory: pass the checkpoint directory "
-                         "(the one holding config.json, or a `lladax train` workdir)")
+        raise ValueError(
+            f"SRC {src} is a file, not a directory: pass the checkpoint directory "
+            "(the one holding config.json, or a `lladax train` workdir)"
+        )
     if files.same_location(src, dst):
-        raise ValueError(f"DST {dst} is SRC {src} or lies inside it (or SRC inside DST): the "
-                         "conversion would overwrite its own source; pass a DST outside SRC")
+        raise ValueError(
+            f"DST {dst} is SRC {src} or lies inside it (or SRC inside DST): the "
+            "conversion would overwrite its own source; pass a DST outside SRC"
+        )
     if direction == "hf-to-orbax" and args.max_shard_size is not None:
-        raise ValueError("--max-shard-size applies to Hugging Face output (orbax-to-hf or "
-                         "HF -> HF); hf-to-orbax writes an Orbax checkpoint: drop it")
+        raise ValueError(
+            "--max-shard-size applies to Hugging Face output (orbax-to-hf or "
+            "HF -> HF); hf-to-orbax writes an Orbax checkpoint: drop it"
+        )
     try:
         shard_bytes = parse_size(args.max_shard_size or DEFAULT_SHARD_SIZE)
     except ValueError as e:
         raise ValueError(f"--max-shard-size: {e}") from None
     if shard_bytes < 1:
-        raise ValueError(f"--max-shard-size {args.max_shard_size!r} must be at least one byte: "
-                         "write e.g. '5GB'")
-    files.check_destination(dst, markers=(EXPORT_MARKER,),
-                                   what="a converted model", flag="DST",
-                                   overwrite=args.overwrite)
+        raise ValueError(
+            f"--max-shard-size {args.max_shard_size!r} must be at least one byte: write e.g. '5GB'"
+        )
+    files.check_destination(
+        dst,
+        markers=(EXPORT_MARKER,),
+        what="a converted model",
+        flag="DST",
+        overwrite=args.overwrite,
+    )
     return direction, src, dst, shard_bytes
 
 
 def _check_source(direction: str, src: Path) -> Any:
     """SRC is a checkpoint of the direction's kind (headers and config only, no weights); returns
     the Orbax source's ModelConfig (None for HF sources)."""
-    from lladax import convert
+    from lladax.store import convert
 
     if direction != "orbax-to-hf":
         if (src / "checkpoints").is_dir() and not (src / "config.json").exists():
-            raise ValueError(f"SRC {src} is a `lladax train` workdir (checkpoints/, no "
-                             "config.json): convert it with `lladax convert orbax-to-hf SRC DST`")
+            raise ValueError(
+                f"SRC {src} is a `lladax train` workdir (checkpoints/, no "
+                "config.json): convert it with `lladax convert orbax-to-hf SRC DST`"
+            )
         convert.check_hf(src)  # config, shards inside SRC, names and shapes: one line each
         return None
     if not (src / "checkpoints").is_dir():
-        raise ValueError(f"SRC {src} has no checkpoints/: orbax-to-hf converts a `lladax train` "
-                         "workdir or an hf-to-orbax output (for a HF directory omit the "
-                         "direction: `lladax convert SRC DST`)")
+        raise ValueError(
+            f"SRC {src} has no checkpoints/: orbax-to-hf converts a `lladax train` "
+            "workdir or an hf-to-orbax output (for a HF directory omit the "
+            "direction: `lladax convert SRC DST`)"
+        )
     cfg = cfg_of(src)
     if cfg.kind != "diffusion":
-        raise ValueError(f"SRC {src} is a kind={cfg.kind!r} model: only LLaDA (diffusion) models "
-                         "export to the Hugging Face LLaDA format")
+        raise ValueError(
+            f"SRC {src} is a kind={cfg.kind!r} model: only LLaDA (diffusion) models "
+            "export to the Hugging Face LLaDA format"
+        )
     return cfg
 
 
@@ -161,17 +212,27 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     with _staging(dst) as tmp:
         cfg, total = _convert(args, direction, src, tmp, src_cfg, mesh, shard_bytes, dst.name)
     seconds = time.perf_counter() - start
-    print(f"{direction}: {cfg.param_count() / 1e6:.1f}M params ({cfg.param_dtype}), "
-          f"{total / 2**30:.2f} GiB read in {seconds:.1f} s -> {dst}")
+    print(
+        f"{direction}: {cfg.param_count() / 1e6:.1f}M params ({cfg.param_dtype}), "
+        f"{total / 2**30:.2f} GiB read in {seconds:.1f} s -> {dst}"
+    )
     return 0
 
 
-def _convert(args: argparse.Namespace, direction: str, src: Path, out: Path, src_cfg: Any,
-             mesh: Any, shard_bytes: int, name: str) -> tuple[Any, int]:
+def _convert(
+    args: argparse.Namespace,
+    direction: str,
+    src: Path,
+    out: Path,
+    src_cfg: Any,
+    mesh: Any,
+    shard_bytes: int,
+    name: str,
+) -> tuple[Any, int]:
     """Read SRC and write the converted model into `out` (the staging directory)."""
     import numpy as np
 
-    from lladax import checkpoint, convert
+    from lladax.store import checkpoint, convert
 
     if direction in ("hf-to-orbax", "hf-to-hf"):
         total = sum(i.nbytes for i in convert.scan_dir(src).values())
@@ -182,22 +243,36 @@ def _convert(args: argparse.Namespace, direction: str, src: Path, out: Path, src
             bar.close()
     else:
         # Restored as saved; a --dtype cast happens per tensor while writing (no second copy).
-        cfg, params = checkpoint.load_params(src, shardings=_shardings(src_cfg, mesh),
-                                             concurrent_gb=1)
+        cfg, params = checkpoint.load_params(
+            src, shardings=_shardings(src_cfg, mesh), concurrent_gb=1
+        )
         total = sum(p.nbytes for p in _leaves(params))
-    info = {"direction": direction, "source": str(src.resolve()),
-            "dtype": args.dtype or cfg.param_dtype}
+    info = {
+        "direction": direction,
+        "source": str(src.resolve()),
+        "dtype": args.dtype or cfg.param_dtype,
+    }
     if direction == "hf-to-orbax":
         tokenizer = convert.copy_tokenizer_files(src, out)
-        checkpoint.save_params(out, cfg, params, extra_meta={
-            "source": str(src.resolve()), "tokenizer": tokenizer[0] if tokenizer else None})
+        checkpoint.save_params(
+            out,
+            cfg,
+            params,
+            extra_meta={
+                "source": str(src.resolve()),
+                "tokenizer": tokenizer[0] if tokenizer else None,
+            },
+        )
     else:
-        nbytes = sum(int(np.prod(s)) for s in convert.hf_shapes(cfg).values()) * np.dtype(
-            args.dtype or cfg.param_dtype).itemsize
+        nbytes = (
+            sum(int(np.prod(s)) for s in convert.hf_shapes(cfg).values())
+            * np.dtype(args.dtype or cfg.param_dtype).itemsize
+        )
         bar = _Bar(f"write {name}", nbytes, args.no_progress)
         try:
-            convert.save_hf(out, cfg, params, max_shard_bytes=shard_bytes, dtype=args.dtype,
-                            progress=bar)
+            convert.save_hf(
+                out, cfg, params, max_shard_bytes=shard_bytes, dtype=args.dtype, progress=bar
+            )
         finally:
             bar.close()
         convert.copy_tokenizer_files(src, out)
@@ -225,7 +300,7 @@ def _clean_stale(dst: Path) -> None:
     they are this command's own partial output, and their process is gone."""
     prefix = f".{dst.name}.lladax-convert-"
     for d in dst.parent.glob(prefix + "*.tmp"):
-        pid = d.name[len(prefix):-len(".tmp")]
+        pid = d.name[len(prefix) : -len(".tmp")]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
 
@@ -283,8 +358,8 @@ def _rmdir(d: Path) -> bool:
 
 def cfg_of(run_dir: Any) -> Any:
     """The ModelConfig saved in an Orbax run directory's meta."""
-    from lladax import checkpoint
     from lladax.config import ModelConfig
+    from lladax.store import checkpoint
 
     _, meta = checkpoint.read_meta(run_dir)
     return ModelConfig(**meta["model"])
@@ -293,8 +368,8 @@ def cfg_of(run_dir: Any) -> Any:
 def _shardings(cfg: Any, mesh: Any) -> Any:
     if mesh is None:
         return None
-    from lladax.model import param_logical_axes
-    from lladax.sharding import tree_shardings
+    from lladax.model.sharding import tree_shardings
+    from lladax.model.transformer import param_logical_axes
 
     return tree_shardings(mesh, param_logical_axes(cfg))
 

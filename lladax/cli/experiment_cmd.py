@@ -1,4 +1,4 @@
-"""`lladax experiment NAME [options]`: the paper's claims at small scale (lladax.experiments).
+"""`lladax experiment NAME [options]`: the paper's claims at small scale (lladax.eval.experiments).
 
     lladax experiment reversal --seeds 0 1 2        forward vs reverse completion, AR vs diffusion
     lladax experiment scaling --sizes xs s m        held-out loss + continuation ranking by size
@@ -16,20 +16,24 @@ import importlib
 import signal
 import sys
 
-from lladax.experiments import EXPERIMENTS
+from lladax.eval.experiments import EXPERIMENTS
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="run a small-scale experiment (reversal, scaling, sampler)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        name,
+        help="run a small-scale experiment (reversal, scaling, sampler)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("name", choices=EXPERIMENTS)
     p.add_argument("options", nargs=argparse.REMAINDER, help="the experiment's own options")
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
-    from lladax.experiments.common import PlotError, Stopped
+    from lladax.eval.experiments.common import PlotError, Stopped
 
-    module = importlib.import_module(f"lladax.experiments.{args.name}")
+    module = importlib.import_module(f"lladax.eval.experiments.{args.name}")
     try:
         result = module.main(args.options)
     except PlotError as e:  # not a usage error: the result exists, only its picture failed
@@ -40,8 +44,7 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         message = str(e) if isinstance(e, Stopped) else Stopped(reason, "the experiment")
         print(f"lladax experiment: {message}", file=sys.stderr)
         # The shell's convention for "killed by signal N" (75, EX_TEMPFAIL, for a preemption).
-        return 128 + signal.Signals[reason].value if reason in signal.Signals.__members__ \
-            else 75
+        return 128 + signal.Signals[reason].value if reason in signal.Signals.__members__ else 75
     settings = result["settings"]
     out = settings["out"]
     png = "" if settings["no_plot"] else f" and {out}/{args.name}.png"

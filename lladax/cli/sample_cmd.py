@@ -26,14 +26,18 @@ from lladax.cli.common import (
     generate,
     sampling_kwargs,
 )
-from lladax.loading import check_model_path, load_model
+from lladax.store.loading import check_model_path, load_model
 
 MASK_MARKER = re.compile(r"<mask(?::(\d+))?>")
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="sample text (or fill <mask> spans) from a model",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        name,
+        help="sample text (or fill <mask> spans) from a model",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_model_args(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
@@ -41,8 +45,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     src.add_argument("--infill", help="text with <mask> or <mask:N> spans to fill")
     p.add_argument("--mask-span", type=int, default=8, help="tokens per bare <mask> marker")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
-    p.add_argument("--show-steps", action="store_true",
-                   help="render the canvas filling in, step by step")
+    p.add_argument(
+        "--show-steps", action="store_true", help="render the canvas filling in, step by step"
+    )
     add_sampling_args(p)
     add_fast_args(p)
 
@@ -52,7 +57,7 @@ def encode_infill(text: str, tokenizer: Any, mask_id: int, default_span: int) ->
     ids: list[int] = [tokenizer.bos_id]
     pos = 0
     for m in MASK_MARKER.finditer(text):
-        ids += tokenizer.encode(text[pos:m.start()]) if m.start() > pos else []
+        ids += tokenizer.encode(text[pos : m.start()]) if m.start() > pos else []
         span = int(m.group(1)) if m.group(1) else default_span
         if span <= 0:
             raise ValueError(f"mask span {m.group(0)} must be positive")
@@ -72,8 +77,8 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
     tokens = np.full((len(rows), width), pad_id, np.int32)
     mask = np.zeros((len(rows), width), np.int32)
     for i, r in enumerate(rows):
-        tokens[i, width - len(r):] = r
-        mask[i, width - len(r):] = 1
+        tokens[i, width - len(r) :] = r
+        mask[i, width - len(r) :] = 1
     return tokens, mask
 
 
@@ -112,38 +117,52 @@ def read_prompt_file(name: str) -> list[str]:
     or empty file."""
     path = Path(name).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"--prompt-file {path} does not exist: pass a text file with one "
-                                "prompt per line")
+        raise FileNotFoundError(
+            f"--prompt-file {path} does not exist: pass a text file with one prompt per line"
+        )
     if not path.is_file():
-        raise ValueError(f"--prompt-file {path} is not a file: pass a text file with one prompt "
-                         "per line")
-    from lladax.textio import decode_text
+        raise ValueError(
+            f"--prompt-file {path} is not a file: pass a text file with one prompt per line"
+        )
+    from lladax.data.textio import decode_text
 
     text = decode_text(path.read_bytes(), f"--prompt-file {path}")  # UTF-8 or a one-line error
     prompts = [line for line in text.splitlines() if line.strip()]
     if not prompts:
-        raise ValueError(f"--prompt-file {path} holds no prompt (it is empty or blank): write "
-                         "one prompt per line")
+        raise ValueError(
+            f"--prompt-file {path} holds no prompt (it is empty or blank): write "
+            "one prompt per line"
+        )
     return prompts
 
 
 def check_infill_args(args: argparse.Namespace) -> None:
     """--infill: a text with at least one marker, every <mask:N> with N >= 1, and none of the
     flags that only apply to --prompt (they would be silently ignored)."""
-    ignored = [flag for flag, given in (("--chat", args.chat),
-                                        ("--block-length", args.block_length is not None),
-                                        ("--cfg-scale", args.cfg_scale != 0),
-                                        ("--early-exit", args.early_exit)) if given]
+    ignored = [
+        flag
+        for flag, given in (
+            ("--chat", args.chat),
+            ("--block-length", args.block_length is not None),
+            ("--cfg-scale", args.cfg_scale != 0),
+            ("--early-exit", args.early_exit),
+        )
+        if given
+    ]
     if ignored:
-        raise ValueError(f"{', '.join(ignored)}: no effect with --infill (the text is filled as "
-                         "one block, without guidance): drop it, or use --prompt")
+        raise ValueError(
+            f"{', '.join(ignored)}: no effect with --infill (the text is filled as "
+            "one block, without guidance): drop it, or use --prompt"
+        )
     spans = [m for m in MASK_MARKER.finditer(args.infill)]
     if not spans:
         raise ValueError("--infill text has no <mask> marker: write e.g. 'A <mask:4> of items'")
     for m in spans:
         if m.group(1) is not None and int(m.group(1)) < 1:
-            raise ValueError(f"--infill marker {m.group(0)} must mark at least one token: write "
-                             "<mask:N> with N >= 1, or <mask> for --mask-span tokens")
+            raise ValueError(
+                f"--infill marker {m.group(0)} must mark at least one token: write "
+                "<mask:N> with N >= 1, or <mask> for --mask-span tokens"
+            )
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -152,8 +171,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError(f"--mask-span {args.mask_span} must be >= 1 (tokens per bare <mask>)")
     fast = fast_kwargs(args)
     if fast is not None and (args.infill is not None or args.show_steps):
-        raise ValueError("fast decoding applies to --prompt / --prompt-file without "
-                         "--show-steps: drop --fast/--cache/--threshold/--factor")
+        raise ValueError(
+            "fast decoding applies to --prompt / --prompt-file without "
+            "--show-steps: drop --fast/--cache/--threshold/--factor"
+        )
     if args.infill is not None:
         check_infill_args(args)
     check_sampling_args(args)
@@ -162,42 +183,68 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg, params, tokenizer = load_model(args.checkpoint, args.dtype, args.tokenizer)
     kwargs = sampling_kwargs(args)
     if cfg.causal and (args.infill is not None or fast is not None):
-        raise ValueError("--infill and fast decoding need a diffusion model; this checkpoint is "
-                         "the autoregressive baseline (kind='autoregressive'): use --prompt")
+        raise ValueError(
+            "--infill and fast decoding need a diffusion model; this checkpoint is "
+            "the autoregressive baseline (kind='autoregressive'): use --prompt"
+        )
     if args.infill is not None:
         return _infill(args, cfg, params, tokenizer, kwargs)
     if args.chat:
-        from lladax.chat import apply_chat_template
+        from lladax.data.chat import apply_chat_template
 
-        rows = [apply_chat_template(tokenizer, [{"role": "user", "content": p}])
-                for p in prompts]
+        rows = [apply_chat_template(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
     else:
         rows = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
     tokens, attention_mask = left_pad(rows, cfg.pad_token_id)
     if fast is not None:
-        from lladax import fast_sampling
+        from lladax.diffusion import fast_sampling
 
-        out, stats = fast_sampling.generate(params, cfg, tokens, attention_mask, **kwargs, **fast,
-                                            early_exit=args.early_exit, return_stats=True)
-        print(f"fast decoding ({fast}): model evaluations per prompt "
-              f"{[int(n) for n in stats['nfe']]}, plain decoding would use {kwargs['steps']}",
-              file=sys.stderr)
+        out, stats = fast_sampling.generate(
+            params,
+            cfg,
+            tokens,
+            attention_mask,
+            **kwargs,
+            **fast,
+            early_exit=args.early_exit,
+            return_stats=True,
+        )
+        print(
+            f"fast decoding ({fast}): model evaluations per prompt "
+            f"{[int(n) for n in stats['nfe']]}, plain decoding would use {kwargs['steps']}",
+            file=sys.stderr,
+        )
     else:
-        out = generate(params, cfg, tokens, attention_mask, kwargs,
-                       return_history=args.show_steps, early_exit=args.early_exit)
+        out = generate(
+            params,
+            cfg,
+            tokens,
+            attention_mask,
+            kwargs,
+            return_history=args.show_steps,
+            early_exit=args.early_exit,
+        )
     _print_answers(args, cfg, tokenizer, prompts, tokens.shape[1], out)
     return 0
 
 
-def _infill(args: argparse.Namespace, cfg: Any, params: Any, tokenizer: Any,
-            kwargs: dict[str, Any]) -> int:
-    from lladax import sampling
+def _infill(
+    args: argparse.Namespace, cfg: Any, params: Any, tokenizer: Any, kwargs: dict[str, Any]
+) -> int:
+    from lladax.diffusion import sampling
 
     ids = encode_infill(args.infill, tokenizer, cfg.mask_token_id, args.mask_span)
     steps = args.steps if args.steps is not None else ids.count(cfg.mask_token_id)
-    canvas = sampling.infill(params, cfg, [ids], steps=steps, temperature=args.temperature,
-                             remasking=args.remasking, rng=kwargs["rng"],
-                             return_history=args.show_steps)
+    canvas = sampling.infill(
+        params,
+        cfg,
+        [ids],
+        steps=steps,
+        temperature=args.temperature,
+        remasking=args.remasking,
+        rng=kwargs["rng"],
+        return_history=args.show_steps,
+    )
     if args.show_steps:
         canvas, history = canvas
         show_history(tokenizer, history, 0, cfg.mask_token_id)
@@ -205,9 +252,15 @@ def _infill(args: argparse.Namespace, cfg: Any, params: Any, tokenizer: Any,
     return 0
 
 
-def _print_answers(args: argparse.Namespace, cfg: Any, tokenizer: Any, prompts: list[str],
-                   prompt_len: int, out: Any) -> None:
-    from lladax import sampling
+def _print_answers(
+    args: argparse.Namespace,
+    cfg: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    prompt_len: int,
+    out: Any,
+) -> None:
+    from lladax.diffusion import sampling
 
     if args.show_steps:
         out, history = out

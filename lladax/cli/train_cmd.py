@@ -20,33 +20,56 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from lladax.config_files import apply_overrides, load_config_file
+from lladax.train.config_files import apply_overrides, load_config_file
 
 EXIT_PREEMPTED = 75  # = loop.EXIT_PREEMPTED (EX_TEMPFAIL), duplicated to keep imports light
 RUN_MARKERS = ("checkpoints", "metrics.jsonl")  # what every training workdir holds
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="train a model (pretraining or SFT loss) from a config file",
-                       description="Train from configs/*.py; override any key with "
-                                   "--config.section.key=value (unknown keys are errors). "
-                                   "Rerunning the same command resumes from the newest "
-                                   "checkpoint in the workdir. Exit code 75: stopped by a "
-                                   "signal/preemption after saving (rerun to resume).")
+    p = sub.add_parser(
+        name,
+        help="train a model (pretraining or SFT loss) from a config file",
+        description="Train from configs/*.py; override any key with "
+        "--config.section.key=value (unknown keys are errors). "
+        "Rerunning the same command resumes from the newest "
+        "checkpoint in the workdir. Exit code 75: stopped by a "
+        "signal/preemption after saving (rerun to resume).",
+    )
     p.add_argument("--config", required=True, help="configs/<name>.py[:arg]")
     p.add_argument("--workdir", help="shortcut for --config.log.workdir (local path or gs://...)")
-    p.add_argument("--stop-after", type=int, default=None,
-                   help="checkpoint and stop at this step (rerun the command to resume)")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="checkpoint and stop at this step (rerun the command to resume)",
+    )
     g = p.add_argument_group(
-        "multi-process (every process runs the same command; flags override the LLADAX_* env)")
-    g.add_argument("--distributed", choices=["off", "auto"], default="off",
-                   help="auto: let JAX detect the cluster (Cloud TPU pod, SLURM, ...)")
-    g.add_argument("--coordinator-address", default=None,
-                   help="HOST:PORT of process 0 (env LLADAX_COORDINATOR_ADDRESS)")
-    g.add_argument("--num-processes", type=int, default=None,
-                   help="number of processes (env LLADAX_NUM_PROCESSES)")
-    g.add_argument("--process-id", type=int, default=None,
-                   help="this process's index, 0..N-1 (env LLADAX_PROCESS_ID)")
+        "multi-process (every process runs the same command; flags override the LLADAX_* env)"
+    )
+    g.add_argument(
+        "--distributed",
+        choices=["off", "auto"],
+        default="off",
+        help="auto: let JAX detect the cluster (Cloud TPU pod, SLURM, ...)",
+    )
+    g.add_argument(
+        "--coordinator-address",
+        default=None,
+        help="HOST:PORT of process 0 (env LLADAX_COORDINATOR_ADDRESS)",
+    )
+    g.add_argument(
+        "--num-processes",
+        type=int,
+        default=None,
+        help="number of processes (env LLADAX_NUM_PROCESSES)",
+    )
+    g.add_argument(
+        "--process-id",
+        type=int,
+        default=None,
+        help="this process's index, 0..N-1 (env LLADAX_PROCESS_ID)",
+    )
     p.set_defaults(accepts_overrides=True)
 
 
@@ -61,33 +84,41 @@ def _check_workdir(workdir: str) -> None:
 
     if not _local(workdir):
         return
-    check_destination(workdir, markers=RUN_MARKERS, what="a training run",
-                      flag="--workdir", allow_own=True)
+    check_destination(
+        workdir, markers=RUN_MARKERS, what="a training run", flag="--workdir", allow_own=True
+    )
     path = os.path.abspath(os.path.expanduser(workdir))
     parent = path
     while not os.path.exists(parent):  # the directory the run dir will be created in
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"output directory {path} is not writable ({parent} is "
-                         f"{'not a directory' if not os.path.isdir(parent) else 'read-only'}): "
-                         "pass a writable --workdir (or --config.log.workdir)")
+        raise ValueError(
+            f"output directory {path} is not writable ({parent} is "
+            f"{'not a directory' if not os.path.isdir(parent) else 'read-only'}): "
+            "pass a writable --workdir (or --config.log.workdir)"
+        )
 
 
 def preflight(config: Any, stop_after: int | None) -> None:
     """Refuse bad input before JAX starts: the run config (`run_config.check_run_config`),
-    --stop-after, the data source (`sources.check_source`), the tokenizer and init_from paths
+    --stop-after, the data source (`preflight.check_source`), the tokenizer and init_from paths
     and the workdir. Raises a one-line ValueError / FileNotFoundError."""
-    from lladax import sources
-    from lladax.run_config import check_run_config
+    from lladax.data import preflight
+    from lladax.train.run_config import check_run_config
 
     check_run_config(config, stop_after)
     d = config.data
     tokenizer = d.tokenizer
-    if tokenizer not in ("", "embedded", "default") and _local(tokenizer) and \
-            not os.path.exists(os.path.expanduser(tokenizer)):
-        raise FileNotFoundError(f"data.tokenizer={tokenizer!r} does not exist: pass a "
-                                "sentencepiece .model, a tokenizer.json (or a directory holding "
-                                "one), or '' for the embedded tokenizer")
+    if (
+        tokenizer not in ("", "embedded", "default")
+        and _local(tokenizer)
+        and not os.path.exists(os.path.expanduser(tokenizer))
+    ):
+        raise FileNotFoundError(
+            f"data.tokenizer={tokenizer!r} does not exist: pass a "
+            "sentencepiece .model, a tokenizer.json (or a directory holding "
+            "one), or '' for the embedded tokenizer"
+        )
     init_from = config.checkpoint.init_from
     if init_from and _local(init_from):
         src = os.path.expanduser(init_from)
@@ -95,13 +126,16 @@ def preflight(config: Any, stop_after: int | None) -> None:
             raise FileNotFoundError(
                 f"checkpoint.init_from={init_from!r} "
                 f"{'does not exist' if not os.path.exists(src) else 'is not a directory'}: pass "
-                "a `lladax train` workdir, an Orbax params export or a Hugging Face directory")
+                "a `lladax train` workdir, an Orbax params export or a Hugging Face directory"
+            )
         if not any(os.path.exists(os.path.join(src, m)) for m in ("checkpoints", "config.json")):
-            raise ValueError(f"checkpoint.init_from={init_from!r} holds neither checkpoints/ nor "
-                             "config.json: pass a `lladax train` workdir, an Orbax params "
-                             "export or a Hugging Face directory")
+            raise ValueError(
+                f"checkpoint.init_from={init_from!r} holds neither checkpoints/ nor "
+                "config.json: pass a `lladax train` workdir, an Orbax params "
+                "export or a Hugging Face directory"
+            )
     _check_workdir(config.log.workdir)
-    sources.check_source(d.source, field=d.get("field", "text"), fmt=d.get("format", "text"))
+    preflight.check_source(d.source, field=d.get("field", "text"), fmt=d.get("format", "text"))
 
 
 class _StderrHandler(logging.Handler):
@@ -120,7 +154,7 @@ class _StderrHandler(logging.Handler):
 def _log_lines() -> Iterator[None]:
     """During `lladax train` the loop's INFO lines show too (resumed from..., what a resume
     changes, the final save), each once and in the CLI's format: not also through the root
-    handler Orbax installs (`WARNING:lladax.train:...`). Undone afterwards, so an in-process
+    handler Orbax installs (`WARNING:lladax.train.trainer:...`). Undone afterwards, so an in-process
     caller's other commands print as before."""
     logger, handler = logging.getLogger("lladax"), _StderrHandler()
     level, propagate = logger.level, logger.propagate
@@ -141,22 +175,40 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     apply_overrides(config, overrides)
     if args.workdir is not None:
         if not args.workdir.strip():
-            raise ValueError("--workdir is empty: pass the run directory (or leave the flag out "
-                             f"to use log.workdir={config.log.workdir!r})")
+            raise ValueError(
+                "--workdir is empty: pass the run directory (or leave the flag out "
+                f"to use log.workdir={config.log.workdir!r})"
+            )
         config.log.workdir = args.workdir
     preflight(config, args.stop_after)
-    from lladax import distributed
+    from lladax.train import distributed
 
     # Before anything touches a JAX backend: the processes must form one job first.
-    info = distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
-                                  mode=args.distributed)
-    from lladax import loop  # heavy imports only once the arguments are valid
+    info = distributed.initialize(
+        args.coordinator_address, args.num_processes, args.process_id, mode=args.distributed
+    )
+    from lladax.train import loop  # heavy imports only once the arguments are valid
 
     with _log_lines():
         final = loop.run(config, stop_after=args.stop_after)
     if info.process_index == 0:
-        print(json.dumps({k: final[k] for k in ("step", "loss", "eval_loss", "tokens_per_s",
-                                                "mfu", "skipped", "stopped") if k in final}))
+        print(
+            json.dumps(
+                {
+                    k: final[k]
+                    for k in (
+                        "step",
+                        "loss",
+                        "eval_loss",
+                        "tokens_per_s",
+                        "mfu",
+                        "skipped",
+                        "stopped",
+                    )
+                    if k in final
+                }
+            )
+        )
         print(f"saved to {config.log.workdir}")
     stopped = final.get("stopped")
     return EXIT_PREEMPTED if stopped and stopped != "stop_after" else 0

@@ -1,0 +1,282 @@
+"""Capacity planning before a pod-month: parameters, FLOPs, HBM per chip, expected throughput.
+
+    plan = estimate(config, hardware("v5p-128"))      # arithmetic only, runs anywhere
+    print(render(plan))
+    report = aot_compile(config, "v5p-64")            # needs libtpu: the compiler's own numbers
+
+The HBM estimate counts, per device: parameters, AdamW moments and the float32 gradient
+accumulator (all sharded over fsdp × tensor, replicated over data), the optional EMA copy, and
+activations of one micro-batch (`batch / grad_accum / (data · fsdp)` sequences): the residual
+stream saved at each scanned layer, what the remat policy keeps inside each layer, one layer's
+working set while it is recomputed, and the float32 logits. It is an estimate to choose a
+mesh/remat/accumulation before compiling; `aot_compile` prints the compiler's numbers beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax.numpy as jnp
+
+from lladax.config import ModelConfig, TrainConfig
+from lladax.model import sharding
+from lladax.train import trainer
+from lladax.train.run_config import model_config_from
+
+GiB = 1024**3
+
+
+class PlanError(ValueError):
+    """The hardware, mesh or batch cannot be planned; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+    """One accelerator slice: `chips` devices as JAX sees them (a v4/v5p megacore is one)."""
+
+    name: str
+    chips: int
+    hbm_bytes: float  # per chip
+    peak_flops: float  # dense bf16 per chip, data sheet
+    topology: str | None = None  # `jax.experimental.topologies` name, e.g. "v5p:4x4x4"
+    slices: int = 1  # multislice: `chips` counts all slices together
+
+
+# generation -> (HBM GiB per chip, bf16 TFLOP/s per chip, TensorCores per chip in the name, dims)
+_TPU = {
+    "v4": (32, 275, 2, 3),
+    "v5p": (95, 459, 2, 3),
+    "v5e": (16, 197, 1, 2),
+    "v6e": (32, 918, 1, 2),
+}
+_GPU = {"h100": (80, 989), "h200": (141, 989), "a100": (80, 312)}
+
+
+def _grid(chips: int, dims: int) -> str:
+    """Most cube-like power-of-two chip grid, e.g. 64 chips in 3-D -> 4x4x4."""
+    if chips & (chips - 1):
+        raise PlanError(f"{chips} chips is not a power of two: TPU slices are 2^k chips")
+    sizes = [1] * dims
+    for i in range(int(math.log2(chips))):
+        sizes[-1 - i % dims] *= 2  # grow from the last axis: 32 -> 2x4x4
+    return "x".join(map(str, sorted(sizes)))
+
+
+def hardware(name: str) -> Hardware:
+    """`v5p-128` (TPU names count TensorCores for v4/v5p, chips for v5e/v6e), `2xv5p-128`
+    (multislice: two such slices), `8xh100`."""
+    key = name.lower().replace("_", "-")
+    slices, sep, rest = key.partition("x")
+    if sep and slices.isdigit() and rest.partition("-")[0] in _TPU:
+        one = hardware(rest)
+        return dataclasses.replace(
+            one, name=name, chips=one.chips * int(slices), slices=int(slices)
+        )
+    gen, _, count = key.partition("-")
+    if gen in _TPU and count.isdigit():
+        hbm, tflops, cores, dims = _TPU[gen]
+        chips = int(count) // cores
+        if chips < 1:
+            raise PlanError(f"{name}: too few cores for one {gen} chip")
+        return Hardware(name, chips, hbm * GiB, tflops * 1e12, f"{gen}:{_grid(chips, dims)}")
+    n, _, gpu = key.partition("x")
+    if n.isdigit() and gpu in _GPU:
+        hbm, tflops = _GPU[gpu]
+        return Hardware(name, int(n), hbm * GiB, tflops * 1e12)
+    known = ", ".join([f"{g}-N" for g in _TPU] + [f"Nx{g}" for g in _GPU])
+    raise PlanError(f"unknown hardware {name!r}: use one of {known} (e.g. v5p-128, 8xh100)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    hardware: Hardware
+    mesh: dict[str, int]
+    params: int
+    flops_per_token: float
+    micro_batch_per_device: float
+    memory: dict[str, float]  # bytes per device, by component
+    tokens_per_s_per_chip: float  # at `mfu`
+    step_seconds: float
+    mfu: float
+
+    @property
+    def total_bytes(self) -> float:
+        return sum(self.memory.values())
+
+
+def _mesh_sizes(mesh: Any, devices: int, slices: int = 1) -> dict[str, int]:
+    """Total data/fsdp/tensor sizes of a config's mesh section (per-slice sizes × slices)."""
+    dcn = {"data": int(mesh.get("dcn_data", 1)), "fsdp": int(mesh.get("dcn_fsdp", 1)), "tensor": 1}
+    if dcn["data"] * dcn["fsdp"] != slices:
+        raise PlanError(
+            f"mesh.dcn_data×mesh.dcn_fsdp = {dcn['data'] * dcn['fsdp']} but the "
+            f"hardware has {slices} slice(s): set them to the slice count"
+        )
+    sizes = {k: int(mesh[k]) for k in ("data", "fsdp", "tensor")}
+    per_slice = devices // slices
+    fixed = math.prod(v for v in sizes.values() if v != -1)
+    for k, v in sizes.items():
+        if v == -1:
+            sizes[k] = per_slice // fixed
+    if math.prod(sizes.values()) != per_slice:
+        raise PlanError(
+            f"mesh {sizes} does not use the {per_slice} devices of a slice: "
+            "set --config.mesh.* so data×fsdp×tensor = devices (or one -1)"
+        )
+    return {k: sizes[k] * dcn[k] for k in sizes}
+
+
+def activation_bytes(
+    cfg: ModelConfig, micro_batch: float, seq_len: int, tensor: int = 1
+) -> dict[str, float]:
+    """Activation memory of one micro-batch on one device (heads/MLP/vocab split over tensor)."""
+    b, n, d = micro_batch, seq_len, cfg.d_model
+    c = jnp.dtype(cfg.dtype).itemsize
+    h, f = cfg.n_heads / tensor, cfg.mlp_hidden_size / tensor
+    qkv = b * n * (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim / tensor
+    scores = b * h * n * n  # one attention matrix, elements
+    projections = qkv + b * n * d + 3 * b * n * f  # q k v, attn out, gate up hidden
+    inside = {  # elements each scanned layer keeps for the backward pass, by remat policy
+        "none": projections + 2 * b * n * d + scores,
+        "full": 0.0,
+        "dots": projections + scores * 2,  # f32 scores are a dot output too
+        "dots_no_batch": projections,
+        "save_attn_out": b * n * d,
+        "save_qkv_proj": qkv,
+        "offload": 0.0,  # kept in host memory, not HBM
+    }[cfg.remat_policy]
+    working = projections + 2 * b * n * d + scores * (4 + c) / c  # f32 scores + probs, one layer
+    return {
+        "residual stream (all layers)": cfg.n_layers * b * n * d * c,
+        f"saved inside layers ({cfg.remat_policy})": cfg.n_layers * inside * c,
+        "one layer recomputed": working * c,
+        "logits (f32, + grad)": 2 * b * n * cfg.vocab_size / tensor * 4,
+    }
+
+
+def estimate(config: Any, hw: Hardware, mfu: float = 0.45) -> Plan:
+    """The plan of run config `config` (a `run_config` ConfigDict) on `hw` at `mfu`."""
+    cfg, tc = model_config_from(config.model), TrainConfig.from_config(config.train)
+    seq = int(config.data.seq_len)
+    mesh = _mesh_sizes(config.mesh, hw.chips, hw.slices)
+    batch_shards = mesh["data"] * mesh["fsdp"]
+    if tc.batch_size % (tc.grad_accum * batch_shards):
+        raise PlanError(
+            f"batch {tc.batch_size} does not split into grad_accum {tc.grad_accum} "
+            f"× {batch_shards} data·fsdp shards: change train.batch_size or mesh"
+        )
+    n = cfg.param_count()
+    param_shards = mesh["fsdp"] * mesh["tensor"]
+    pbytes = jnp.dtype(cfg.param_dtype).itemsize
+    memory = {
+        "params": n * pbytes / param_shards,
+        "AdamW moments": 2 * n * pbytes / param_shards,
+        "gradients (f32 accumulator + one micro-batch)": n * (4 + pbytes) / param_shards,
+    }
+    if getattr(tc, "ema_decay", 0.0):
+        memory["EMA params"] = n * pbytes / param_shards
+    micro = tc.batch_size / tc.grad_accum / batch_shards
+    memory |= activation_bytes(cfg, micro, seq, mesh["tensor"])
+    fpt = cfg.flops_per_token(seq)
+    tokens_per_s_chip = mfu * hw.peak_flops / fpt
+    step = tc.batch_size * seq / (tokens_per_s_chip * hw.chips)
+    return Plan(hw, mesh, n, fpt, micro, memory, tokens_per_s_chip, step, mfu)
+
+
+def _size(nbytes: float) -> str:
+    for unit, scale in (("GiB", GiB), ("MiB", 1024**2), ("KiB", 1024)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:8.2f} {unit}"
+    return f"{nbytes:8.0f} B  "
+
+
+def render(plan: Plan, aot: dict[str, float] | None = None) -> str:
+    """The plan as the text `lladax plan` prints; `aot` adds the compiler's memory analysis."""
+    hw = plan.hardware
+    lines = [
+        f"hardware          {hw.name}: {hw.chips} devices, {hw.hbm_bytes / GiB:.0f} GiB HBM and "
+        f"{hw.peak_flops / 1e12:.0f} TFLOP/s bf16 each",
+        f"mesh              data={plan.mesh['data']} fsdp={plan.mesh['fsdp']} "
+        f"tensor={plan.mesh['tensor']}; micro-batch {plan.micro_batch_per_device:g} seq/device",
+        f"parameters        {plan.params:,} ({plan.params / 1e9:.2f}B)",
+        f"FLOPs per token   {plan.flops_per_token / 1e9:.2f} GFLOP (6·N_matmul + 12·layers·seq·d;"
+        " see ModelConfig.flops_per_token)",
+        "HBM per device (estimate):",
+        *[f"  {k:<46} {_size(v)}" for k, v in plan.memory.items()],
+        f"  {'total':<46} {_size(plan.total_bytes)} of {hw.hbm_bytes / GiB:.0f} GiB"
+        + ("" if plan.total_bytes <= hw.hbm_bytes else "  ** DOES NOT FIT **"),
+        f"throughput        {plan.tokens_per_s_per_chip:,.0f} tokens/s/chip at {plan.mfu:.0%} "
+        f"MFU; step {plan.step_seconds:.2f} s",
+    ]
+    if aot is not None:
+        lines += [
+            f"XLA ahead-of-time compile for {hw.topology} ({aot['compile_seconds']:.0f} s), "
+            "per device:",
+            *[f"  {k:<46} {_size(aot[k])}" for k in ("argument", "output", "alias", "temp")],
+            f"  {'peak (argument + output - alias + temp)':<46} {_size(aot['peak'])} of "
+            f"{hw.hbm_bytes / GiB:.0f} GiB"
+            + ("" if aot["peak"] <= hw.hbm_bytes else "  ** DOES NOT FIT **"),
+        ]
+    return "\n".join(lines)
+
+
+def compile_train_step(config: Any, devices: Any) -> dict[str, float]:
+    """Compile (not run) the real train step of `config` over `devices`; the compiler's
+    per-device memory analysis in bytes, and the compile time. Devices may be abstract TPU
+    devices from `jax.experimental.topologies` (see `aot_compile`) or real ones."""
+    import time
+
+    import jax
+
+    cfg, tc = model_config_from(config.model), TrainConfig.from_config(config.train)
+    if cfg.attention_impl == "auto" and devices[0].platform == "tpu":
+        cfg = dataclasses.replace(cfg, attention_impl="splash")  # "auto" would see the CPU
+    mesh = sharding.make_mesh(**dict(config.mesh), devices=devices)
+    optimizer = trainer.make_optimizer(tc)
+    key = jax.eval_shape(lambda: jax.random.key(0))  # abstract: no array on any device
+    t0 = time.perf_counter()
+    with jax.set_mesh(mesh):
+        init = jax.jit(lambda k: trainer.init_state(cfg, tc, optimizer, k, mesh))
+        state = jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+            init.eval_shape(key),
+            init.lower(key).compile().output_shardings,
+        )
+        batch_sh = sharding.named_sharding(mesh, ("batch", None))
+        batch = {
+            "tokens": jax.ShapeDtypeStruct(
+                (tc.batch_size, int(config.data.seq_len)), jnp.int32, sharding=batch_sh
+            )
+        }
+        step = trainer.jit_train_step(cfg, tc, optimizer, trainer.shardings_of(state), batch_sh)
+        compiled = step.lower(state, batch).compile()
+    mem = compiled.memory_analysis()
+    report = {
+        name: float(getattr(mem, f"{name}_size_in_bytes"))
+        for name in ("argument", "output", "alias", "temp", "generated_code")
+    }
+    report["peak"] = report["argument"] + report["output"] - report["alias"] + report["temp"]
+    report["compile_seconds"] = time.perf_counter() - t0
+    return report
+
+
+def aot_compile(config: Any, hw: Hardware) -> dict[str, float]:
+    """`compile_train_step` for TPU slice `hw` from this (CPU) machine; needs libtpu. Nothing
+    runs on a TPU: `jax.experimental.topologies` describes the slice's devices."""
+    from jax.experimental import topologies
+
+    if hw.topology is None:
+        raise PlanError(
+            f"ahead-of-time compilation needs a TPU slice name (e.g. v5p-64), not {hw.name}"
+        )
+    try:
+        topo = topologies.get_topology_desc(hw.topology, "tpu", num_slices=hw.slices)
+    except Exception as e:  # libtpu missing or the topology unknown to it
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        raise PlanError(
+            f"cannot describe TPU topology {hw.topology} ({type(e).__name__}: "
+            f"{first_line}); install libtpu with `uv sync --extra tpu`"
+        ) from e
+    return compile_train_step(config, topo.devices)

@@ -1,0 +1,401 @@
+"""Training: the `TrainState` pytree and a pure jitted `train_step` (the loop is in `loop.py`).
+
+    state, metrics = train_step(state, batch)      # jitted, state donated
+
+`train_step` draws the forward-process noise from `state.rng` folded with the step, runs the
+micro-batches with `lax.scan` (gradient accumulation), and applies one optax update. Everything
+static (model config, run config) is closed over; the state is a plain pytree of arrays.
+
+Batches are dicts of [batch, ...] arrays:
+  {"tokens"}                                  pretraining on rows cut from a token stream
+  {"tokens", "segment_ids", "positions"}      packed documents: no attention across documents,
+                                              RoPE positions restart, segment id 0 = padding
+  {"tokens", "prompt_lengths" [batch]}        SFT: prompt never masked, `losses.sft_loss`
+
+Robustness, all inside the jitted step (no host sync): a step whose loss or gradients are not
+finite leaves params and optimizer state untouched and is counted in `state.guard`; after
+`nan_lr_drop_after` consecutive skips the learning rate is scaled by `nan_lr_drop_factor`; a loss
+above `spike_factor` × its running mean is counted as a spike; with `ema_decay` > 0 an f32
+exponential moving average of the params is kept in `state.ema`. The loop logs the counters.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from lladax.config import ModelConfig, TrainConfig
+from lladax.diffusion import autoregressive, losses
+from lladax.model import sharding, transformer
+from lladax.train.throughput import measure_matmul_peak, peak_flops_per_device
+
+__all__ = [
+    "TrainConfig",
+    "TrainState",
+    "abstract_state",
+    "eval_loss",
+    "init_state",
+    "jit_train_step",
+    "loss_fn",
+    "lr_schedule",
+    "make_optimizer",
+    "measure_matmul_peak",
+    "peak_flops_per_device",
+    "shardings_of",
+    "state_shardings",
+    "train_step",
+]
+
+log = logging.getLogger("lladax.train.trainer")
+SPIKE_WARMUP = 20  # finite steps before spikes are judged (the running mean must exist first)
+SPIKE_HORIZON = 100  # the running mean of the loss averages over about this many steps
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # [] int32: steps taken, skipped ones included (drives the noise)
+    params: Any  # model params pytree
+    opt_state: Any  # optax state pytree
+    rng: jax.Array  # base key; each step folds in `step`
+    guard: dict[str, jax.Array]  # [] counters of the non-finite/spike guard, see `new_guard`
+    ema: Any = None  # f32 EMA of params (train.ema_decay > 0), else None
+
+
+def new_guard() -> dict[str, jax.Array]:
+    """The guard's counters at step 0 (all [] scalars)."""
+    i32, f32 = (
+        functools.partial(jnp.asarray, dtype=jnp.int32),
+        functools.partial(jnp.asarray, dtype=jnp.float32),
+    )
+    return {
+        "skipped": i32(0),  # steps whose update was skipped (non-finite), in total
+        "streak": i32(0),  # ... consecutively, up to now (reset by an LR drop)
+        "lr_scale": f32(1.0),  # product of the automatic LR drops
+        "spikes": i32(0),  # loss spikes seen
+        "last_spike_step": i32(-1),
+        "last_spike_loss": f32(0.0),
+        "loss_mean": f32(0.0),  # running mean of finite, non-spike losses
+        "loss_count": i32(0),
+    }  # how many losses went into it
+
+
+def lr_schedule(tc: TrainConfig) -> optax.Schedule:
+    """Warmup-stable-decay (the paper's schedule): linear warmup, constant, linear decay."""
+    decay_steps = max(1, int(tc.steps * tc.decay_fraction))
+    warmup = min(tc.warmup_steps, max(0, tc.steps - decay_steps))
+    stable_end = tc.steps - decay_steps
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, tc.lr, max(1, warmup)),
+            optax.constant_schedule(tc.lr),
+            optax.linear_schedule(tc.lr, tc.lr * tc.final_lr_ratio, decay_steps),
+        ],
+        boundaries=[warmup, stable_end],
+    )
+
+
+@functools.cache  # one object per config: jitted steps built on it share their compilation
+def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
+    """AdamW (decoupled weight decay on matrices only, not norms) with global-norm clipping.
+
+    The schedule advances with the optimizer's own update count, so skipped steps do not move it.
+    """
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+    return optax.chain(
+        optax.clip_by_global_norm(tc.clip_norm),
+        optax.adamw(
+            lr_schedule(tc),
+            b1=tc.b1,
+            b2=tc.b2,
+            eps=tc.eps,
+            weight_decay=tc.weight_decay,
+            mask=decay_mask,
+        ),
+    )
+
+
+def state_shardings(
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    optimizer: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh | None = None,
+) -> TrainState:
+    """The sharding of every leaf of a TrainState: params (and the optimizer's param-shaped
+    moments, and the EMA) by the logical-axis rules, scalars replicated; without a mesh,
+    everything on device 0. One rule for fresh and restored states, so both compile the same."""
+
+    shapes = jax.eval_shape(lambda k: init_state(cfg, tc, optimizer, k), jax.random.key(0))
+    if mesh is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        return jax.tree.map(lambda _: device, shapes)
+    param_sh = sharding.tree_shardings(mesh, transformer.param_logical_axes(cfg))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    opt_sh = optax.tree_map_params(
+        optimizer,
+        lambda _, sh: sh,
+        shapes.opt_state,
+        param_sh,
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct),
+    )
+    return TrainState(
+        step=replicated,
+        params=param_sh,
+        opt_state=opt_sh,
+        rng=replicated,
+        guard=jax.tree.map(lambda _: replicated, shapes.guard),
+        ema=None if shapes.ema is None else param_sh,
+    )
+
+
+def abstract_state(
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    optimizer: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh | None = None,
+) -> TrainState:
+    """ShapeDtypeStructs (with shardings) of the TrainState: a restore target that allocates
+    nothing, so resuming a big model never materialises a random init first."""
+    shapes = jax.eval_shape(lambda k: init_state(cfg, tc, optimizer, k), jax.random.key(0))
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        shapes,
+        state_shardings(cfg, tc, optimizer, mesh),
+    )
+
+
+def init_state(
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    optimizer: optax.GradientTransformation,
+    key: jax.Array,
+    mesh: jax.sharding.Mesh | None = None,
+) -> TrainState:
+    """Fresh state; with a mesh, every leaf is placed by `state_shardings` (params created
+    sharded; scalars replicated, so every leaf is a global array in a multi-process run)."""
+    param_key, rng = jax.random.split(key)
+    params = transformer.init_params(cfg, param_key, mesh)
+    # With a mesh, the moments and EMA are created in their sharded layout: initialising them
+    # replicated first would put every optimizer byte on every chip (an 8B model OOMs there).
+    target = None if mesh is None else state_shardings(cfg, tc, optimizer, mesh)
+    opt_state = jax.jit(optimizer.init, out_shardings=target and target.opt_state)(params)
+    ema = None
+    if tc.ema_decay > 0:  # a copy (never the params' own buffers: both are donated)
+        ema = jax.jit(
+            lambda p: jax.tree.map(lambda x: x.astype(jnp.float32) + 0.0, p),
+            out_shardings=target and target.ema,
+        )(params)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=opt_state,
+        rng=rng,
+        guard=new_guard(),
+        ema=ema,
+    )
+    if mesh is None or isinstance(key, jax.core.Tracer):
+        return state
+    return jax.device_put(state, state_shardings(cfg, tc, optimizer, mesh))
+
+
+def loss_fn(
+    params: Any, cfg: ModelConfig, tc: TrainConfig, batch: dict[str, jax.Array], key: jax.Array
+) -> jax.Array:
+    """Loss of one micro-batch (see the module doc for the batch kinds) under fresh noise."""
+    tokens = batch["tokens"]
+    mask_key, trunc_key = jax.random.split(key)
+    prompt_lengths = batch.get("prompt_lengths")
+    packed = {k: batch[k] for k in ("segment_ids", "positions") if k in batch}
+    attention_mask = None
+    if "segment_ids" in packed:  # id 0 marks the padding at the end of a packed row
+        attention_mask = packed["segment_ids"] > 0
+    if tc.truncate_prob > 0 and prompt_lengths is None:
+        cut = losses.truncation_mask(trunc_key, *tokens.shape, tc.truncate_prob)
+        attention_mask = cut if attention_mask is None else attention_mask & cut
+    if cfg.causal:  # the autoregressive baseline: same batches, exact next-token NLL
+        return autoregressive.next_token_loss(
+            params, cfg, tokens, attention_mask, prompt_lengths=prompt_lengths, **packed
+        )
+    noisy, p_mask, _ = losses.mask_tokens(
+        mask_key,
+        tokens,
+        cfg.mask_token_id,
+        tc.mask_eps,
+        prompt_lengths=prompt_lengths,
+        stratified=tc.stratified_t,
+    )
+    if prompt_lengths is not None:
+        return losses.sft_loss(params, cfg, tokens, noisy, p_mask, prompt_lengths)
+    return losses.pretrain_loss(params, cfg, tokens, noisy, p_mask, attention_mask, **packed)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return functools.reduce(jnp.logical_and, leaves, jnp.asarray(True))
+
+
+def _update_guard(
+    g: dict[str, jax.Array], loss: jax.Array, finite: jax.Array, step: jax.Array, tc: TrainConfig
+) -> dict[str, jax.Array]:
+    """The guard's counters after a step with `loss` ([] f32; `finite` [] bool)."""
+    g = dict(g)
+    g["skipped"] = g["skipped"] + (~finite).astype(jnp.int32)
+    g["streak"] = jnp.where(finite, 0, g["streak"] + 1)
+    if tc.nan_lr_drop_after:
+        drop = g["streak"] >= tc.nan_lr_drop_after
+        g["lr_scale"] = jnp.where(drop, g["lr_scale"] * tc.nan_lr_drop_factor, g["lr_scale"])
+        g["streak"] = jnp.where(drop, 0, g["streak"])
+    spike = jnp.asarray(False)
+    if tc.spike_factor:
+        spike = (
+            finite & (g["loss_count"] >= SPIKE_WARMUP) & (loss > tc.spike_factor * g["loss_mean"])
+        )
+        g["spikes"] = g["spikes"] + spike.astype(jnp.int32)
+        g["last_spike_step"] = jnp.where(spike, step, g["last_spike_step"])
+        g["last_spike_loss"] = jnp.where(spike, loss, g["last_spike_loss"])
+    # An exact mean over the first SPIKE_HORIZON losses, then an EMA; spikes do not enter it.
+    take = finite & ~spike
+    count = g["loss_count"] + take.astype(jnp.int32)
+    rate = jnp.maximum(1.0 / jnp.maximum(count, 1), 1.0 / SPIKE_HORIZON)
+    g["loss_mean"] = jnp.where(
+        take, g["loss_mean"] + rate * (loss - g["loss_mean"]), g["loss_mean"]
+    )
+    g["loss_count"] = count
+    return g
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    optimizer: optax.GradientTransformation,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update on `batch` (leading dim [batch]) in `grad_accum` micro-batches.
+
+    A non-finite loss or gradient skips the update (params, optimizer state and EMA unchanged);
+    the step counter still advances, so the next step draws fresh noise on the next batch.
+    """
+    # Row i goes to micro-batch i % grad_accum: each device's contiguous block of the sharded
+    # batch splits evenly over the micro-batches, so no rows move between devices.
+    micro = jax.tree.map(lambda x: x.reshape(-1, tc.grad_accum, *x.shape[1:]).swapaxes(0, 1), batch)
+    step_key = jax.random.fold_in(state.rng, state.step)
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def accumulate(carry, xs):
+        loss_sum, grad_sum = carry
+        micro_batch, index = xs
+        loss, grads = grad_fn(
+            state.params, cfg, tc, micro_batch, jax.random.fold_in(step_key, index)
+        )
+        return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+    # The f32 accumulator is laid out like the params (unconstrained, XLA may replicate it).
+    zeros = jax.tree.map(
+        lambda p, names: sharding.constrain(jnp.zeros(p.shape, jnp.float32), names),
+        state.params,
+        transformer.param_logical_axes(cfg),
+    )
+    (loss, grads), _ = jax.lax.scan(
+        accumulate, (jnp.zeros((), jnp.float32), zeros), (micro, jnp.arange(tc.grad_accum))
+    )
+    loss, grads = loss / tc.grad_accum, jax.tree.map(lambda g: g / tc.grad_accum, grads)
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+    lr_scale = state.guard["lr_scale"]
+
+    def apply(operand):
+        params, opt_state, ema = operand
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        if tc.nan_lr_drop_after:  # the LR scale multiplies adamw's -lr·update exactly
+            updates = jax.tree.map(lambda u: u * lr_scale.astype(u.dtype), updates)
+        params = optax.apply_updates(params, updates)
+        if ema is not None:
+            d = tc.ema_decay
+            ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p.astype(jnp.float32), ema, params)
+        return params, opt_state, ema
+
+    # lax.cond, not a select: a skipped step does not even compute the optimizer update.
+    params, opt_state, ema = jax.lax.cond(
+        finite, apply, lambda operand: operand, (state.params, state.opt_state, state.ema)
+    )
+    guard = _update_guard(state.guard, loss, finite, state.step, tc)
+    applied = state.step - state.guard["skipped"]  # = the optimizer's own update count
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
+        "finite": finite,
+        "lr": lr_schedule(tc)(applied) * lr_scale,
+        **guard,
+    }
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, ema=ema, guard=guard
+    )
+    return new_state, metrics
+
+
+@functools.cache
+def _bound_step(
+    cfg: ModelConfig, tc: TrainConfig, optimizer: optax.GradientTransformation
+) -> Callable:
+    # The same function object for the same statics: JAX's tracing/lowering/compilation caches
+    # are keyed on it, so a second run in one process (a resume, a test) reuses the program.
+    return functools.partial(train_step, cfg=cfg, tc=tc, optimizer=optimizer)
+
+
+def jit_train_step(
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    optimizer: optax.GradientTransformation,
+    state_shardings: Any = None,
+    batch_sharding: Any = None,
+) -> Callable:
+    """`train_step` jitted with the state donated (and pinned shardings when given).
+
+    `batch_sharding` applies to every array of the batch dict (a prefix): shard the leading
+    [batch] dimension only, e.g. `sharding.named_sharding(mesh, ("batch",))`, so [batch, seq]
+    tokens and [batch] prompt lengths share it.
+    """
+    step = _bound_step(cfg, tc, optimizer)
+    if state_shardings is None:
+        return jax.jit(step, donate_argnums=0)
+    return jax.jit(
+        step,
+        donate_argnums=0,
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, None),
+    )
+
+
+def shardings_of(tree: Any) -> Any:
+    """The shardings of a pytree of placed arrays (e.g. a TrainState created under a mesh)."""
+    return jax.tree.map(lambda x: x.sharding, tree)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def eval_loss(
+    params: Any,
+    cfg: ModelConfig,
+    tokens: jax.Array,
+    key: jax.Array,
+    prompt_lengths: jax.Array | None = None,
+) -> jax.Array:
+    """Loss on tokens [batch, seq] with noise from `key` (fixed key = comparable numbers): the
+    pretraining loss, or with `prompt_lengths` [batch] the SFT loss; for an autoregressive model
+    the exact next-token loss (the key is unused)."""
+    if cfg.causal:
+        return autoregressive.next_token_loss(params, cfg, tokens, prompt_lengths=prompt_lengths)
+    noisy, p_mask, _ = losses.mask_tokens(
+        key, tokens, cfg.mask_token_id, prompt_lengths=prompt_lengths
+    )
+    if prompt_lengths is not None:
+        return losses.sft_loss(params, cfg, tokens, noisy, p_mask, prompt_lengths)
+    return losses.pretrain_loss(params, cfg, tokens, noisy, p_mask)

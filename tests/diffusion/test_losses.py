@@ -1,0 +1,140 @@
+"""Forward process and losses against the PyTorch reference and independent numpy math."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lladax.diffusion import losses
+from lladax.model import transformer
+
+
+def _np_ce(logits, targets):
+    logits = logits.astype(np.float64)
+    m = logits.max(-1, keepdims=True)
+    logz = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[..., 0]
+    return logz - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+
+
+def test_pretrain_loss_matches_reference(tiny_llada, golden):
+    cfg, params = tiny_llada
+    case = golden("pretrain_loss")
+    args = [jnp.asarray(case[k]) for k in ("x0", "noisy", "p_mask")]
+    loss = float(losses.pretrain_loss(params, cfg, *args))
+    assert abs(loss - float(case["loss"])) <= 1e-6 + 1e-5 * abs(float(case["loss"]))
+    token_loss = np.asarray(losses.pretrain_token_loss(params, cfg, *args))
+    np.testing.assert_allclose(token_loss, case["token_loss"], atol=1e-4, rtol=1e-5)
+    assert np.array_equal(token_loss != 0, case["masked"])
+
+
+def test_sft_loss_matches_reference(tiny_llada, golden):
+    cfg, params = tiny_llada
+    case = golden("sft_loss")
+    loss = float(
+        losses.sft_loss(
+            params,
+            cfg,
+            *(jnp.asarray(case[k]) for k in ("x0", "noisy", "p_mask", "prompt_lengths")),
+        )
+    )
+    assert abs(loss - float(case["loss"])) <= 1e-6 + 1e-5 * abs(float(case["loss"]))
+
+
+def test_sft_loss_independent_numpy(tiny_llada, golden):
+    cfg, params = tiny_llada
+    case = golden("sft_loss")
+    logits = np.asarray(transformer.forward(params, cfg, case["noisy"]))
+    ce = _np_ce(logits, case["x0"])
+    masked = case["noisy"] == cfg.mask_token_id
+    answer_len = case["x0"].shape[1] - case["prompt_lengths"]
+    rows = np.where(masked, ce, 0).sum(1) / case["p_mask"] / answer_len
+    np.testing.assert_allclose(rows.mean(), float(case["loss"]), rtol=1e-5)
+
+
+def test_mask_tokens_distribution():
+    tokens = jnp.full((4096, 64), 7, jnp.int32)
+    noisy, p_mask, masked = losses.mask_tokens(jax.random.key(0), tokens, mask_id=4)
+    assert np.array_equal(np.asarray(noisy == 4), np.asarray(masked))
+    p = np.asarray(p_mask)
+    assert p.min() >= 1e-3 and p.max() <= 1.0
+    assert abs(p.mean() - (1 + 1e-3) / 2) < 0.02  # t ~ U(0, 1)
+    rate = np.asarray(masked).mean(1)  # per-row rate follows that row's p
+    assert np.abs(rate - p).mean() < 0.06
+
+
+def test_mask_tokens_keeps_prompt():
+    tokens = jnp.arange(40, dtype=jnp.int32).reshape(2, 20) + 10
+    prompt_lengths = jnp.array([5, 12])
+    noisy, _, masked = losses.mask_tokens(
+        jax.random.key(1), tokens, 4, prompt_lengths=prompt_lengths
+    )
+    assert not np.asarray(masked)[0, :5].any() and not np.asarray(masked)[1, :12].any()
+    np.testing.assert_array_equal(np.asarray(noisy)[0, :5], np.asarray(tokens)[0, :5])
+
+
+def test_truncation_equals_shorter_batch(tiny_llada, golden):
+    """Key-masking the tail is exactly the loss of the truncated batch."""
+    cfg, params = tiny_llada
+    case = golden("pretrain_loss")
+    x0, noisy, p_mask = (jnp.asarray(case[k]) for k in ("x0", "noisy", "p_mask"))
+    keep = 13
+    mask = jnp.broadcast_to(jnp.arange(x0.shape[1]) < keep, x0.shape)
+    full = losses.pretrain_loss(params, cfg, x0, noisy, p_mask, mask)
+    short = losses.pretrain_loss(params, cfg, x0[:, :keep], noisy[:, :keep], p_mask)
+    np.testing.assert_allclose(full, short, rtol=2e-5)
+
+
+def test_truncation_mask_probability():
+    keys = jax.random.split(jax.random.key(0), 2000)
+    lengths = jax.vmap(lambda k: losses.truncation_mask(k, 1, 64, 0.1).sum())(keys)
+    truncated = np.asarray(lengths) < 64
+    assert 0.07 < truncated.mean() < 0.13
+    assert np.asarray(lengths).min() >= 1
+
+
+def test_stratified_noise_levels_cover_the_batch_evenly():
+    tokens = jnp.full((16, 8), 7, jnp.int32)
+    keys = jax.random.split(jax.random.key(3), 500)
+    p = np.asarray(jax.vmap(lambda k: losses.mask_tokens(k, tokens, 4, stratified=True)[1])(keys))
+    t = (p - 1e-3) / (1 - 1e-3)
+    # One draw per batch: exactly one row in each interval [i/16, (i+1)/16).
+    assert all(sorted(np.floor(row * 16).astype(int)) == list(range(16)) for row in t)
+    # ...and each row's t is still U(0, 1) marginally (unbiased ELBO).
+    assert abs(t[:, 0].mean() - 0.5) < 0.04 and abs(t[:, 5].std() - 12**-0.5) < 0.03
+
+
+def test_packed_loss_equals_per_document_losses(tiny_llada):
+    """Packed rows (segment ids, restarting positions, padding excluded) give the same loss sum as
+    each document alone: the loss normaliser counts real tokens only."""
+    cfg, params = tiny_llada
+    rng = np.random.default_rng(3)
+    docs = [rng.integers(5, cfg.vocab_size, size=n) for n in (9, 14)]
+    pad = 5
+    clean = np.concatenate([*docs, np.full(pad, cfg.eos_token_id)])[None]
+    segment_ids = np.concatenate([np.full(9, 1), np.full(14, 2), np.zeros(pad, int)])[None]
+    positions = np.concatenate([np.arange(9), np.arange(14), np.arange(pad)])[None]
+    noisy = np.where(rng.random(clean.shape) < 0.5, cfg.mask_token_id, clean)
+    p_mask = np.array([0.5], np.float32)
+    packed = losses.pretrain_loss(
+        params,
+        cfg,
+        jnp.asarray(clean),
+        jnp.asarray(noisy),
+        jnp.asarray(p_mask),
+        jnp.asarray(segment_ids > 0),
+        segment_ids=jnp.asarray(segment_ids),
+        positions=jnp.asarray(positions),
+    )
+    total, start = 0.0, 0
+    for doc in docs:
+        sl = slice(start, start + len(doc))
+        total += float(
+            losses.pretrain_token_loss(
+                params,
+                cfg,
+                jnp.asarray(clean[:, sl]),
+                jnp.asarray(noisy[:, sl]),
+                jnp.asarray(p_mask),
+            ).sum()
+        )
+        start += len(doc)
+    np.testing.assert_allclose(float(packed), total / 23, rtol=1e-5)

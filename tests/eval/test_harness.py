@@ -1,0 +1,403 @@
+"""The lm-eval adapter and `lladax eval`, end to end offline, plus a ranking sanity check.
+
+Task YAMLs and their jsonl data are written into tmp_path; HF datasets/hub run offline. One tiny
+run directory (a few training steps: enough to load, not to be good) is shared by the module.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("lm_eval")
+
+from lladax.cli import main
+from lladax.diffusion import likelihood
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "configs" / "tiny.py")
+# A fixed cycle of words: documents are windows of it, so word order is all there is to learn.
+WORDS = [
+    "the",
+    "list",
+    "holds",
+    "items",
+    "and",
+    "each",
+    "item",
+    "has",
+    "a",
+    "value",
+    "that",
+    "we",
+    "can",
+    "read",
+    "from",
+    "the",
+    "table",
+    "when",
+    "our",
+    "program",
+    "runs",
+    "over",
+    "every",
+    "key",
+    "in",
+    "order",
+    "until",
+    "it",
+    "finds",
+    "one",
+    "match",
+    "then",
+    "stops",
+]
+STEPS = 200  # see test_ranking_real_beats_shuffled
+MODEL_ARGS = "mc_num=4,batch_size=4,pair_batch=8,gen_length=8,steps=4,block_length=4"
+
+
+def _window(r: np.random.Generator, n: int) -> str:
+    s = int(r.integers(len(WORDS)))
+    return " ".join(WORDS[(s + i) % len(WORDS)] for i in range(n))
+
+
+@pytest.fixture(scope="module")
+def run_dir(cache_dir):
+    """A tiny model trained on the word cycle (see test_ranking for the budget), trained once per
+    test run: xdist workers share cache_dir and the first one trains under a file lock."""
+    tmp = cache_dir / f"eval_run_{STEPS}"
+    tmp.mkdir(exist_ok=True)
+    with open(tmp / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (tmp / "done").exists():
+            _train_cycle(tmp)
+            (tmp / "done").touch()
+    return tmp / "run"
+
+
+def _train_cycle(tmp: Path) -> None:
+    r = np.random.default_rng(0)
+    (tmp / "cycle.txt").write_text(
+        "\n\n".join(_window(r, int(r.integers(60, 140))) for _ in range(2000))
+    )
+    workdir = tmp / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                TINY,
+                "--workdir",
+                str(workdir),
+                "--config.log.progress=false",
+                "--config.eval.every=0",
+                f"--config.data.source={tmp / 'cycle.txt'}",
+                f"--config.train.steps={STEPS}",
+            ]
+        )
+        == 0
+    )
+
+
+@pytest.fixture(scope="module")
+def offline_tasks(tmp_path_factory, monkeypatch_module):
+    """A multiple_choice and a generate_until task over local jsonl files."""
+    d = tmp_path_factory.mktemp("tasks")
+    mc = [
+        {
+            "question": "the list holds items and each item has a",
+            "choices": ["value that", "stops then"],
+            "label": 0,
+        },
+        {"question": "we can read from the", "choices": ["table when", "order key"], "label": 0},
+        {"question": "until it finds one", "choices": ["the match", "match then"], "label": 1},
+    ]
+    gen = [
+        {"question": "the list holds items and", "answer": "each"},
+        {"question": "we can read from the", "answer": "table"},
+    ]
+    (d / "mc.jsonl").write_text("\n".join(json.dumps(x) for x in mc))
+    (d / "gen.jsonl").write_text("\n".join(json.dumps(x) for x in gen))
+    (d / "lladax_mc.yaml").write_text(f"""task: lladax_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {d / "mc.jsonl"}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_target: label
+doc_to_choice: choices
+metric_list:
+  - metric: acc
+""")
+    (d / "lladax_gen.yaml").write_text(f"""task: lladax_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {d / "gen.jsonl"}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: answer
+generation_kwargs:
+  until: ["."]
+metric_list:
+  - metric: exact_match
+""")
+    monkeypatch_module.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch_module.setenv("HF_HUB_OFFLINE", "1")
+    return d
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_eval_cli_end_to_end_offline(run_dir, offline_tasks, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(run_dir),
+                "--tasks",
+                "lladax_mc,lladax_gen",
+                "--include-path",
+                str(offline_tasks),
+                "--only-include-path",
+                "--model-args",
+                MODEL_ARGS,
+                "--output",
+                str(out),
+                "--log-samples",
+            ]
+        )
+        == 0
+    )
+    results = json.loads(out.read_text())
+    assert 0.0 <= results["results"]["lladax_mc"]["acc,none"] <= 1.0
+    assert "exact_match,none" in results["results"]["lladax_gen"]
+    assert results["config"]["model_args"]["mc_num"] == 4
+    samples = results["samples"]["lladax_gen"]
+    assert len(samples) == 2 and all("." not in s["resps"][0][0] for s in samples)
+    assert "lladax_mc" in capsys.readouterr().out
+    # The result is marked as lladax's own; rerunning onto it needs --overwrite (refused first).
+    assert results["lladax_eval"]["tasks"] == ["lladax_mc", "lladax_gen"]
+    assert (
+        main(["eval", "--checkpoint", str(run_dir), "--tasks", "lladax_mc", "--output", str(out)])
+        == 2
+    )
+    assert "already holds a `lladax eval` result" in capsys.readouterr().err
+    assert json.loads(out.read_text()) == results and not list(tmp_path.glob(".*tmp"))
+
+
+def test_adapter_api(run_dir):
+    from lladax.eval import harness
+
+    lm = harness.LLaDAEval.create_from_arg_string(
+        f"checkpoint={run_dir},{MODEL_ARGS}", {"batch_size": 4, "device": "cpu"}
+    )
+    # context/continuation split as upstream: trailing spaces move into the continuation
+    assert harness.split_context("a b  ", "c") == ("a b", "  c")
+    ctx, cont = lm.encode_pair("the list holds ", "items")
+    assert ctx == lm.tokenizer.encode("the list holds", add_bos=True) and cont
+
+    class Req:  # the only field the adapter reads
+        def __init__(self, *args):
+            self.args = args
+
+    reqs = [Req("the list holds", " items"), Req("the list holds", " stops"), Req("we", " can")]
+    out = lm.loglikelihood(reqs)
+    assert [g for _, g in out] == [False] * 3 and all(np.isfinite(ll) for ll, _ in out)
+    assert lm.loglikelihood(reqs[::-1])[::-1] == out  # noise keyed by context, not by order
+    texts = lm.generate_until(
+        [
+            Req("the list", {"until": ["."]}),
+            Req("a much longer prompt about the table", {"until": "zz"}),
+        ]
+    )
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    with pytest.raises(NotImplementedError, match="loglikelihood_rolling"):
+        lm.loglikelihood_rolling(reqs)
+
+
+@pytest.mark.parametrize(
+    "model_args, message",
+    [
+        ("mc_num=4,bogus=1", "unknown model arg 'bogus'"),
+        ("mc_num=6,batch_size=4", "mc_num=6 must be a positive multiple of batch_size=4"),
+        ("mc_num=x", "model arg mc_num='x' must be int"),
+        ("gen_length=8,block_length=3", "not a multiple of block_length"),
+    ],
+)
+def test_bad_model_args_one_line(run_dir, capsys, tmp_path, model_args, message):
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(run_dir),
+                "--tasks",
+                "x",
+                "--model-args",
+                model_args,
+                "--output",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_missing_lm_eval_is_a_clear_error(monkeypatch, capsys, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_lm_eval(name, *args, **kwargs):
+        if name == "lm_eval" or name.startswith("lm_eval."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_lm_eval)
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path),
+                "--tasks",
+                "x",
+                "--output",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 2
+    )
+    assert "install with `uv sync --extra eval`" in capsys.readouterr().err
+
+
+def test_core_never_imports_lm_eval():
+    """Only harness.py and cli/eval_cmd.py may mention lm_eval."""
+    allowed = {"harness.py", "eval_cmd.py"}
+    for path in (ROOT / "lladax").rglob("*.py"):
+        if path.name not in allowed:
+            assert "lm_eval" not in path.read_text(), path
+
+
+def test_ranking_real_beats_shuffled(run_dir):
+    """Held-out windows: the real continuation outscores a shuffled one on >= 90% of 50 pairs.
+
+    Measured (2-core CPU, 50 pairs, mc_num 16, same noise for both): the tiny preset trained on
+    Python's docs ranks ~50% after 100 or 300 steps (still unigram-level, and many snippets are
+    markup runs whose shuffle is identical); `small` needs minutes per 100 steps. On this word
+    cycle tiny ranks 48% after 60 steps, 94-100% after 100 (lr 1e-2 / 3e-3) and 100% after 200
+    (mean ELBO gap 42 nats), hence STEPS = 200 at the default lr 3e-3.
+    """
+    from lladax.store.loading import load_model
+
+    cfg, params, tok = load_model(str(run_dir))
+    r = np.random.default_rng(1)
+    prompts, reals, shuffled = [], [], []
+    for _ in range(50):
+        ids = tok.encode(_window(r, 40))
+        answer = np.asarray(ids[16:32])
+        prompts.append(ids[:16])
+        reals.append(answer)
+        shuffled.append(answer[r.permutation(len(answer))])
+    opts = dict(mc_num=16, batch_size=16, rng=jax.random.key(0), pairs_per_call=50)
+    real = likelihood.log_likelihood_batch(params, cfg, prompts, reals, **opts)
+    shuf = likelihood.log_likelihood_batch(params, cfg, prompts, shuffled, **opts)  # same noise
+    assert np.mean(real > shuf) >= 0.9, (np.mean(real > shuf), real - shuf)
+
+
+def test_eval_configs_carry_the_reference_settings():
+    from lladax.cli.eval_cmd import _eval_config
+
+    mmlu = _eval_config(str(ROOT / "configs/eval/base.py") + ":mmlu")
+    assert (mmlu["tasks"], mmlu["num_fewshot"]) == ("mmlu", 5)
+    assert mmlu["model_args"] == {"mc_num": 1, "batch_size": 1, "cfg_scale": 0.0}
+    arc = _eval_config(str(ROOT / "configs/eval/base.py") + ":arc_challenge")
+    assert arc["model_args"]["cfg_scale"] == 0.5 and arc["model_args"]["mc_num"] == 128
+    gsm = _eval_config(str(ROOT / "configs/eval/instruct.py") + ":gsm8k")
+    assert gsm["model_args"]["gen_length"] == 512 and gsm["model_args"]["confidence_eos_eot_inf"]
+    with pytest.raises(ValueError, match="unknown base eval task 'nope'"):
+        _eval_config(str(ROOT / "configs/eval/base.py") + ":nope")
+
+
+# --- issue 21: every eval flag and model arg is refused before the model loads -----------------
+@pytest.fixture
+def eval_places(tmp_path):
+    run = tmp_path / "run"  # shaped like a run; refusals come before any weight is read
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "tokenizer.model").write_bytes(b"not read")
+    (tmp_path / "notes.json").write_text('{"mine": true}')
+    (tmp_path / "old.json").write_text(json.dumps({"results": {}, "lladax_eval": {}}))
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "tasks").mkdir()
+    return tmp_path
+
+
+EVAL_REFUSALS = [
+    (["--output", "{d}"], "is a directory: pass a file path"),
+    (["--output", "{d}/notes.json"], "exists and is not a `lladax eval` result"),
+    (["--output", "{d}/notes.json", "--overwrite"], "refusing to overwrite it"),
+    (
+        ["--output", "{d}/old.json"],
+        "already holds a `lladax eval` result: pass a new path, or --overwrite",
+    ),
+    (["--output", "{d}/file.txt/r.json"], "is a file, not a directory"),
+    (["--limit", "0"], "--limit 0 must be a whole number of examples >= 1 or a fraction"),
+    (["--limit", "2.5"], "--limit 2.5 must be a whole number"),
+    (["--num-fewshot", "-1"], "--num-fewshot -1 must be >= 0"),
+    (["--include-path", "{d}/absent"], "is not a directory"),
+    (["--only-include-path"], "--only-include-path needs --include-path DIR"),
+    (["--tokenizer", "{d}/absent.json"], "--tokenizer {d}/absent.json does not exist"),
+    (["--model-args", "mc_num"], "model arg 'mc_num' is not key=value"),
+    (["--model-args", "mc_num=0"], "model arg mc_num=0 must be >= 1"),
+    (["--model-args", "mc_num=4.5"], "model arg mc_num='4.5' must be int"),
+    (["--model-args", "steps=0"], "model arg steps=0 must be >= 1"),
+    (["--model-args", "pair_batch=0"], "model arg pair_batch=0 must be >= 1"),
+    (["--model-args", "seed=-1"], "model arg seed=-1 must be >= 0"),
+    (["--model-args", "gen_length=8,block_length=4,steps=3"], "steps=3 is not a multiple of"),
+    (["--model-args", "cfg_scale=nan"], "model arg cfg_scale='nan' must be a finite number"),
+    (["--model-args", "temperature=-1"], "temperature=-1.0 must be >= 0"),
+    (["--model-args", "remasking=best"], "unknown remasking 'best'"),
+    (["--model-args", "add_bos=maybe"], "add_bos='maybe' must be true or false"),
+    (["--model-args", "dtype=float16"], "model arg dtype='float16': use one of float32"),
+    (["--model-args", "bogus=1"], "unknown model arg 'bogus'"),
+    (
+        ["--tasks", "nope", "--include-path", "{d}/tasks", "--only-include-path"],
+        "unknown lm-eval task(s) ['nope']",
+    ),
+    (["--tasks", "a,,b"], "has an empty task name"),
+]
+
+
+@pytest.mark.parametrize("extra, words", EVAL_REFUSALS)
+def test_eval_refusals_before_loading(eval_places, cli_error, extra, words):
+    d = str(eval_places)
+    argv = [
+        "eval",
+        "--checkpoint",
+        eval_places / "run",
+        "--tasks",
+        "x",
+        "--output",
+        eval_places / "r.json",
+    ]
+    line = cli_error(argv + [a.replace("{d}", d) for a in extra], untouched=[eval_places])
+    assert words.replace("{d}", d) in line
+    assert not (eval_places / "r.json").exists()

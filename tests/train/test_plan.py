@@ -1,0 +1,133 @@
+"""`lladax plan`: hardware names, the parameter/FLOP arithmetic, and the HBM estimate against
+the compiler's own memory analysis of the same train step on the 8 CPU devices."""
+
+import jax
+import pytest
+
+from lladax.cli import main
+from lladax.train import plan
+from lladax.train.config_files import load_config_file
+from lladax.train.run_config import run_config
+
+
+@pytest.mark.parametrize(
+    "name, chips, topology",
+    [
+        ("v5p-128", 64, "v5p:4x4x4"),
+        ("v5p-64", 32, "v5p:2x4x4"),
+        ("v5e-256", 256, "v5e:16x16"),
+        ("v4-128", 64, "v4:4x4x4"),
+        ("v6e-8", 8, "v6e:2x4"),
+        ("8xh100", 8, None),
+    ],
+)
+def test_hardware_names(name, chips, topology):
+    hw = plan.hardware(name)
+    assert (hw.chips, hw.topology) == (chips, topology)
+
+
+def test_multislice_plan():
+    hw = plan.hardware("2xv5p-128")
+    assert (hw.chips, hw.slices, hw.topology) == (128, 2, "v5p:4x4x4")
+    config = load_config_file("configs/llada_8b.py:v5p-128")
+    with pytest.raises(plan.PlanError, match="slice count"):
+        plan.estimate(config, hw)
+    config.mesh.dcn_data = 2
+    config.train.grad_accum = 10
+    p = plan.estimate(config, hw)
+    assert p.mesh == {"data": 2, "fsdp": 64, "tensor": 1}
+    assert p.micro_batch_per_device == 1
+
+
+@pytest.mark.parametrize("name", ["v5p-24", "tpu-8", "8xv100", "v5p"])
+def test_unknown_hardware_is_a_clear_error(name):
+    with pytest.raises(plan.PlanError, match="v5p-128|power of two"):
+        plan.hardware(name)
+
+
+def test_llada_8b_numbers():
+    config = load_config_file("configs/llada_8b.py:v5p-128")
+    p = plan.estimate(config, plan.hardware("v5p-128"), mfu=0.5)
+    assert p.params == 8_015_581_184  # LLaDA-8B's published 8.02B
+    # 6·(matmul params incl. head) + bidirectional attention 12·layers·seq·d, done by hand:
+    d, layers, seq, vocab = 4096, 32, 4096, 126464
+    matmul = p.params - vocab * d  # embedding is a gather
+    assert abs(p.flops_per_token / (6 * matmul + 12 * layers * seq * d) - 1) < 0.02
+    assert abs(p.flops_per_token / 51.5e9 - 1) < 0.02  # the issue's 51.5 GFLOP/token
+    assert p.mesh == {"data": 1, "fsdp": 64, "tensor": 1}
+    assert p.memory["params"] == pytest.approx(p.params * 4 / 64)
+    assert p.total_bytes < p.hardware.hbm_bytes
+    assert p.tokens_per_s_per_chip == pytest.approx(0.5 * 459e12 / p.flops_per_token)
+
+
+@pytest.mark.parametrize("hardware", ["v4-128", "v5p-64", "v5p-128", "v5e-256", "8xh100"])
+def test_every_llada_8b_layout_fits(hardware):
+    p = plan.estimate(load_config_file(f"configs/llada_8b.py:{hardware}"), plan.hardware(hardware))
+    assert p.micro_batch_per_device == 1
+    assert p.total_bytes < 0.8 * p.hardware.hbm_bytes  # headroom for XLA's own buffers
+
+
+def test_remat_policies_order_activation_memory():
+    cfg = run_config("llada_1b")
+    totals = {}
+    for policy in (
+        "none",
+        "dots",
+        "dots_no_batch",
+        "save_qkv_proj",
+        "save_attn_out",
+        "full",
+        "offload",
+    ):
+        cfg.model.remat_policy = policy
+        totals[policy] = sum(
+            plan.activation_bytes(plan.model_config_from(cfg.model), 1, 2048).values()
+        )
+    assert totals["full"] < totals["save_attn_out"] < totals["dots_no_batch"] < totals["none"]
+    assert totals["save_attn_out"] < totals["save_qkv_proj"] < totals["dots_no_batch"]
+    assert totals["offload"] == totals["full"]  # offloaded activations live in host memory
+
+
+def test_estimate_tracks_the_compiler():
+    """The arithmetic estimate is within 2× of XLA's memory analysis of the real step."""
+    config = load_config_file("configs/small.py")
+    config.train.batch_size = 64
+    config.data.seq_len = 128
+    config.mesh.update(data=2, fsdp=4, tensor=1)
+    estimate = plan.estimate(config, plan.Hardware("8 cpu", 8, 2**34, 1e11))
+    compiled = plan.compile_train_step(config, jax.devices())
+    assert 0.5 < estimate.total_bytes / compiled["peak"] < 2.0, (estimate.memory, compiled)
+
+
+def test_plan_cli(capsys):
+    assert main(["plan", "--config", "configs/llada_8b.py:v5e-256", "--mfu", "0.4"]) == 0
+    out = capsys.readouterr().out
+    assert "8,015,581,184" in out and "v5e-256: 256 devices" in out and "40% MFU" in out
+    assert main(["plan", "--config", "configs/llada_8b.py", "--hardware", "v9-8"]) == 2
+    assert "unknown hardware" in capsys.readouterr().err
+    assert (
+        main(["plan", "--config", "configs/llada_8b.py:v5p-128", "--config.train.batch_size=1000"])
+        == 2
+    )
+    assert "does not split" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--mfu", "0"], "--mfu 0.0 must be in (0, 1]"),
+        (["--mfu", "nan"], "--mfu nan must be in (0, 1]"),
+        (["--mfu", "1.5"], "--mfu 1.5 must be in (0, 1]"),
+        (["--hardware", "v9-8"], "unknown hardware 'v9-8'"),
+        (["--aot", "8xh100"], "--aot 8xh100: ahead-of-time compilation needs a TPU slice name"),
+        (["--config.train.stepz=1"], "unknown config key 'train.stepz'"),
+    ],
+)
+def test_plan_refusals_one_line(cli_error, argv, words):
+    assert words in cli_error(["plan", "--config", "configs/llada_8b.py:v5p-128", *argv])
+
+
+def test_plan_config_argument_errors_name_the_file_line(cli_error):
+    line = cli_error(["plan", "--config", "configs/llada_8b.py:v9-1", "--hardware", "v5p-128"])
+    assert line.startswith("lladax plan: error: configs/llada_8b.py:")
+    assert "ValueError: unknown hardware 'v9-1' for llada_8b" in line
