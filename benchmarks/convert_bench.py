@@ -12,7 +12,6 @@ Prints a markdown table (wall time, MB/s, peak RSS vs baseline, checkpoint and l
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -22,15 +21,24 @@ import tempfile
 import time
 from pathlib import Path
 
+import harness
 import numpy as np
 
+from lladax import config as C
+from lladax.store import convert
+from lladax.store.safetensors_io import ShardWriter, parse_size, plan_shards
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from lladax import config as C  # noqa: E402
-from lladax.store import convert  # noqa: E402
-from lladax.store.safetensors_io import ShardWriter, parse_size, plan_shards  # noqa: E402
-
+COLUMNS = [
+    "direction",
+    "wall s",
+    "MB/s",
+    "peak RSS MiB",
+    "peak − baseline MiB",
+    "(peak − baseline) / largest shard",
+    "(peak − baseline − params) / largest shard",
+]
 CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
@@ -95,9 +103,7 @@ def digest(path: Path) -> dict[str, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = harness.parser(__doc__)
     ap.add_argument("--layers", type=int, default=None, help="default: the preset's 22")
     ap.add_argument("--shard-size", default="1GB")
     ap.add_argument("--keep", default=None, help="work in this directory and keep it")
@@ -140,18 +146,12 @@ def main() -> None:
         f"process baseline (python + jax + lladax imported, device touched): VmHWM "
         f"{base['hwm'] / mib:.0f} MiB\n"
     )
-    print(
-        "| direction | wall s | MB/s | peak RSS MiB | peak − baseline MiB | "
-        "(peak − baseline) / largest shard | (peak − baseline − params) / largest shard |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    print(harness.table_header(COLUMNS))
     for name, r in (("hf-to-orbax", h2o), ("orbax-to-hf", o2h)):
         extra = r["hwm"] - base["hwm"]
-        print(
-            f"| {name} | {r['wall_s']:.1f} | {total / 1e6 / r['wall_s']:.0f} | "
-            f"{r['hwm'] / mib:.0f} | {extra / mib:.0f} | {extra / largest:.2f} | "
-            f"{(extra - total) / largest:.2f} |"
-        )
+        cells = [name, f"{r['wall_s']:.1f}", f"{total / 1e6 / r['wall_s']:.0f}"]
+        cells += [f"{r['hwm'] / mib:.0f}", f"{extra / mib:.0f}", f"{extra / largest:.2f}"]
+        print(harness.table_row([*cells, f"{(extra - total) / largest:.2f}"]))
 
 
 if __name__ == "__main__":

@@ -24,24 +24,20 @@ own Python with PYTHONPATH set to the repository.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
-import json
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
+import harness
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from lladax.config import ModelConfig, TrainConfig, preset
+from lladax.config import ModelConfig, preset
 from lladax.diffusion import fast_sampling, sampling
 from lladax.model import transformer
-from lladax.train import trainer
-from lladax.train.throughput import measure_matmul_peak, peak_flops_per_device
+from lladax.train.run_config import TrainConfig
+from lladax.train.throughput import peak_flops_per_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,44 +79,22 @@ TINY = Shapes(
 )
 
 
-def _timed(fn: Any, repeats: int) -> tuple[float, Any]:
-    """(best seconds of `repeats` calls after one warm-up/compile call, last output)."""
-    out = jax.block_until_ready(fn())
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
 def train_row(cfg: ModelConfig, shapes: Shapes, peaks: dict[str, float]) -> dict[str, Any]:
     """One timed train step of `cfg` ([batch, seq] random tokens), as a table row."""
     tc = TrainConfig(steps=1000, batch_size=shapes.batch, truncate_prob=0.0, warmup_steps=1)
-    opt = trainer.make_optimizer(tc)
-    state = trainer.init_state(cfg, tc, opt, jax.random.key(0))
-    step = trainer.jit_train_step(cfg, tc, opt)
+    state, step = harness.jitted_train_step(cfg, tc)
     tokens = jax.random.randint(jax.random.key(1), (shapes.batch, shapes.seq), 5, cfg.vocab_size)
-    t0 = time.perf_counter()
-    state, m = step(state, {"tokens": tokens})
-    jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(shapes.train_steps):
-        t0 = time.perf_counter()
-        state, m = step(state, {"tokens": tokens})
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
-    step_s = float(np.median(times))
+    run = harness.time_steps(step, state, [{"tokens": tokens}] * (shapes.train_steps + 1))
+    step_s = run.median
     flops = cfg.flops_per_token(shapes.seq) * shapes.batch * shapes.seq / step_s
     return {
         "row": f"train {cfg.attention_impl}",
         "seconds": step_s,
-        "compile_s": compile_s,
+        "compile_s": run.compile_s,
         "tokens_per_s": shapes.batch * shapes.seq / step_s,
         "tflops": flops / 1e12,
         **{f"mfu_{k}": flops / v for k, v in peaks.items()},
-        "loss": float(m["loss"]),
+        "loss": float(run.metrics["loss"]),
     }
 
 
@@ -130,8 +104,8 @@ def sample_rows(cfg: ModelConfig, shapes: Shapes, batch: int) -> list[dict[str, 
     rng = np.random.default_rng(batch)
     prompt = rng.integers(5, cfg.vocab_size, size=(batch, shapes.prompt)).astype(np.int32)
     common = dict(gen_length=shapes.gen, block_length=shapes.block, steps=shapes.gen)
-    exact_s, _ = _timed(lambda: sampling.generate(params, cfg, prompt, **common), 2)
-    fast_s, (_, stats) = _timed(
+    exact_s, _ = harness.best_time(lambda: sampling.generate(params, cfg, prompt, **common), 2)
+    fast_s, (_, stats) = harness.best_time(
         lambda: fast_sampling.generate(
             params, cfg, prompt, **common, cache="dual", threshold=0.9, return_stats=True
         ),
@@ -156,6 +130,19 @@ def sample_rows(cfg: ModelConfig, shapes: Shapes, batch: int) -> list[dict[str, 
     ]
 
 
+COLUMNS = [
+    "row",
+    "s (step or run)",
+    "compile s",
+    "tokens/s",
+    "model TFLOP/s",
+    "MFU (sheet)",
+    "MFU (same-run matmul)",
+    "NFE/row",
+    "speed-up",
+]
+
+
 def _cell(value: Any, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
 
@@ -168,17 +155,14 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"{meta['matmul_tflops']:.1f} TFLOP/s ({meta['dtype']}, n={meta['matmul_n']}); "
         f"data-sheet peak {meta['sheet_tflops'] or 'unknown'}.",
         "",
-        "| row | s (step or run) | compile s | tokens/s | model TFLOP/s | MFU (sheet) "
-        "| MFU (same-run matmul) | NFE/row | speed-up |",
-        "|---|---|---|---|---|---|---|---|---|",
+        harness.table_header(COLUMNS),
     ]
     for r in rows:
         if r.get("skipped"):
-            lines.append(f"| {r['row']} | n/a ({r['skipped']}) |  |  |  |  |  |  |  |")
+            lines.append(harness.table_row([r["row"], f"n/a ({r['skipped']})"] + [""] * 7))
             continue
         lines.append(
-            "| "
-            + " | ".join(
+            harness.table_row(
                 [
                     r["row"],
                     _cell(r["seconds"], ".4f"),
@@ -191,13 +175,12 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                     _cell(r.get("speedup"), ".2f") + ("x" if "speedup" in r else ""),
                 ]
             )
-            + " |"
         )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = harness.parser(__doc__)
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run on the tiny preset")
     ap.add_argument("--out", default=None, help="write the markdown table here (and .json)")
     args = ap.parse_args(argv)
@@ -206,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = "float32" if args.tiny else "bfloat16"
     base = preset(shapes.preset, dtype=dtype, param_dtype="float32", remat_policy="dots_no_batch")
     sheet, source = peak_flops_per_device()
-    matmul = measure_matmul_peak(shapes.matmul_n, jnp.dtype(dtype))
+    matmul = harness.same_run_peak(shapes.matmul_n, dtype)
     peaks = {"matmul": matmul} | ({"sheet": sheet} if "data sheet" in source else {})
     rows = [train_row(base.replace(attention_impl="xla"), shapes, peaks)]
     if on_gpu:
@@ -233,11 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     table = render(meta, rows)
     print(table)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(table)
-        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-        print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+        harness.write_report(args.out, table, {"meta": meta, "rows": rows})
     return 0
 
 

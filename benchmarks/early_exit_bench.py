@@ -10,39 +10,25 @@ that every decoded answer (the tokens up to the first EOS/EoT) is identical.
 
 from __future__ import annotations
 
-import argparse
-import time
-
+import harness
 import jax
 import numpy as np
 
-from lladax.data import sources
 from lladax.diffusion import sampling
 from lladax.store.loading import load_model
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--source", default="embedded", help="where held-out prompts come from")
+    ap = harness.parser(__doc__)
+    harness.add_options(ap, checkpoint=harness.REQUIRED, source="embedded")
     ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--prompt-len", type=int, default=16)
-    ap.add_argument("--gen", type=int, default=128)
-    ap.add_argument("--block", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
+    harness.add_options(ap, prompt_len=16, gen=128, block=32, repeats=3)
     ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--seed", type=int, default=0)
+    harness.add_options(ap, seed=0)
     args = ap.parse_args()
 
     cfg, params, tok = load_model(args.checkpoint)
-    docs = [
-        d
-        for d in sources.load_documents(args.source, split="eval")
-        if len(tok.encode(d)) >= args.prompt_len
-    ][: args.prompts]
-    prompt = np.asarray(
-        [[tok.bos_id, *tok.encode(d)[: args.prompt_len - 1]] for d in docs], np.int32
-    )
+    prompt = harness.held_out_prompts(tok, args.source, args.prompt_len, args.prompts)
     kw = dict(
         steps=args.gen,
         gen_length=args.gen,
@@ -58,13 +44,7 @@ def main() -> None:
 
     results = {}
     for early_exit in (False, True):
-        canvas, stats = run(early_exit)  # compile + warm up
-        best = float("inf")
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            canvas, stats = run(early_exit)
-            np.asarray(canvas)
-            best = min(best, time.perf_counter() - t0)
+        best, (canvas, stats) = harness.best_time(lambda e=early_exit: run(e), args.repeats)
         results[early_exit] = (best, np.asarray(canvas), stats)
 
     (t_full, full, s_full), (t_exit, exit_, s_exit) = results[False], results[True]
@@ -79,12 +59,15 @@ def main() -> None:
         f"block {args.block}, steps {args.gen}, T={args.temperature} low_confidence"
     )
     print(f"answer lengths (tokens before EOS/EoT): {lengths}")
-    print("| mode | forward passes | wall s | speed-up | answers identical |")
-    print("|---|---|---|---|---|")
-    print(f"| full run | {int(s_full['forward_passes'])} | {t_full:.2f} | 1.00x | - |")
+    passes = int(s_full["forward_passes"]), int(s_exit["forward_passes"])
     print(
-        f"| early_exit | {int(s_exit['forward_passes'])} | {t_exit:.2f} | "
-        f"{t_full / t_exit:.2f}x | {same} |"
+        harness.table_header(["mode", "forward passes", "wall s", "speed-up", "answers identical"])
+    )
+    print(harness.table_row(["full run", passes[0], f"{t_full:.2f}", "1.00x", "-"]))
+    print(
+        harness.table_row(
+            ["early_exit", passes[1], f"{t_exit:.2f}", f"{t_full / t_exit:.2f}x", same]
+        )
     )
     print(f"per-row freeze step: {np.asarray(s_exit['done_step']).tolist()}")
 

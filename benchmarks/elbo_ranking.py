@@ -14,9 +14,9 @@ is estimated with far less variance than either ELBO. Prints the fraction of pai
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
+import harness
 import jax
 import numpy as np
 
@@ -29,16 +29,13 @@ from lladax.store.loading import load_model
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--source", default="embedded")
+    p = harness.parser(__doc__)
+    harness.add_options(p, checkpoint=harness.REQUIRED, source="embedded")
     p.add_argument("--pairs", type=int, default=50)
-    p.add_argument("--prompt-len", type=int, default=32)
+    harness.add_options(p, prompt_len=32)
     p.add_argument("--answer-len", type=int, default=32)
     p.add_argument("--mc", type=int, default=128, help="Monte-Carlo samples per pair")
-    p.add_argument("--seed", type=int, default=0)
+    harness.add_options(p, seed=0)
     p.add_argument(
         "--steps",
         default=None,
@@ -89,23 +86,21 @@ def score(args: argparse.Namespace, cfg, params, tok, step: int | None) -> None:
     seconds = time.perf_counter() - t0
     real, shuffled = np.asarray(scores[: args.pairs]), np.asarray(scores[args.pairs :])
     right = real > shuffled
-    print(
-        json.dumps(
-            {
-                "checkpoint": args.checkpoint,
-                "step": step,
-                "pairs": args.pairs,
-                "mc": args.mc,
-                "prompt_len": args.prompt_len,
-                "answer_len": args.answer_len,
-                "ranked_right": float(right.mean()),
-                "mean_gap_nats": float((real - shuffled).mean()),
-                "mean_real": float(real.mean()),
-                "mean_shuffled": float(shuffled.mean()),
-                "median_stderr": float(np.median(stderr)),
-                "seconds": round(seconds, 1),
-            }
-        )
+    harness.print_record(
+        {
+            "checkpoint": args.checkpoint,
+            "step": step,
+            "pairs": args.pairs,
+            "mc": args.mc,
+            "prompt_len": args.prompt_len,
+            "answer_len": args.answer_len,
+            "ranked_right": float(right.mean()),
+            "mean_gap_nats": float((real - shuffled).mean()),
+            "mean_real": float(real.mean()),
+            "mean_shuffled": float(shuffled.mean()),
+            "median_stderr": float(np.median(stderr)),
+            "seconds": round(seconds, 1),
+        }
     )
 
 

@@ -26,17 +26,14 @@ of every configuration is added, at gen `--sft-gen`, block `--sft-block` (answer
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import functools
-import time
-from collections.abc import Callable
 from typing import Any
 
+import harness
 import jax
 import numpy as np
 
-from lladax.data import sources
 from lladax.diffusion import fast_sampling, sampling
 from lladax.store.loading import load_model
 
@@ -48,6 +45,9 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "dual + threshold 0.9": dict(cache="dual", threshold=0.9),
     "dual + factor 1.0": dict(cache="dual", factor=1.0),
 }
+
+SPEED_COLUMNS = "configuration,tokens/s,speed-up,NFE/row,model GFLOP,FLOP ratio,GFLOP/s,agreement"
+ACCURACY_COLUMNS = "configuration,exact match,per task,NFE/row,FLOP ratio,agreement"
 
 
 def decode(params, cfg, prompt, mask, fast: dict | None, *, gen: int, block: int):
@@ -70,30 +70,6 @@ def decode(params, cfg, prompt, mask, fast: dict | None, *, gen: int, block: int
     return np.asarray(canvas), float(np.mean(stats["nfe"])), flops
 
 
-def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Best wall time of each function over `rounds` rounds that run every function once in
-    turn, so load changes on a shared machine hit all configurations alike."""
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
-
-
-def doc_prompts(tok, args, n: int) -> tuple[np.ndarray, None]:
-    """The first `--prompt-len` tokens of `n` held-out documents: [n, prompt_len], no padding."""
-    docs = [
-        d
-        for d in sources.load_documents(args.source, split="eval")
-        if len(tok.encode(d)) >= args.prompt_len
-    ][:n]
-    return np.asarray(
-        [[tok.bos_id, *tok.encode(d)[: args.prompt_len - 1]] for d in docs], np.int32
-    ), None
-
-
 def instruction_prompts(cfg, tok, items) -> tuple[np.ndarray, np.ndarray]:
     """Chat-formatted held-out instruction prompts, left-padded: (tokens, attention_mask)."""
     from lladax.data.chat import apply_chat_template
@@ -113,11 +89,7 @@ def speed_table(params, cfg, prompt, mask, args) -> None:
         f"\nbatch {B}, prompt {P} tokens, gen {args.gen}, block {args.block}, "
         f"steps {args.gen}, greedy"
     )
-    print(
-        "| configuration | tokens/s | speed-up | NFE/row | model GFLOP | FLOP ratio | "
-        "GFLOP/s | agreement |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    print(harness.table_header(SPEED_COLUMNS.split(",")))
     fns = {
         name: functools.partial(
             decode, params, cfg, prompt, mask, fast, gen=args.gen, block=args.block
@@ -125,16 +97,14 @@ def speed_table(params, cfg, prompt, mask, args) -> None:
         for name, fast in CONFIGS.items()
     }
     results = {name: fn() for name, fn in fns.items()}  # compile + warm up; the outputs
-    times = interleaved_times(fns, args.repeats)
+    times = harness.interleaved_best_times(fns, args.repeats)
     t0, (_, _, flops0), plain = times["plain"], results["plain"], results["plain"][0]
     for name, (canvas, nfe, flops) in results.items():
         agree = (canvas[:, P:] == plain[:, P:]).mean()
-        print(
-            f"| {name} | {B * args.gen / times[name]:.1f} | {t0 / times[name]:.2f}x | "
-            f"{nfe:.1f} | {flops / 1e9:.1f} | {flops0 / flops:.1f}x | "
-            f"{flops / times[name] / 1e9:.0f} | {agree:.3f} |",
-            flush=True,
-        )
+        t = times[name]
+        cells = [name, f"{B * args.gen / t:.1f}", f"{t0 / t:.2f}x", f"{nfe:.1f}"]
+        cells += [f"{flops / 1e9:.1f}", f"{flops0 / flops:.1f}x", f"{flops / t / 1e9:.0f}"]
+        print(harness.table_row([*cells, f"{agree:.3f}"]), flush=True)
 
 
 def accuracy_table(args) -> None:
@@ -148,8 +118,7 @@ def accuracy_table(args) -> None:
         f"\nSFT model {args.sft}: {len(items)} held-out prompts ({args.sft_per_task} per "
         f"task), gen {args.sft_gen}, block {args.sft_block}, steps {args.sft_gen}, greedy"
     )
-    print("| configuration | exact match | per task | NFE/row | FLOP ratio | agreement |")
-    print("|---|---|---|---|---|---|")
+    print(harness.table_header(ACCURACY_COLUMNS.split(",")))
     base = None
     for name, fast in CONFIGS.items():
         canvas, nfe, flops = decode(
@@ -164,28 +133,22 @@ def accuracy_table(args) -> None:
             base = (flops, canvas)
         agree = (canvas[:, width:] == base[1][:, width:]).mean()
         per_task = " ".join(f"{k} {v:.2f}" for k, v in acc.items())
-        print(
-            f"| {name} | {hits:.3f} | {per_task} | {nfe:.1f} | {base[0] / flops:.1f}x | "
-            f"{agree:.3f} |",
-            flush=True,
-        )
+        cells = [name, f"{hits:.3f}", per_task, f"{nfe:.1f}", f"{base[0] / flops:.1f}x"]
+        print(harness.table_row([*cells, f"{agree:.3f}"]), flush=True)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True, help="a trained run (e.g. configs/small.py)")
+    ap = harness.parser(__doc__)
+    harness.add_options(ap, checkpoint=harness.REQUIRED)
     ap.add_argument(
         "--prompts",
         choices=["docs", "instructions"],
         default="docs",
         help="held-out documents (pretrained model) or synthetic instructions (SFT)",
     )
-    ap.add_argument("--source", default="embedded", help="where held-out documents come from")
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--prompt-len", type=int, default=16)
-    ap.add_argument("--gen", type=int, default=256)
-    ap.add_argument("--block", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
+    harness.add_options(
+        ap, source="embedded", batches=[1, 8], prompt_len=16, gen=256, block=32, repeats=3
+    )
     ap.add_argument("--sft", default=None, help="an SFT run on the synthetic instruction set")
     ap.add_argument("--sft-per-task", type=int, default=40)
     ap.add_argument("--sft-gen", type=int, default=32)
@@ -201,7 +164,8 @@ def main() -> None:
     )
     for batch in args.batches:
         if args.prompts == "docs":
-            prompt, mask = doc_prompts(tok, args, batch)
+            prompt = harness.held_out_prompts(tok, args.source, args.prompt_len, batch)
+            mask = None
         else:  # held-out prompts of the tasks in turn
             from lladax.data import instructions
 

@@ -14,10 +14,9 @@ Prints a markdown table; checks that (a) and (b) give the same estimate on the s
 
 from __future__ import annotations
 
-import argparse
 import functools
-import time
 
+import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,13 +24,6 @@ import numpy as np
 from lladax import config
 from lladax.diffusion import likelihood
 from lladax.model import transformer
-from lladax.train import trainer
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def loop_estimate(params, cfg, prompt, answer, *, mc_num, batch_size, rng) -> float:
@@ -56,12 +48,12 @@ def loop_estimate(params, cfg, prompt, answer, *, mc_num, batch_size, rng) -> fl
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = harness.parser(__doc__)
     ap.add_argument("--mc-num", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=16)
+    harness.add_options(ap, batch=16)
     ap.add_argument("--len", type=int, default=256, help="prompt + answer tokens")
     ap.add_argument("--prompt", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    harness.add_options(ap, repeats=3)
     args = ap.parse_args()
     cfg = config.preset("small")
     params = transformer.init_params(cfg, jax.random.key(0))
@@ -70,7 +62,7 @@ def main() -> None:
     answer = r.integers(5, cfg.vocab_size, args.len - args.prompt).astype(np.int32)
     opts = dict(mc_num=args.mc_num, batch_size=args.batch)
 
-    peak = trainer.measure_matmul_peak(2048) / 1e9  # GFLOP/s
+    peak = harness.same_run_peak(2048) / 1e9  # GFLOP/s
     results = {}
     for name, fn in (
         (
@@ -82,8 +74,7 @@ def main() -> None:
             lambda k: likelihood.log_likelihood(params, cfg, prompt, answer, rng=k, **opts),
         ),
     ):
-        est = fn(jax.random.key(1))  # warm-up: compile
-        best = min(_timed(functools.partial(fn, jax.random.key(1))) for _ in range(args.repeats))
+        best, est = harness.best_time(functools.partial(fn, jax.random.key(1)), args.repeats)
         results[name] = (est, best)
     flops = cfg.forward_flops(args.len) * args.mc_num
     print(
@@ -92,14 +83,13 @@ def main() -> None:
         f"{args.batch} ({args.mc_num // args.batch} iterations); best of {args.repeats}"
     )
     print(f"matmul peak (jitted f32 2048^3): {peak:.1f} GFLOP/s\n")
-    print("| path | s / estimate | ELBO evals/s | GFLOP/s (% peak) | estimate |")
-    print("|---|---|---|---|---|")
-    base = None
+    columns = ["path", "s / estimate", "ELBO evals/s", "GFLOP/s (% peak)", "estimate"]
+    print(harness.table_header(columns))
     for name, (est, t) in results.items():
-        base = base or t
+        gflops = flops / t / 1e9
+        cells = [name, f"{t:.3f}", f"{args.mc_num / t:.1f}"]
         print(
-            f"| {name} | {t:.3f} | {args.mc_num / t:.1f} | {flops / t / 1e9:.1f} "
-            f"({100 * flops / t / 1e9 / peak:.0f}%) | {est:.4f} |"
+            harness.table_row([*cells, f"{gflops:.1f} ({100 * gflops / peak:.0f}%)", f"{est:.4f}"])
         )
     (ea, ta), (eb, tb) = results.values()
     print(f"\nspeed-up (b)/(a): {ta / tb:.2f}x; |estimate (a) - (b)| = {abs(ea - eb):.2e}")

@@ -8,7 +8,8 @@ A model trained on it learns to end answers with EOS after a sentence, like an S
 from __future__ import annotations
 
 import re
-import sys
+
+import harness
 
 from lladax.data import sources
 
@@ -26,4 +27,6 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ap = harness.parser(__doc__)
+    ap.add_argument("path", help="the .txt file to write")
+    main(ap.parse_args().path)

@@ -14,21 +14,17 @@ printed too. The pipeline must not be the bottleneck: ratio = pipeline / train >
 
 from __future__ import annotations
 
-import argparse
-import platform
-import statistics
 import sys
 import time
 
+import harness
 import jax
 import numpy as np
 
-from lladax.config import TrainConfig
 from lladax.data import pipeline
 from lladax.data.tokenizer import load_tokenizer
-from lladax.train import trainer
 from lladax.train.config_files import load_config_file
-from lladax.train.run_config import model_config_from
+from lladax.train.run_config import TrainConfig, model_config_from
 
 
 def time_pipeline(tok, config, batch_size: int, workers: int, n: int) -> dict[str, float]:
@@ -57,9 +53,7 @@ def time_pipeline(tok, config, batch_size: int, workers: int, n: int) -> dict[st
 def time_train_step(tok, config, steps: int) -> dict[str, float]:
     cfg = model_config_from(config.model)
     tc = TrainConfig.from_config(config.train)
-    opt = trainer.make_optimizer(tc)
-    state = trainer.init_state(cfg, tc, opt, jax.random.key(0))
-    step = trainer.jit_train_step(cfg, tc, opt)
+    state, step = harness.jitted_train_step(cfg, tc)
     it = pipeline.make_batches(
         tok,
         split="train",
@@ -67,26 +61,16 @@ def time_train_step(tok, config, steps: int) -> dict[str, float]:
         **{**pipeline.options_from_config(config.data), "pack": True},
     )
     batches = [jax.device_put({"tokens": next(it)["tokens"]}) for _ in range(steps + 1)]
-    state, m = step(state, batches[0])  # compile
-    jax.block_until_ready(m)
-    times = []
-    for b in batches[1:]:
-        t0 = time.perf_counter()
-        state, m = step(state, b)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
+    median = harness.time_steps(step, state, batches).median
     return {"step_s": median, "tokens_per_s": tc.batch_size * config.data.seq_len / median}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = harness.parser(__doc__)
     parser.add_argument("--config", default="configs/small.py")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batches", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=10)
+    harness.add_options(parser, steps=10)
     parser.add_argument("--source", default=None, help="override config.data.source")
     args = parser.parse_args()
 
@@ -96,11 +80,7 @@ def main() -> None:
     cfg = model_config_from(config.model)
     tok = load_tokenizer(config.data.tokenizer or "embedded", vocab_size=cfg.vocab_size)
     batch = config.train.batch_size
-    print(
-        f"device: {jax.devices()[0].device_kind} x{jax.device_count()} "
-        f"({platform.processor() or platform.machine()}), jax {jax.__version__}, "
-        f"python {sys.version.split()[0]}"
-    )
+    print(f"{harness.device_line()}, python {sys.version.split()[0]}")
     print(
         f"config: {args.config}, batch {batch} x seq {config.data.seq_len}, "
         f"source {config.data.source!r}, packed"

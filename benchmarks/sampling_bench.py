@@ -14,9 +14,7 @@ Prints a markdown table; checks that (a) and (b) return identical tokens.
 
 from __future__ import annotations
 
-import argparse
-import time
-
+import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,9 +22,19 @@ import numpy as np
 from lladax import config
 from lladax.diffusion import denoise, sampling
 from lladax.model import transformer
-from lladax.train import trainer
 
 PROMPT, GEN, STEPS, BLOCK = 64, 128, 128, 32
+COLUMNS = [
+    "batch",
+    "(a) loop+full fwd s",
+    "(a) tok/s",
+    "(b) generate s",
+    "(b) tok/s",
+    "(b)/(a)",
+    "(a) GFLOP/s (% peak)",
+    "(b) useful GFLOP/s (% peak)",
+    "tokens identical",
+]
 
 
 def bench_cfg() -> config.ModelConfig:
@@ -74,25 +82,14 @@ def fused(params, cfg, prompt: np.ndarray) -> np.ndarray:
     )
 
 
-def timed(fn, repeats: int) -> tuple[float, np.ndarray]:
-    out = fn()  # compile + warm up
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--repeats", type=int, default=2)
+    ap = harness.parser(__doc__)
+    harness.add_options(ap, batches=[1, 4], repeats=2)
     args = ap.parse_args()
 
     cfg = bench_cfg()
     params = transformer.init_params(cfg, jax.random.key(0))
-    peak = trainer.measure_matmul_peak(2048) / 1e9  # (c), GFLOP/s
+    peak = harness.same_run_peak(2048) / 1e9  # (c), GFLOP/s
     n = PROMPT + GEN
 
     def f_full(batch: int, q: int | None = None) -> float:
@@ -104,25 +101,20 @@ def main() -> None:
         f"mlp={cfg.mlp_hidden_size}, V={cfg.vocab_size}); prompt {PROMPT}, gen {GEN}, "
         f"steps {STEPS}, block {BLOCK}; best of {args.repeats} after a warm-up run\n"
     )
-    print(
-        "| batch | (a) loop+full fwd s | (a) tok/s | (b) generate s | (b) tok/s | (b)/(a) "
-        "| (a) GFLOP/s (% peak) | (b) useful GFLOP/s (% peak) | tokens identical |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(harness.table_header(COLUMNS))
     for batch in args.batches:
         rng = np.random.default_rng(batch)
         prompt = rng.integers(5, cfg.vocab_size, size=(batch, PROMPT)).astype(np.int32)
-        ta, out_a = timed(lambda p=prompt: baseline(params, cfg, p), args.repeats)
-        tb, out_b = timed(lambda p=prompt: fused(params, cfg, p), args.repeats)
+        ta, out_a = harness.best_time(lambda p=prompt: baseline(params, cfg, p), args.repeats)
+        tb, out_b = harness.best_time(lambda p=prompt: fused(params, cfg, p), args.repeats)
         fa = STEPS * f_full(batch)
         fb = STEPS * f_full(batch, q=BLOCK)  # every step takes the window path here
         toks = batch * GEN
         same = bool((out_a == out_b).all())
-        print(
-            f"| {batch} | {ta:.2f} | {toks / ta:.1f} | {tb:.2f} | {toks / tb:.1f} | "
-            f"{ta / tb:.2f}x | {fa / ta / 1e9:.1f} ({100 * fa / ta / 1e9 / peak:.0f}%) | "
-            f"{fb / tb / 1e9:.1f} ({100 * fb / tb / 1e9 / peak:.0f}%) | {same} |"
-        )
+        cells = [batch, f"{ta:.2f}", f"{toks / ta:.1f}", f"{tb:.2f}", f"{toks / tb:.1f}"]
+        cells += [f"{ta / tb:.2f}x", f"{fa / ta / 1e9:.1f} ({100 * fa / ta / 1e9 / peak:.0f}%)"]
+        cells += [f"{fb / tb / 1e9:.1f} ({100 * fb / tb / 1e9 / peak:.0f}%)", same]
+        print(harness.table_row(cells))
     print(
         f"\nmatmul FLOPs per step, full forward / block window: "
         f"{f_full(1) / f_full(1, q=BLOCK):.2f}x (the compute-bound limit of (b)/(a) here)"

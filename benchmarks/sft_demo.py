@@ -27,6 +27,8 @@ import json
 import time
 from pathlib import Path
 
+import harness
+
 from lladax.data import instructions
 from lladax.eval import instruction_eval
 from lladax.store import checkpoint
@@ -43,6 +45,21 @@ def finished(run_dir: Path, steps: int) -> bool:
         return checkpoint.read_meta(run_dir)[0] >= steps
     except (checkpoint.CheckpointError, FileNotFoundError, ValueError):
         return False
+
+
+def train_unless_finished(config, run_dir: Path, name: str, done: str, loss: str) -> dict:
+    """Run `lladax.train.loop.run(config)` unless `run_dir` already holds its last step; prints
+    the steps and eval loss, returns {name: seconds} ({} when skipped)."""
+    if finished(run_dir, config.train.steps):
+        return {}
+    t0 = time.perf_counter()
+    out = loop.run(config)
+    seconds = time.perf_counter() - t0
+    print(
+        f"{done} {out['step']} steps: {loss} {out.get('eval_loss', float('nan')):.3f}"
+        f" ({seconds:.0f} s)"
+    )
+    return {name: seconds}
 
 
 def score(run_dir: Path, items: list, args: argparse.Namespace) -> tuple[dict, list, float]:
@@ -62,8 +79,8 @@ def score(run_dir: Path, items: list, args: argparse.Namespace) -> tuple[dict, l
     return instructions.accuracy_by_task(items, replies), replies, time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args() -> argparse.Namespace:
+    ap = harness.parser(__doc__)
     ap.add_argument("--workdir", default="/tmp/sft_demo")
     ap.add_argument(
         "--pretrained",
@@ -82,8 +99,29 @@ def main() -> None:
     )
     ap.add_argument("--block-length", type=int, default=None, help="default: gen-length")
     ap.add_argument("--eval-batch", type=int, default=128)
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def report(args, tasks, trained, items, before: dict, after: dict, replies: list) -> None:
+    """The before / after exact-match table per task, and two replies after SFT per task."""
+    block = args.block_length or args.gen_length
+    print(
+        f"\nexact match on {args.per_task} held-out prompts per task (greedy, gen_length "
+        f"{args.gen_length}, steps {args.gen_length}, block {block})"
+    )
+    print(harness.table_header(["task", "SFT trained on it", "before SFT", "after SFT"]))
+    for task in tasks:
+        cells = [task, "yes" if task in trained else "no", f"{before[task]:.1%}"]
+        print(harness.table_row([*cells, f"{after[task]:.1%}"]))
+    print("\nsample replies after SFT:")
+    for i in range(0, len(items), args.per_task):
+        for ex, reply in list(zip(items, replies, strict=True))[i : i + 2]:
+            mark = "ok " if instructions.exact_match(reply, ex.answer) else "BAD"
+            print(f"  {mark} {ex.prompt!r} -> {reply!r} (expected {ex.answer!r})")
+
+
+def main() -> None:
+    args = parse_args()
     start = time.perf_counter()
     print("date:", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"))
     work = Path(args.workdir)
@@ -109,43 +147,15 @@ def main() -> None:
         f"--config.checkpoint.init_from={pre_dir} --config.train.steps={sft_cfg.train.steps}"
     )
 
-    if not args.pretrained and not finished(pre_dir, pre_cfg.train.steps):
-        t0 = time.perf_counter()
-        out = loop.run(pre_cfg)
-        times["pretrain"] = time.perf_counter() - t0
-        print(
-            f"pretrained {out['step']} steps: eval loss {out.get('eval_loss', float('nan')):.3f}"
-            f" ({times['pretrain']:.0f} s)"
-        )
+    if not args.pretrained:
+        times |= train_unless_finished(pre_cfg, pre_dir, "pretrain", "pretrained", "eval loss")
     before, _, times["eval before"] = score(pre_dir, items, args)
 
-    if not finished(sft_dir, sft_cfg.train.steps):
-        t0 = time.perf_counter()
-        out = loop.run(sft_cfg)
-        times["sft"] = time.perf_counter() - t0
-        print(
-            f"fine-tuned {out['step']} steps: SFT eval loss "
-            f"{out.get('eval_loss', float('nan')):.3f} ({times['sft']:.0f} s)"
-        )
+    times |= train_unless_finished(sft_cfg, sft_dir, "sft", "fine-tuned", "SFT eval loss")
     after, replies, times["eval after"] = score(sft_dir, items, args)
 
-    block = args.block_length or args.gen_length
-    print(
-        f"\nexact match on {args.per_task} held-out prompts per task (greedy, gen_length "
-        f"{args.gen_length}, steps {args.gen_length}, block {block})"
-    )
     trained = instructions.parse_source(sft_cfg.data.source)
-    print("| task | SFT trained on it | before SFT | after SFT |\n|---|---|---|---|")
-    for task in tasks:
-        print(
-            f"| {task} | {'yes' if task in trained else 'no'} | {before[task]:.1%} | "
-            f"{after[task]:.1%} |"
-        )
-    print("\nsample replies after SFT:")
-    for i in range(0, len(items), args.per_task):
-        for ex, reply in list(zip(items, replies, strict=True))[i : i + 2]:
-            mark = "ok " if instructions.exact_match(reply, ex.answer) else "BAD"
-            print(f"  {mark} {ex.prompt!r} -> {reply!r} (expected {ex.answer!r})")
+    report(args, tasks, trained, items, before, after, replies)
     times["total"] = time.perf_counter() - start
     print("\nwall seconds:", json.dumps({k: round(v, 1) for k, v in times.items()}))
     good = [t for t in tasks if after[t] >= 0.8]

@@ -23,12 +23,26 @@ REMAT_POLICIES = (
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "splash_interpret")
 DTYPES = ("float32", "bfloat16", "float16")
 # "diffusion": LLaDA's bidirectional mask predictor; "autoregressive": the same network with causal
-# attention and the next-token loss, the like-for-like baseline (lladax/autoregressive.py).
+# attention and the next-token loss, the like-for-like baseline (lladax.diffusion.autoregressive).
 MODEL_KINDS = ("diffusion", "autoregressive")
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the fix."""
+
+
+# The special token ids of LLaDA's tokenizer: ModelConfig's defaults (the llada_* presets).
+LLADA_SPECIAL_IDS: dict[str, int] = dict(
+    mask_token_id=126336,
+    bos_token_id=126080,
+    eos_token_id=126081,
+    pad_token_id=126081,
+    eot_token_id=126348,
+)
+# ... and those of the embedded tokenizer's reserved ids (lladax.data.tokenizer): tiny, small.
+EMBEDDED_SPECIAL_IDS: dict[str, int] = dict(
+    mask_token_id=4, bos_token_id=1, eos_token_id=2, pad_token_id=2, eot_token_id=3
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +63,11 @@ class ModelConfig:
     max_seq_len: int = 4096
     rope_theta: float = 500000.0
     rms_norm_eps: float = 1e-5
-    mask_token_id: int = 126336
-    bos_token_id: int = 126080
-    eos_token_id: int = 126081
-    pad_token_id: int = 126081
-    eot_token_id: int | None = 126348
+    mask_token_id: int = LLADA_SPECIAL_IDS["mask_token_id"]
+    bos_token_id: int = LLADA_SPECIAL_IDS["bos_token_id"]
+    eos_token_id: int = LLADA_SPECIAL_IDS["eos_token_id"]
+    pad_token_id: int = LLADA_SPECIAL_IDS["pad_token_id"]
+    eot_token_id: int | None = LLADA_SPECIAL_IDS["eot_token_id"]
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat_policy: str = "full"
@@ -223,7 +237,10 @@ class ModelConfig:
 
         eos = token("eos_token_id", None)
         if eos is None:
-            raise ConfigError("config.json has no eos_token_id: add it (LLaDA-8B uses 126081)")
+            raise ConfigError(
+                "config.json has no eos_token_id: add it (LLaDA-8B uses "
+                f"{LLADA_SPECIAL_IDS['eos_token_id']})"
+            )
         kwargs: dict[str, Any] = dict(
             vocab_size=vocab,
             d_model=int(hf["d_model"]),
@@ -234,7 +251,7 @@ class ModelConfig:
             max_seq_len=int(hf.get("max_sequence_length", 4096)),
             rope_theta=float(hf.get("rope_theta", 10000.0)),
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
-            mask_token_id=token("mask_token_id", 126336),
+            mask_token_id=token("mask_token_id", LLADA_SPECIAL_IDS["mask_token_id"]),
             bos_token_id=token("bos_token_id", None)
             if token("bos_token_id", None) is not None
             else eos,
@@ -307,14 +324,6 @@ class ModelConfig:
         }
 
 
-_LLADA_SPECIALS = dict(
-    mask_token_id=126336,
-    bos_token_id=126080,
-    eos_token_id=126081,
-    pad_token_id=126081,
-    eot_token_id=126348,
-)
-
 PRESETS: dict[str, dict[str, Any]] = {
     # CI-sized; special ids match the embedded tokenizer's reserved ids (see tokenizer.py).
     "tiny": dict(
@@ -325,11 +334,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         n_kv_heads=4,
         mlp_hidden_size=128,
         max_seq_len=128,
-        mask_token_id=4,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        eot_token_id=3,
+        **EMBEDDED_SPECIAL_IDS,
     ),
     # A few M params: learns visibly on a CPU in minutes.
     "small": dict(
@@ -340,11 +345,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         n_kv_heads=4,
         mlp_hidden_size=768,
         max_seq_len=256,
-        mask_token_id=4,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        eot_token_id=3,
+        **EMBEDDED_SPECIAL_IDS,
     ),
     "llada_1b": dict(
         vocab_size=126464,
@@ -354,7 +355,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         n_kv_heads=16,
         mlp_hidden_size=5632,
         max_seq_len=4096,
-        **_LLADA_SPECIALS,
+        **LLADA_SPECIAL_IDS,
     ),
     # Exact LLaDA-8B shapes (8.02B params).
     "llada_8b": dict(
@@ -365,7 +366,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         n_kv_heads=32,
         mlp_hidden_size=12288,
         max_seq_len=4096,
-        **_LLADA_SPECIALS,
+        **LLADA_SPECIAL_IDS,
     ),
 }
 
@@ -396,53 +397,3 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
 
 
 MASK_EPS_DEFAULT = 1e-3  # ε of p_mask = (1 − ε)·t + ε
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """The static knobs of the train step (hashable); built from the run ConfigDict."""
-
-    steps: int = 1000
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 4e-4
-    warmup_steps: int = 100
-    decay_fraction: float = 0.2
-    final_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    clip_norm: float = 1.0
-    truncate_prob: float = 0.01
-    mask_eps: float = MASK_EPS_DEFAULT
-    stratified_t: bool = False  # low-discrepancy noise levels across the batch (see diffusion.py)
-    seed: int = 0
-    # Robustness (train.py): a step with a non-finite loss or gradient is skipped (counted).
-    nan_lr_drop_after: int = 0  # after this many consecutive skips scale the LR (0 = never)
-    nan_lr_drop_factor: float = 0.25  # ... by this (the paper resumed its NaN crash at LR/4)
-    spike_factor: float = 4.0  # log a spike when loss > this × its running mean (0 = off)
-    ema_decay: float = 0.0  # EMA of params kept in the state and checkpoint (0 = off)
-
-    @classmethod
-    def from_config(cls, config_dict: Any) -> TrainConfig:
-        return cls(**dict(config_dict))
-
-    def __post_init__(self) -> None:
-        if self.batch_size % self.grad_accum:
-            raise ConfigError(
-                f"train.batch_size={self.batch_size} is not divisible by "
-                f"train.grad_accum={self.grad_accum}"
-            )
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(
-                f"train.ema_decay={self.ema_decay} must be in [0, 1) (0 = off; "
-                "0.999 averages over ~1000 steps)"
-            )
-        if self.nan_lr_drop_after < 0 or not 0.0 < self.nan_lr_drop_factor <= 1.0:
-            raise ConfigError(
-                f"train.nan_lr_drop_after={self.nan_lr_drop_after} must be >= 0 "
-                f"and train.nan_lr_drop_factor={self.nan_lr_drop_factor} in (0, 1]"
-            )
-        if self.spike_factor != 0 and self.spike_factor <= 1.0:
-            raise ConfigError(f"train.spike_factor={self.spike_factor} must be > 1 (or 0 = off)")

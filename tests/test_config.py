@@ -1,12 +1,16 @@
-"""ModelConfig validation, presets, the HF config.json mapping, and the run-config check."""
+"""ModelConfig validation, presets and their special ids, the HF config.json mapping."""
 
 import json
-from pathlib import Path
 
 import pytest
 
-from lladax.config import ConfigError, ModelConfig, preset
-from lladax.train.run_config import check_run_config, run_config
+from lladax.config import (
+    EMBEDDED_SPECIAL_IDS,
+    LLADA_SPECIAL_IDS,
+    ConfigError,
+    ModelConfig,
+    preset,
+)
 
 
 def test_hf_dict_round_trip(tiny_llada_dir):
@@ -37,6 +41,18 @@ def test_llada_8b_preset_shapes():
         126464,
     )
     assert (cfg.mask_token_id, cfg.eos_token_id, cfg.pad_token_id) == (126336, 126081, 126081)
+
+
+def test_special_ids_come_from_one_place():
+    """LLaDA's ids are ModelConfig's defaults and the llada_* presets'; tiny and small use the
+    embedded tokenizer's reserved ids."""
+    defaults = ModelConfig(
+        vocab_size=126464, d_model=64, n_layers=1, n_heads=4, n_kv_heads=4, mlp_hidden_size=8
+    )
+    assert defaults.special_tokens() == LLADA_SPECIAL_IDS
+    assert preset("llada_1b").special_tokens() == LLADA_SPECIAL_IDS
+    assert preset("tiny").special_tokens() == preset("small").special_tokens()
+    assert preset("tiny").special_tokens() == EMBEDDED_SPECIAL_IDS
 
 
 def test_flops_formula_counts_full_attention():
@@ -76,59 +92,3 @@ def test_forward_flops_consistent_with_training_flops():
     assert cfg.flops_per_token(n) == pytest.approx(3 * cfg.forward_flops(n) / n, rel=1e-3)
     window = cfg.forward_flops(n, 32)
     assert window < cfg.forward_flops(n) and cfg.forward_flops(n, n) == cfg.forward_flops(n)
-
-
-# --- the run config (run_config.check_run_config) ------------------------------------------
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
-def test_shipped_configs_pass_the_run_config_check(path):
-    from lladax.train.config_files import load_config_file
-
-    config = load_config_file(str(path))
-    if not config.data.source:  # llada_8b_sft: the user's chat data is required
-        with pytest.raises(ConfigError, match="data.source='' must be a non-empty string"):
-            check_run_config(config)
-        config.data.source = "chat.jsonl"
-    check_run_config(config)
-
-
-@pytest.mark.parametrize(
-    "section, key, value, words",
-    [
-        ("train", "steps", 1.5, "train.steps=1.5 must be an int"),
-        ("train", "lr", "fast", "train.lr='fast' must be a number"),
-        ("train", "stratified_t", 1, "train.stratified_t=1 must be true or false"),
-        ("data", "pack", "yes", "data.pack='yes' must be true or false"),
-        ("eval", "batches", True, "eval.batches=True must be an int"),
-        ("train", "clip_norm", 0.0, "train.clip_norm=0.0 must be a number > 0"),
-        ("data", "seq_len", 129, "data.seq_len=129 is longer than model.max_seq_len=128"),
-        ("log", "workdir", " ", "log.workdir=' ' must be a non-empty string"),
-    ],
-)
-def test_run_config_types_and_ranges(section, key, value, words):
-    """Values a config file that builds its own ConfigDict can hold (overrides and run_config's
-    typed fields are type-checked earlier): each is one line naming section.key=value and the
-    fix."""
-    import ml_collections
-
-    values = run_config("tiny").to_dict()
-    values[section][key] = value
-    config = ml_collections.ConfigDict(values)
-    with pytest.raises(ConfigError) as e:
-        check_run_config(config)
-    assert (
-        words in str(e.value) and f"--config.{section}" in str(e.value) and "\n" not in str(e.value)
-    )
-
-
-def test_unknown_run_config_section_and_key():
-    config = run_config("tiny")
-    config.train.stepz = 3
-    with pytest.raises(ConfigError, match=r"unknown config key train.stepz: the keys of train"):
-        check_run_config(config)
-    config = run_config("tiny")
-    config.optim = {"lr": 1.0}
-    with pytest.raises(ConfigError, match="unknown config section 'optim'"):
-        check_run_config(config)

@@ -9,6 +9,8 @@ own default in lm-eval (gen tasks; upstream did not override it).
 
 import ml_collections
 
+from lladax.eval.model_args import check_model_args
+
 _PPL = dict(mc_num=128, batch_size=16)  # likelihood tasks: Monte-Carlo ELBO
 _PPL_1 = dict(mc_num=1, batch_size=1)  # single-token answers: one sample is exact enough
 _GEN = dict(gen_length=1024, steps=1024, block_length=1024)  # 512 or 256 give ~the same
@@ -36,6 +38,7 @@ def get_config(task: str = "arc_challenge"):
     if task not in TASKS:
         raise ValueError(f"unknown base eval task {task!r}: choose from {', '.join(TASKS)}")
     name, shots, args, anchor = TASKS[task]
+    check_model_args(args)  # an unknown or bad model arg (sampler's included): one line, now
     return ml_collections.ConfigDict(
         dict(tasks=name, num_fewshot=shots, model_args=args, anchor=anchor)
     )

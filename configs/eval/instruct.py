@@ -11,11 +11,12 @@ get_config(task) -> ConfigDict(tasks, num_fewshot, model_args, anchor).
 
 import ml_collections
 
+from lladax.eval.model_args import check_model_args
+
 
 def _gen(length: int, block: int | None = None, **flags) -> dict:
-    return dict(
-        gen_length=length, steps=length, block_length=block or length, batch_size=1, **flags
-    )
+    """Sampler settings (block None: one block) with one prompt per generate call."""
+    return dict(gen_length=length, steps=length, block_length=block, batch_size=1, **flags)
 
 
 _CONF = dict(confidence_eos_eot_inf=True)
@@ -46,6 +47,7 @@ def get_config(task: str = "gsm8k"):
     if task not in TASKS:
         raise ValueError(f"unknown instruct eval task {task!r}: choose from {', '.join(TASKS)}")
     name, shots, args, anchor = TASKS[task]
+    check_model_args(args)  # an unknown or bad model arg (sampler's included): one line, now
     return ml_collections.ConfigDict(
         dict(tasks=name, num_fewshot=shots, model_args=args, anchor=anchor)
     )

@@ -12,10 +12,11 @@ import argparse
 from lladax.cli.common import (
     add_model_args,
     add_sampling_args,
-    check_sampling_args,
     generate,
-    sampling_kwargs,
+    rng_from_args,
+    sampler_config_from_args,
 )
+from lladax.diffusion.sampler_config import SamplerConfig
 from lladax.store.loading import check_model_path, load_model
 
 
@@ -27,11 +28,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(p)
-    add_sampling_args(p, gen_length=128)
+    add_sampling_args(p, SamplerConfig(gen_length=128))  # chat replies run longer
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    check_sampling_args(args)  # before anything slow: a typo should not cost a model load
+    sampler = sampler_config_from_args(args)  # before anything slow: a typo costs no load
     check_model_path(args.checkpoint, args.tokenizer)
     import numpy as np
 
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from lladax.diffusion import sampling
 
     cfg, params, tokenizer = load_model(args.checkpoint, args.dtype, args.tokenizer)
-    kwargs = sampling_kwargs(args)
+    rng = rng_from_args(args)
     history: list[int] = []
     print("lladax chat: /reset clears the conversation, /quit exits.")
     while True:
@@ -59,9 +60,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
             continue
         turn = apply_chat_template(tokenizer, [{"role": "user", "content": message}])
         prompt = history + (turn[1:] if history and turn[:1] == [tokenizer.bos_id] else turn)
-        canvas = generate(
-            params, cfg, np.asarray([prompt], np.int32), None, kwargs, early_exit=args.early_exit
-        )
+        canvas = generate(params, cfg, np.asarray([prompt], np.int32), None, sampler, rng)
         answer = sampling.decode_answer(canvas[0], len(prompt), cfg)
         print(f"assistant> {render(tokenizer, answer, cfg.mask_token_id).strip()}")
         history = [int(t) for t in np.asarray(canvas[0]) if int(t) != cfg.eos_token_id]

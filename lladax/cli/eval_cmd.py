@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lladax.cli.common import TOKENIZER_HELP
+from lladax.eval.model_args import MODEL_ARGS, parse_arg_string, parse_model_args
 from lladax.files import atomic_write
 from lladax.store.loading import check_model_path
 
@@ -45,9 +46,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument(
         "--model-args",
         default="",
-        help="key=value,... (mc_num, cfg_scale, gen_length, steps, block_length, "
-        "remasking, logits_eos_inf, confidence_eos_eot_inf, batch_size, dtype, "
-        "seed, ...)",
+        help=f"key=value,... ({', '.join(MODEL_ARGS)})",
     )
     p.add_argument(
         "--eval-config",
@@ -186,11 +185,11 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ValueError("no tasks: pass --tasks name[,name...] or --eval-config FILE:TASK")
     task_names = _split_tasks(tasks)
     model_args = dict(preset.get("model_args", {}))
-    model_args.update(lladax.eval.harness.parse_arg_string(args.model_args))
+    model_args.update(parse_arg_string(args.model_args))
     model_args["checkpoint"] = args.checkpoint
     if args.tokenizer is not None:
         model_args["tokenizer"] = args.tokenizer
-    lladax.eval.harness.parse_model_args(model_args)  # every model arg, before the task index
+    parse_model_args(model_args)  # every model arg, before the task index
     manager = TaskManager(
         include_path=args.include_path, include_defaults=not args.only_include_path
     )
@@ -211,7 +210,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     )
     if results is None:
         raise ValueError("lm-eval returned no results (non-zero rank?)")
-    results["config"]["model_args"] = {k: v for k, v in lm.opts.items()}
+    results["config"]["model_args"] = lm.model_args
     results[RESULT_KEY] = {"checkpoint": str(Path(args.checkpoint).resolve()), "tasks": task_names}
     atomic_write(out, json.dumps(results, indent=2, default=str))
     for task, metrics in results.get("results", {}).items():

@@ -17,15 +17,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lladax.batching import left_pad
 from lladax.cli.common import (
     add_fast_args,
     add_model_args,
     add_sampling_args,
-    check_sampling_args,
-    fast_kwargs,
     generate,
-    sampling_kwargs,
+    rng_from_args,
+    sampler_config_from_args,
 )
+from lladax.diffusion.sampler_config import SamplerConfig
 from lladax.store.loading import check_model_path, load_model
 
 MASK_MARKER = re.compile(r"<mask(?::(\d+))?>")
@@ -67,19 +68,6 @@ def encode_infill(text: str, tokenizer: Any, mask_id: int, default_span: int) ->
     if mask_id not in ids:
         raise ValueError("--infill text has no <mask> marker: write e.g. 'A <mask:4> of items'")
     return ids
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
-    """Left-pad token lists to one length: (tokens [B, P], attention_mask [B, P])."""
-    import numpy as np
-
-    width = max(len(r) for r in rows)
-    tokens = np.full((len(rows), width), pad_id, np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
-    for i, r in enumerate(rows):
-        tokens[i, width - len(r) :] = r
-        mask[i, width - len(r) :] = 1
-    return tokens, mask
 
 
 def render(tokenizer: Any, ids: Any, mask_id: int) -> str:
@@ -169,26 +157,24 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     # Every flag and path is checked before JAX starts or a weight is read.
     if args.mask_span < 1:
         raise ValueError(f"--mask-span {args.mask_span} must be >= 1 (tokens per bare <mask>)")
-    fast = fast_kwargs(args)
-    if fast is not None and (args.infill is not None or args.show_steps):
+    sampler = sampler_config_from_args(args)
+    if sampler.fast and (args.infill is not None or args.show_steps):
         raise ValueError(
             "fast decoding applies to --prompt / --prompt-file without "
             "--show-steps: drop --fast/--cache/--threshold/--factor"
         )
     if args.infill is not None:
         check_infill_args(args)
-    check_sampling_args(args)
     prompts = read_prompt_file(args.prompt_file) if args.prompt_file else args.prompt
     check_model_path(args.checkpoint, args.tokenizer)
     cfg, params, tokenizer = load_model(args.checkpoint, args.dtype, args.tokenizer)
-    kwargs = sampling_kwargs(args)
-    if cfg.causal and (args.infill is not None or fast is not None):
+    if cfg.causal and (args.infill is not None or sampler.fast):
         raise ValueError(
             "--infill and fast decoding need a diffusion model; this checkpoint is "
             "the autoregressive baseline (kind='autoregressive'): use --prompt"
         )
     if args.infill is not None:
-        return _infill(args, cfg, params, tokenizer, kwargs)
+        return _infill(args, cfg, params, tokenizer, sampler)
     if args.chat:
         from lladax.data.chat import apply_chat_template
 
@@ -196,41 +182,32 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     else:
         rows = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
     tokens, attention_mask = left_pad(rows, cfg.pad_token_id)
-    if fast is not None:
+    rng = rng_from_args(args)
+    if sampler.fast:
         from lladax.diffusion import fast_sampling
 
-        out, stats = fast_sampling.generate(
-            params,
-            cfg,
-            tokens,
-            attention_mask,
-            **kwargs,
-            **fast,
-            early_exit=args.early_exit,
-            return_stats=True,
+        out, stats = fast_sampling.generate_with(
+            params, cfg, tokens, attention_mask, sampler, rng, return_stats=True
         )
+        fast = {name: getattr(sampler, name) for name in SamplerConfig.FAST_OPTIONS}
         print(
             f"fast decoding ({fast}): model evaluations per prompt "
-            f"{[int(n) for n in stats['nfe']]}, plain decoding would use {kwargs['steps']}",
+            f"{[int(n) for n in stats['nfe']]}, plain decoding would use "
+            f"{sampler.resolved().steps}",
             file=sys.stderr,
         )
     else:
         out = generate(
-            params,
-            cfg,
-            tokens,
-            attention_mask,
-            kwargs,
-            return_history=args.show_steps,
-            early_exit=args.early_exit,
+            params, cfg, tokens, attention_mask, sampler, rng, return_history=args.show_steps
         )
     _print_answers(args, cfg, tokenizer, prompts, tokens.shape[1], out)
     return 0
 
 
 def _infill(
-    args: argparse.Namespace, cfg: Any, params: Any, tokenizer: Any, kwargs: dict[str, Any]
+    args: argparse.Namespace, cfg: Any, params: Any, tokenizer: Any, sampler: SamplerConfig
 ) -> int:
+    """--infill: the masks inside the text filled as one block (--steps default: one per mask)."""
     from lladax.diffusion import sampling
 
     ids = encode_infill(args.infill, tokenizer, cfg.mask_token_id, args.mask_span)
@@ -240,9 +217,9 @@ def _infill(
         cfg,
         [ids],
         steps=steps,
-        temperature=args.temperature,
-        remasking=args.remasking,
-        rng=kwargs["rng"],
+        temperature=sampler.temperature,
+        remasking=sampler.remasking,
+        rng=rng_from_args(args),
         return_history=args.show_steps,
     )
     if args.show_steps:

@@ -106,9 +106,8 @@ def preflight(config: Any, stop_after: int | None) -> None:
     from lladax.data import preflight
     from lladax.train.run_config import check_run_config
 
-    check_run_config(config, stop_after)
-    d = config.data
-    tokenizer = d.tokenizer
+    run = check_run_config(config, stop_after)
+    tokenizer = run.data.tokenizer
     if (
         tokenizer not in ("", "embedded", "default")
         and _local(tokenizer)
@@ -119,7 +118,7 @@ def preflight(config: Any, stop_after: int | None) -> None:
             "sentencepiece .model, a tokenizer.json (or a directory holding "
             "one), or '' for the embedded tokenizer"
         )
-    init_from = config.checkpoint.init_from
+    init_from = run.checkpoint.init_from
     if init_from and _local(init_from):
         src = os.path.expanduser(init_from)
         if not os.path.isdir(src):
@@ -134,8 +133,8 @@ def preflight(config: Any, stop_after: int | None) -> None:
                 "config.json: pass a `lladax train` workdir, an Orbax params "
                 "export or a Hugging Face directory"
             )
-    _check_workdir(config.log.workdir)
-    preflight.check_source(d.source, field=d.get("field", "text"), fmt=d.get("format", "text"))
+    _check_workdir(run.log.workdir)
+    preflight.check_source(run.data.source, field=run.data.field, fmt=run.data.format)
 
 
 class _StderrHandler(logging.Handler):

@@ -27,236 +27,34 @@ workers too); `set_state` refuses a state saved by a differently configured pipe
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lladax.data import prepared, sources
-from lladax.data.prepared import corpus_tokens, token_stream
+from lladax.data import sources
+from lladax.data.grain_datasets import DatasetOptions, build, pack_rows, shard_options
+from lladax.data.prepared import token_stream
 from lladax.data.sources import EMBEDDED, DataError
 
 if TYPE_CHECKING:
     import grain
     import jax
 
+    from lladax.data.data_config import DataConfig
     from lladax.data.tokenizer import Tokenizer
 
-log = logging.getLogger("lladax.data.pipeline")
-PACKING_BINS = 64  # first-fit bins per packing round: more bins, less padding (see docs/data.md)
-
-
-# --- rows and segments --------------------------------------------------------------------------
-def pack_rows(stream: np.ndarray, seq_len: int) -> np.ndarray:
-    """Cut a stream ``[n]`` into rows ``[n // seq_len, seq_len]`` (the tail is dropped)."""
-    if seq_len <= 0:
-        raise ValueError(f"seq_len must be positive, got {seq_len}")
-    n_rows = len(stream) // seq_len
-    return stream[: n_rows * seq_len].reshape(n_rows, seq_len)
-
-
-def document_spans(starts: np.ndarray, seq_len: int) -> tuple[np.ndarray, int]:
-    """Segments of at most ``seq_len`` tokens: (spans int64 ``[n_segments, 2]`` of [start, end)
-    stream offsets, number of documents longer than ``seq_len`` that were cut into pieces)."""
-    if seq_len <= 0:
-        raise ValueError(f"seq_len must be positive, got {seq_len}")
-    lengths = np.diff(starts)
-    pieces = -(-lengths // seq_len)
-    doc = np.repeat(np.arange(len(lengths)), pieces)
-    first_piece = np.repeat(np.cumsum(pieces) - pieces, pieces)
-    begin = starts[doc] + (np.arange(len(doc)) - first_piece) * seq_len
-    end = np.minimum(begin + seq_len, starts[doc + 1])
-    return np.stack([begin, end], axis=1), int((pieces > 1).sum())
-
-
-class _Rows:
-    """Map: a row ``[seq_len]`` -> ``{"tokens": row}`` (module level: picklable for workers)."""
-
-    def __call__(self, row: np.ndarray) -> dict[str, np.ndarray]:
-        return {"tokens": row}
-
-
-class _Span:
-    """Map: a [start, end) span -> ``{"tokens": stream[start:end]}``."""
-
-    def __init__(self, stream: np.ndarray) -> None:
-        self.stream = stream
-
-    def __call__(self, span: np.ndarray) -> dict[str, np.ndarray]:
-        return {"tokens": self.stream[span[0] : span[1]]}
-
-
-class _Record:
-    """Map: a prepared ArrayRecord record -> ``{"tokens": int32 [n]}``."""
-
-    def __call__(self, record: bytes) -> dict[str, np.ndarray]:
-        return {"tokens": prepared.decode_record(record)}
-
-
-class _Pieces:
-    """FlatMap: a segment longer than ``seq_len`` -> its pieces (prepared with a larger
-    ``--seq-len`` than the run's)."""
-
-    def __init__(self, seq_len: int, max_len: int) -> None:
-        self.seq_len, self.max_fan_out = seq_len, -(-max_len // seq_len)
-
-    def flat_map(self, element: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-        t = element["tokens"]
-        return [{"tokens": t[i : i + self.seq_len]} for i in range(0, len(t), self.seq_len)]
-
-
-class _Packed:
-    """Map: grain's packer output -> ``{"tokens", "segment_ids", "positions"}``."""
-
-    def __call__(self, e: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {
-            "tokens": e["tokens"],
-            "segment_ids": e["tokens_segment_ids"].astype(np.int32),
-            "positions": e["tokens_positions"].astype(np.int32),
-        }
-
-
-class _TokensOnly:
-    def __call__(self, e: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"tokens": e["tokens"]}
-
-
-# --- the grain pipeline -------------------------------------------------------------------------
-def _shard(ds: grain.MapDataset, shard: Any, what: str) -> grain.MapDataset:
-    """This process's interleaved slice; with ``drop_remainder`` every shard has the same length
-    (hosts must agree on the number of steps in a finite epoch)."""
-    if shard.shard_count == 1:
-        return ds
-    n = len(ds) - len(ds) % shard.shard_count if shard.drop_remainder else len(ds)
-    ds = ds[:n][shard.shard_index :: shard.shard_count]
-    if len(ds) == 0:
-        raise DataError(f"{what} are too few for {shard.shard_count} processes: add data")
-    return ds
-
-
-def _shard_options(process_index: int | None, process_count: int | None, shard: Any) -> Any:
-    import grain
-
-    if shard is not None:
-        return shard
-    if process_index is None and process_count is None:
-        return grain.sharding.ShardByJaxProcess(drop_remainder=True)
-    process_count = 1 if process_count is None else process_count
-    process_index = 0 if process_index is None else process_index
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} not in [0, {process_count})")
-    return grain.sharding.ShardOptions(process_index, process_count, drop_remainder=True)
-
-
-def _build(
-    tokenizer: Tokenizer,
-    *,
-    source: str | Path,
-    split: str,
-    seq_len: int,
-    batch_size: int,
-    seed: int,
-    num_epochs: int | None,
-    add_eos: bool,
-    field: str,
-    pack: bool,
-    workers: int,
-    shard: Any,
-    cache_dir: str | Path | None,
-) -> tuple[Any, dict[str, Any]]:
-    import grain
-    import grain.experimental as gx
-
-    # Grain's read threads only add overhead on data in RAM or on local disk (0 threads read
-    # prepared shards 3-4x faster here than the default 16); `workers` parallelise instead.
-    in_process = grain.ReadOptions(num_threads=0)
-
-    if batch_size <= 0 or seq_len <= 0:
-        raise ValueError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
-    if workers < 0:
-        raise ValueError(f"data.workers must be >= 0 (0 = in-process), got {workers}")
-    spec = sources.parse_source(source)
-    info: dict[str, Any] = {"source": str(source), "split": split, "pack": pack}
-    where = f"data source {str(source)!r} split {split!r}"
-    if spec.tokenized:  # lazy: records are read from disk as the iterator advances
-        manifest, files = prepared.prepared_files(spec.location, split)
-        prepared.check_prepared(manifest, tokenizer, str(source))
-        stats = [manifest["splits"][s] for s in (["train", "eval"] if split == "all" else [split])]
-        max_len = max(s["max_len"] for s in stats)
-        info.update(
-            {k: sum(s[k] for s in stats) for k in ("documents", "documents_split", "tokens")}
-        )
-        info["split_at"] = manifest["seq_len"]  # prepare cut (and counted) at its --seq-len
-        ds = grain.MapDataset.source(prepared.record_source(files))
-        ds = _shard(ds, shard, f"{where} records")
-        ds = ds.shuffle(seed=seed).repeat(num_epochs).map(_Record())
-        it = ds.to_iter_dataset(in_process)
-        if pack and max_len > seq_len:
-            log.info(
-                "%s: records of up to %d tokens are cut to seq_len=%d as they are read "
-                "(prepare with --seq-len %d to count them up front)",
-                where,
-                max_len,
-                seq_len,
-                seq_len,
-            )
-            it = gx.FlatMapIterDataset(it, _Pieces(seq_len, max_len))
-        if not pack:
-            it = gx.ConcatThenSplitIterDataset(it, length_struct={"tokens": seq_len}).map(
-                _TokensOnly()
-            )
-    else:
-        stream, starts = corpus_tokens(
-            tokenizer, source=source, split=split, field=field, add_eos=add_eos, cache_dir=cache_dir
-        )
-        spans, n_split = document_spans(starts, seq_len)
-        info.update(
-            documents=len(starts) - 1, documents_split=n_split, tokens=len(stream), split_at=seq_len
-        )
-        if not pack:  # the original continuous-stream layout, unchanged
-            rows = pack_rows(stream, seq_len)
-            if len(rows) == 0:
-                raise DataError(
-                    f"{where} has {len(stream)} tokens, fewer than one row of "
-                    f"seq_len={seq_len}: add data or lower seq_len"
-                )
-            info["rows"] = len(rows)
-            ds = _shard(grain.MapDataset.source(rows), shard, f"{len(rows)} rows")
-            ds = ds.shuffle(seed=seed).repeat(num_epochs).map(_Rows())
-            ds = ds.batch(batch_size, drop_remainder=True)
-            if workers:
-                ds = ds.to_iter_dataset(in_process).mp_prefetch(
-                    grain.MultiprocessingOptions(workers)
-                )
-            return ds, info
-        if len(spans) == 0:
-            raise DataError(f"{where} has no tokens: add data")
-        ds = _shard(grain.MapDataset.source(spans), shard, f"{len(spans)} documents")
-        it = ds.shuffle(seed=seed).repeat(num_epochs).map(_Span(stream))
-        it = it.to_iter_dataset(in_process)
-    if info["documents_split"]:
-        log.info(
-            "%s: %d of %d documents are longer than %d tokens and cut into pieces",
-            where,
-            info["documents_split"],
-            info["documents"],
-            info["split_at"],
-        )
-    if pack:
-        it = gx.FirstFitPackIterDataset(
-            it,
-            length_struct={"tokens": seq_len},
-            num_packing_bins=max(PACKING_BINS, batch_size),
-            seed=seed,
-            padding_struct={"tokens": tokenizer.pad_id},
-        ).map(_Packed())
-    it = it.batch(batch_size, drop_remainder=True)
-    if workers:
-        it = it.mp_prefetch(grain.MultiprocessingOptions(workers))
-    return it, info
+__all__ = [
+    "eval_batches",
+    "global_batch",
+    "make_batches",
+    "make_dataset",
+    "options_from_config",
+    "pack_rows",
+]
 
 
 def make_dataset(
@@ -286,8 +84,7 @@ def make_dataset(
     dropped); ``batch_size`` is per process.
     """
     sources.check_split(split)
-    return _build(
-        tokenizer,
+    opts = DatasetOptions(
         source=source,
         split=split,
         seq_len=seq_len,
@@ -298,9 +95,9 @@ def make_dataset(
         field=field,
         pack=pack,
         workers=workers,
-        shard=_shard_options(process_index, process_count, shard),
         cache_dir=cache_dir,
-    )[0]
+    )
+    return build(tokenizer, opts, shard_options(process_index, process_count, shard))[0]
 
 
 def make_batches(
@@ -331,9 +128,8 @@ def make_batches(
     import grain
 
     sources.check_split(split)
-    shard = _shard_options(process_index, process_count, shard)
-    ds, info = _build(
-        tokenizer,
+    shard = shard_options(process_index, process_count, shard)
+    opts = DatasetOptions(
         source=source,
         split=split,
         seq_len=seq_len,
@@ -344,41 +140,32 @@ def make_batches(
         field=field,
         pack=pack,
         workers=workers,
-        shard=shard,
         cache_dir=cache_dir,
     )
+    ds, info = build(tokenizer, opts, shard)
     if workers:
         _absl_flags_parsed()
-    signature = dict(
-        source=str(source),
-        split=split,
-        field=field,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        seed=seed,
-        num_epochs=num_epochs,
-        add_eos=add_eos,
-        pack=pack,
-        workers=workers,
-        shard_index=shard.shard_index,
-        shard_count=shard.shard_count,
-        tokenizer=tokenizer.fingerprint,
-    )
+    signature = {  # what a saved state must match (the cache directory may move)
+        **{k: v for k, v in dataclasses.asdict(opts).items() if k != "cache_dir"},
+        "source": str(source),
+        "shard_index": shard.shard_index,
+        "shard_count": shard.shard_count,
+        "tokenizer": tokenizer.fingerprint,
+    }
     if isinstance(ds, grain.MapDataset):
-        ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0))  # as in `_build`
+        ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0))  # as in `build`
     return _iterator_class()(iter(ds), signature, info)
 
 
-def options_from_config(data_config: Any) -> dict[str, Any]:
-    """`make_batches` keyword arguments from a run config's ``data`` section."""
-    d = data_config
+def options_from_config(data: DataConfig) -> dict[str, Any]:
+    """`make_batches` keyword arguments from a run config's typed ``data`` section."""
     return dict(
-        source=d.source,
-        seq_len=d.seq_len,
-        seed=d.seed,
-        field=d.get("field", "text"),
-        pack=bool(d.get("pack", False)),
-        workers=int(d.get("workers", 0)),
+        source=data.source,
+        seq_len=data.seq_len,
+        seed=data.seed,
+        field=data.field,
+        pack=data.pack,
+        workers=data.workers,
     )
 
 

@@ -222,6 +222,50 @@ class SFTBatches:
         return iter(self.dataset)
 
 
+def _check_sizes(
+    batch_size: int, seq_len: int, min_answer_len: int, process_index: int, process_count: int
+) -> None:
+    """One-line ValueErrors for batch and row sizes no SFT batch can have."""
+    if batch_size <= 0 or seq_len <= 1:
+        raise ValueError(
+            f"batch_size={batch_size} and seq_len={seq_len} must be positive (seq_len >= 2)"
+        )
+    if not 0 <= min_answer_len < seq_len:
+        raise ValueError(
+            f"min_answer_len={min_answer_len} must be in [0, seq_len={seq_len}): "
+            "lower it or raise seq_len"
+        )
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+
+
+def _plan_stats(planner: _Planner, total: np.ndarray) -> dict[str, Any]:
+    """The buckets, batches per epoch and padding fraction (EOS beyond `answer_span`) of epoch
+    0's plan; `total` [samples] is each sample's prompt + answer span."""
+    plan = planner._plan(0)
+    used = sum(int(total[rows].sum()) for rows, _ in plan)
+    padded = sum(planner.buckets[b] * len(rows) for rows, b in plan)
+    return {
+        "buckets": planner.buckets,
+        "batches_per_epoch": planner.per_epoch,
+        "padding_fraction": round(1 - used / padded, 4),
+    }
+
+
+def _warn_fitting(stats: dict[str, Any], seq_len: int) -> None:
+    """One warning counting the prompts cut and the samples dropped to fit `seq_len`."""
+    if stats["truncated_prompts"] or stats["dropped_long_answers"] or stats["dropped_mask_token"]:
+        log.warning(
+            "SFT data %s: %d prompts truncated from the left to seq_len=%d, %d samples "
+            "dropped (answer too long), %d dropped (literal mask token)",
+            stats["source"],
+            stats["truncated_prompts"],
+            seq_len,
+            stats["dropped_long_answers"],
+            stats["dropped_mask_token"],
+        )
+
+
 def make_sft_batches(
     tokenizer: Tokenizer,
     *,
@@ -263,17 +307,7 @@ def make_sft_batches(
     """
     import grain
 
-    if batch_size <= 0 or seq_len <= 1:
-        raise ValueError(
-            f"batch_size={batch_size} and seq_len={seq_len} must be positive (seq_len >= 2)"
-        )
-    if not 0 <= min_answer_len < seq_len:
-        raise ValueError(
-            f"min_answer_len={min_answer_len} must be in [0, seq_len={seq_len}): "
-            "lower it or raise seq_len"
-        )
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+    _check_sizes(batch_size, seq_len, min_answer_len, process_index, process_count)
     samples = load_samples(tokenizer, source, split, cache_dir=cache_dir)
     fitted, stats = fit_to_length(samples, seq_len, tokenizer.mask_id, min_answer_len)
     span = answer_span(fitted.answer_len, min_answer_len)
@@ -301,26 +335,8 @@ def make_sft_batches(
         tokenizer.eos_id,
         span if random_offset else None,
     )
-    plan = planner._plan(0)
-    used = sum(int(total[rows].sum()) for rows, _ in plan)
-    padded = sum(buckets[b] * len(rows) for rows, b in plan)
-    stats |= {
-        "source": str(source),
-        "split": split,
-        "buckets": buckets,
-        "batches_per_epoch": planner.per_epoch,
-        "padding_fraction": round(1 - used / padded, 4),
-    }  # EOS beyond answer_span, epoch 0
-    if stats["truncated_prompts"] or stats["dropped_long_answers"] or stats["dropped_mask_token"]:
-        log.warning(
-            "SFT data %s: %d prompts truncated from the left to seq_len=%d, %d samples "
-            "dropped (answer too long), %d dropped (literal mask token)",
-            source,
-            stats["truncated_prompts"],
-            seq_len,
-            stats["dropped_long_answers"],
-            stats["dropped_mask_token"],
-        )
+    stats |= {"source": str(source), "split": split} | _plan_stats(planner, total)
+    _warn_fitting(stats, seq_len)
     ds = grain.MapDataset.range(planner.per_epoch).repeat(None).map_with_index(planner)
     return SFTBatches(ds, stats, buckets, planner.per_epoch)
 

@@ -1,6 +1,7 @@
 """The diffusion wing: the paper's method and its baseline.
 
   losses          the forward masking process and the pretraining / SFT losses
+  sampler_config  every sampler option: defaults, resolution, checks, static / traced split
   denoise         one reverse step: transfer schedule, remasking, CFG, Gumbel-max
   sampling        the exact sampler: `generate` as one jitted program
   fast_sampling   cached / confidence-threshold decoding

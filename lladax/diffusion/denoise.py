@@ -6,39 +6,21 @@ remasking) or a uniform score (random remasking), which positions to commit this
 (`rank_by_confidence` against the step's budget, `transfer_schedule`), classifier-free guidance
 (`guided_logits`), and when a row's answer can no longer change (`answer_final`, early exit).
 Noise is keyed per canvas position (`fold_in`), so a window of positions draws exactly what the
-full canvas would draw there. `check_options` validates the samplers' scalar options.
+full canvas would draw there. `prompt_canvas` builds the canvas both samplers start from; their
+options are `sampler_config.SamplerConfig`.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lladax.config import ModelConfig
+from lladax.diffusion.sampler_config import StaticOptions
 from lladax.model import transformer
-
-REMASKING = ("low_confidence", "random")
-
-
-@dataclasses.dataclass(frozen=True)
-class StepOptions:
-    """Static (hashable) options of one compiled sampler program (`sampling`, `fast_sampling`).
-
-    Only what changes the program's structure is static; temperature and cfg_scale values and the
-    EOS / early-exit flags are traced scalars, so changing them reuses the compiled program.
-    """
-
-    steps: int
-    gen_length: int
-    block_length: int
-    sample: bool  # temperature > 0 (Gumbel noise is drawn)
-    guided: bool  # cfg_scale > 0 (2B batch)
-    remasking: str
-    return_history: bool
-    use_window: bool
 
 
 def step_budget(m: jax.Array, steps_per_block: int, i: jax.Array) -> jax.Array:
@@ -94,7 +76,7 @@ def decide(
     positions: jax.Array,
     key: jax.Array | None,
     cfg: ModelConfig,
-    o: StepOptions,
+    o: StaticOptions,
     dyn: dict[str, jax.Array],
 ) -> tuple[jax.Array, jax.Array]:
     """Per-position proposal and confidence: logits [B, Q, V] f32 -> (x0 [B, Q], conf [B, Q]).
@@ -196,54 +178,44 @@ def answer_final(x: jax.Array, cfg: ModelConfig, prompt_len: int) -> jax.Array:
     return has_stop & ~mask_before
 
 
-def check_options(
-    *,
-    steps: int,
-    gen_length: int,
-    block_length: int,
-    remasking: str,
-    cfg_scale: float,
-    temperature: float,
-    rng: jax.Array | None,
-) -> None:
-    """One-line ValueErrors, each naming the fix, for the sampler's scalar options."""
-    for name, v in (("steps", steps), ("gen_length", gen_length), ("block_length", block_length)):
-        if not isinstance(v, int | np.integer) or v <= 0:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if gen_length % block_length:
+def prompt_canvas(
+    cfg: ModelConfig, prompt: Any, attention_mask: Any, gen_length: int
+) -> tuple[jax.Array, jax.Array | None]:
+    """The canvas both samplers start from, with one-line errors for a bad prompt or mask.
+
+    prompt [B, P] token ids and attention_mask [B, P] (1 = real token, left padding = 0) or None
+    -> (canvas [B, P + gen_length] int32: the prompt then masks, attention [B, P + gen_length]
+    int32, ones over the generated part, or None). A jax.Array prompt keeps its sharding.
+    """
+    arr = prompt if isinstance(prompt, jax.Array) else np.asarray(prompt)
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(
-            f"gen_length={gen_length} is not a multiple of block_length="
-            f"{block_length}: choose a block_length that divides gen_length"
+            f"prompt must be a non-empty [batch, prompt_len] array of token ids, got "
+            f"shape {tuple(arr.shape)}: pass at least one token (e.g. BOS)"
         )
-    n_blocks = gen_length // block_length
-    if steps % n_blocks:
+    transformer.check_tokens(arr, cfg, "prompt")
+    B, P = arr.shape
+    if attention_mask is not None and tuple(np.shape(attention_mask)) != (B, P):
         raise ValueError(
-            f"steps={steps} is not a multiple of the number of blocks {n_blocks} "
-            f"(gen_length/block_length): use steps = a multiple of {n_blocks}"
+            f"attention_mask shape {tuple(np.shape(attention_mask))} != prompt "
+            f"shape {(B, P)}: pass one 0/1 entry per prompt token"
         )
-    if remasking not in REMASKING:
-        raise ValueError(f"unknown remasking {remasking!r}: use one of {REMASKING}")
-    if not cfg_scale >= 0:
-        raise ValueError(f"cfg_scale={cfg_scale} must be >= 0 (0 disables guidance)")
-    if not temperature >= 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy argmax)")
-    if rng is None and (temperature > 0 or remasking == "random"):
-        raise ValueError(
-            "rng is required when temperature > 0 or remasking='random': pass "
-            "rng=jax.random.key(seed)"
-        )
+    masks = jnp.full((B, gen_length), cfg.mask_token_id, jnp.int32)
+    canvas = jnp.concatenate([jnp.asarray(arr, jnp.int32), masks], axis=1)
+    if attention_mask is None:
+        return canvas, None
+    ones = jnp.ones((B, gen_length), jnp.int32)
+    return canvas, jnp.concatenate([jnp.asarray(attention_mask, jnp.int32), ones], axis=1)
 
 
 __all__ = [
-    "REMASKING",
-    "StepOptions",
     "answer_final",
-    "check_options",
     "decide",
     "eos_fill_frozen",
     "first_stop",
     "guided_logits",
     "gumbel_noise",
+    "prompt_canvas",
     "rank_by_confidence",
     "transfer_schedule",
 ]

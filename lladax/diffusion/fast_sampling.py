@@ -6,10 +6,9 @@ changes two things, both approximations that trade exactness for speed:
 
   * cache="prefix" | "dual": the first step of each block runs the whole canvas and keeps every
     layer's keys/values (`transformer.apply(return_cache=True)`); the other steps of the block run
-    only
-    the block and what follows it ("prefix": the cache serves everything left of the block) or
-    only the block ("dual": the cache also serves the masked suffix). Cached keys/values are stale
-    once tokens change; they are refreshed at the next block start.
+    only the block and what follows it ("prefix": the cache serves everything left of the block)
+    or only the block ("dual": the cache also serves the masked suffix). Cached keys/values are
+    stale once tokens change; they are refreshed at the next block start.
   * threshold / factor: a step commits, besides the schedule's top-k of `generate` (k ≥ 1), every
     masked token of the block whose confidence is ≥ threshold, or (factor rule) every rank n
     (1-based) with (n + 1)(1 − c_n) < factor; a block ends as soon as it has no mask left.
@@ -26,7 +25,6 @@ and no threshold/factor the result is `generate`'s token for token.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any
 
@@ -36,18 +34,11 @@ import numpy as np
 
 from lladax.config import ModelConfig, check_kind
 from lladax.diffusion import denoise
+from lladax.diffusion.sampler_config import SamplerConfig, StaticOptions
 from lladax.model import transformer
 from lladax.model.sharding import constrain
 
-CACHE_MODES = ("none", "prefix", "dual")
-
-
-@dataclasses.dataclass(frozen=True)
-class _FastOpts:
-    """Static options: those of `sampling` plus the cache mode."""
-
-    base: denoise.StepOptions
-    cache: str
+CACHE_MODES = SamplerConfig.CACHE_MODES  # the choices, exported beside the sampler
 
 
 def evaluation_flops(cfg: ModelConfig, *, keys: int, fresh: int, queries: int) -> float:
@@ -98,107 +89,120 @@ def model_flops(
     return total * batch * (2 if guided else 1)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "o"))
-def _run(
-    params,
-    canvas: jax.Array,
-    attn: jax.Array | None,
-    rng: jax.Array | None,
-    dyn: dict[str, jax.Array],
-    *,
-    cfg: ModelConfig,
-    o: _FastOpts,
-):
-    """canvas [B, N] = prompt + gen_length masks -> (canvas, stats); attn [B, N] or None."""
-    base = o.base
-    B, N = canvas.shape
-    bl, n_blocks = base.block_length, base.gen_length // base.block_length
-    P, s = N - base.gen_length, base.steps // n_blocks
-    mask_id = cfg.mask_token_id
-    fixed = canvas != mask_id
-    logits_of = functools.partial(
-        denoise.guided_logits, params, cfg, attn=attn, guided=base.guided, dyn=dyn
-    )
-    cache_shape = (cfg.n_layers, 2 * B if base.guided else B, N, cfg.n_kv_heads, cfg.head_dim)
+def _evaluators(params, cfg: ModelConfig, attn, fixed, dyn, o: StaticOptions):
+    """(first, later): the model evaluations of block b's steps, logits [B, block_length, V].
 
-    def evaluate_first(x, b):  # exact: the whole canvas (LM head on the block), -> logits, cache
+    first(x, b) runs the whole canvas (exact; LM head on the block) -> (logits, cache or None);
+    later(x, b, cache) the block's other steps: against the block-start cache, the block and
+    everything right of it ("prefix") or the block only ("dual"); uncached: first's logits.
+    """
+    N = fixed.shape[1]
+    bl, n_blocks = o.block_length, o.gen_length // o.block_length
+    P = N - o.gen_length
+    logits_of = functools.partial(
+        denoise.guided_logits, params, cfg, attn=attn, guided=o.guided, dyn=dyn
+    )
+
+    def first(x, b):
         kw = dict(x=x, fixed=fixed, query_start=P + b * bl, query_size=bl)
         return (logits_of(**kw), None) if o.cache == "none" else logits_of(**kw, return_cache=True)
 
-    def evaluate_later(x, b, cache):  # the block's other steps, against the block-start cache
+    def prefix(j, x, cache):  # block j and all right of it: a static length per block
+        start = P + j * bl
+        return logits_of(
+            x=x[:, start:],
+            fixed=fixed[:, start:],
+            cache=cache,
+            cache_start=start,
+            query_start=0,
+            query_size=bl,
+        )
+
+    def later(x, b, cache):
         if o.cache == "none":
-            return evaluate_first(x, b)[0]
+            return first(x, b)[0]
         if o.cache == "dual":  # the block only; prefix and suffix from the cache
             start = P + b * bl
             x_w, fixed_w = (jax.lax.dynamic_slice_in_dim(a, start, bl, axis=1) for a in (x, fixed))
             return logits_of(x=x_w, fixed=fixed_w, cache=cache, cache_start=start)
-
-        def prefix(j, x, cache):  # block j and all right of it: a static length per block
-            start = P + j * bl
-            return logits_of(
-                x=x[:, start:],
-                fixed=fixed[:, start:],
-                cache=cache,
-                cache_start=start,
-                query_start=0,
-                query_size=bl,
-            )
-
         return jax.lax.switch(b, [functools.partial(prefix, j) for j in range(n_blocks)], x, cache)
 
-    def live_rows(x, b, done):  # (live [B], done [B]): rows with work left in block b
-        done = done | (denoise.answer_final(x, cfg, P) & dyn["early_exit"])
-        x_w = jax.lax.dynamic_slice_in_dim(x, P + b * bl, bl, axis=1)
-        return ~done & (x_w == mask_id).any(axis=1), done
+    return first, later
 
-    def decode_step(x, done, nfe, m, b, i, logits):
-        """One step of block b given the logits function: commit, count NFE of live rows."""
-        live, done = live_rows(x, b, done)
-        logits, aux = logits(x)
-        start = P + b * bl
-        key = None if rng is None else jax.random.fold_in(rng, b * s + i)
-        x0, conf = denoise.decide(logits, start + jnp.arange(bl), key, cfg, base, dyn)
-        x_w = jax.lax.dynamic_slice_in_dim(x, start, bl, axis=1)
-        eligible = (x_w == mask_id) & live[:, None]
-        m = jnp.where(i == 0, eligible.sum(axis=1), m)  # masks at block start: the schedule
-        k = jnp.maximum(denoise.step_budget(m, s, i), 1)
-        conf = jnp.where(eligible, conf, -jnp.inf)
-        rank = denoise.rank_by_confidence(conf)
-        extra = (conf >= dyn["threshold"]) | (conf >= 1.0 - dyn["factor"] / (rank + 2.0))
-        commit = eligible & ((rank < k[:, None]) | extra)
-        x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(commit, x0, x_w), start, axis=1)
-        return (constrain(x, ("batch", None)), done, nfe + live, m), aux
+
+def _live_rows(x, b, done, *, cfg: ModelConfig, dyn, o: StaticOptions):
+    """(live [B], done [B]): rows with work left in block b (early exit freezes finished rows)."""
+    P = x.shape[1] - o.gen_length
+    done = done | (denoise.answer_final(x, cfg, P) & dyn["early_exit"])
+    x_w = jax.lax.dynamic_slice_in_dim(x, P + b * o.block_length, o.block_length, axis=1)
+    return ~done & (x_w == cfg.mask_token_id).any(axis=1), done
+
+
+def _decode_step(state, b, i, logits, *, rng, cfg: ModelConfig, dyn, o: StaticOptions):
+    """Step i of block b: the schedule's top-k (k >= 1) plus the threshold / factor commits.
+
+    state (x [B, N], done [B], nfe [B], m [B] masks at block start); logits(x) -> (logits
+    [B, block, V], aux). Counts an evaluation for every live row. -> (state, aux).
+    """
+    x, done, nfe, m = state
+    live, done = _live_rows(x, b, done, cfg=cfg, dyn=dyn, o=o)
+    logits, aux = logits(x)
+    bl, s = o.block_length, o.steps // (o.gen_length // o.block_length)
+    start = x.shape[1] - o.gen_length + b * bl
+    key = None if rng is None else jax.random.fold_in(rng, b * s + i)
+    x0, conf = denoise.decide(logits, start + jnp.arange(bl), key, cfg, o, dyn)
+    x_w = jax.lax.dynamic_slice_in_dim(x, start, bl, axis=1)
+    eligible = (x_w == cfg.mask_token_id) & live[:, None]
+    m = jnp.where(i == 0, eligible.sum(axis=1), m)  # masks at block start: the schedule
+    k = jnp.maximum(denoise.step_budget(m, s, i), 1)
+    conf = jnp.where(eligible, conf, -jnp.inf)
+    rank = denoise.rank_by_confidence(conf)
+    extra = (conf >= dyn["threshold"]) | (conf >= 1.0 - dyn["factor"] / (rank + 2.0))
+    commit = eligible & ((rank < k[:, None]) | extra)
+    x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(commit, x0, x_w), start, axis=1)
+    return (constrain(x, ("batch", None)), done, nfe + live, m), aux
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "o"))
+def _run(params, canvas, attn, rng, dyn, *, cfg: ModelConfig, o: StaticOptions):
+    """canvas [B, N] = prompt + gen_length masks -> (canvas, stats); attn [B, N] or None.
+
+    A `lax.while_loop` over blocks; in each, the block-start step (which refreshes the cache)
+    and a `lax.while_loop` over the other steps while a row has work left.
+    """
+    B, N = canvas.shape
+    n_blocks, s = o.gen_length // o.block_length, o.steps // (o.gen_length // o.block_length)
+    first, later = _evaluators(params, cfg, attn, canvas != cfg.mask_token_id, dyn, o)
+    live_rows = functools.partial(_live_rows, cfg=cfg, dyn=dyn, o=o)
+    decode_step = functools.partial(_decode_step, rng=rng, cfg=cfg, dyn=dyn, o=o)
+    cache_shape = (cfg.n_layers, 2 * B if o.guided else B, N, cfg.n_kv_heads, cfg.head_dim)
 
     def block(carry):
         x, done, nfe, b, evals = carry
         any_live = live_rows(x, b, done)[0].any()
-        m0 = jnp.zeros((B,), jnp.int32)
-
-        def first(_):  # refreshes the cache
-            return decode_step(x, done, nfe, m0, b, 0, lambda x: evaluate_first(x, b))
+        state = (x, done, nfe, jnp.zeros((B,), jnp.int32))
 
         def skip(_):  # every row done: no forward
             zeros = None if o.cache == "none" else jnp.zeros(cache_shape, cfg.compute_dtype)
-            return (x, done, nfe, m0), (
-                None if zeros is None else transformer.KVCache(zeros, zeros)
-            )
+            return state, (None if zeros is None else transformer.KVCache(zeros, zeros))
 
-        state, cache = jax.lax.cond(any_live, first, skip, None)
+        state, cache = jax.lax.cond(
+            any_live, lambda _: decode_step(state, b, 0, lambda x: first(x, b)), skip, None
+        )
         if cache is not None:
             cache = transformer.KVCache(
                 *(constrain(c, ("layers", "batch", "length", "act_heads", None)) for c in cache)
             )
 
-        def later(c):  # the cache is loop-invariant: read, never carried or copied
+        def step(c):  # the cache is loop-invariant: read, never carried or copied
             state, i = c
-            state, _ = decode_step(*state, b, i, lambda x: (evaluate_later(x, b, cache), None))
-            return state, i + 1
+            return decode_step(state, b, i, lambda x: (later(x, b, cache), None))[0], i + 1
 
         def more(c):
             (x, done, *_), i = c
             return (i < s) & live_rows(x, b, done)[0].any()
 
-        (x, done, nfe, _), i = jax.lax.while_loop(more, later, (state, jnp.int32(1)))
+        (x, done, nfe, _), i = jax.lax.while_loop(more, step, (state, jnp.int32(1)))
         return x, done, nfe, b + 1, evals.at[b].set(jnp.where(any_live, i, 0))
 
     init = (
@@ -209,43 +213,13 @@ def _run(
         jnp.zeros((n_blocks,), jnp.int32),
     )
     x, done, nfe, _, evals = jax.lax.while_loop(lambda c: c[3] < n_blocks, block, init)
-    x = denoise.eos_fill_frozen(x, done, cfg, P)
+    x = denoise.eos_fill_frozen(x, done, cfg, N - o.gen_length)
     return x, {
         "nfe": nfe,
         "evaluations": evals.sum(),
         "block_evaluations": evals,
         "finished_early": done,
     }
-
-
-def _check_fast(
-    prompt: np.ndarray,
-    cfg: ModelConfig,
-    *,
-    cache: str,
-    threshold: float | None,
-    factor: float | None,
-) -> None:
-    """One-line ValueErrors, each naming the fix, for the fast-decoding options."""
-    if cache not in CACHE_MODES:
-        raise ValueError(f"unknown cache mode {cache!r}: use one of {CACHE_MODES}")
-    if threshold is not None and factor is not None:
-        raise ValueError(
-            "pass threshold or factor, not both (factor replaces the fixed "
-            "threshold by Fast-dLLM's rank-dependent one)"
-        )
-    if threshold is not None and not (isinstance(threshold, int | float) and threshold >= 0):
-        raise ValueError(
-            f"threshold={threshold!r} must be a number >= 0 (e.g. 0.9; above 1 "
-            "never commits extra tokens)"
-        )
-    if factor is not None and not (isinstance(factor, int | float) and factor > 0):
-        raise ValueError(f"factor={factor!r} must be a number > 0 (e.g. 1.0)")
-    if (prompt == cfg.mask_token_id).any():
-        raise ValueError(
-            f"prompt contains mask_token_id={cfg.mask_token_id}: fast decoding "
-            "only fills the generated blocks; use sampling.infill for inner masks"
-        )
 
 
 def generate(
@@ -257,7 +231,7 @@ def generate(
     gen_length: int,
     block_length: int,
     steps: int | None = None,
-    cache: str = "dual",
+    cache: str = SamplerConfig.FAST_CACHE,
     threshold: float | None = None,
     factor: float | None = None,
     temperature: float = 0.0,
@@ -271,81 +245,59 @@ def generate(
 ):
     """Fast LLaDA sampling: prompt [B, P] -> canvas [B, P + gen_length] int32 (and stats).
 
-    Options shared with `sampling.generate` mean the same; `steps` (default gen_length: one
-    token per step) sets the per-block schedule, which is also the most steps a block takes.
-    cache: "none" (exact), "prefix" or "dual" (stale keys/values within a block);
-    threshold: also commit every in-block mask with confidence ≥ threshold (Fast-dLLM: 0.9);
-    factor: Fast-dLLM's factor rule instead (rank n commits if (n + 1)(1 − c_n) < factor).
-    With cache="none" and neither threshold nor factor (or a threshold > 1) the output equals
-    `sampling.generate`'s. The prompt may not contain the mask id (use `sampling.infill`).
+    The options are `SamplerConfig`'s (documented there); this is `generate_with` on
+    `SamplerConfig(cache=cache, ...)`. With cache="none" and neither threshold nor factor (or a
+    threshold > 1) the output equals `sampling.generate`'s.
+    """
+    sampler = SamplerConfig(
+        gen_length=gen_length,
+        steps=steps,
+        block_length=block_length,
+        temperature=temperature,
+        cfg_scale=cfg_scale,
+        remasking=remasking,
+        logits_eos_inf=logits_eos_inf,
+        confidence_eos_eot_inf=confidence_eos_eot_inf,
+        early_exit=early_exit,
+        cache=cache,
+        threshold=threshold,
+        factor=factor,
+    )
+    return generate_with(
+        params, cfg, prompt, attention_mask, sampler, rng, return_stats=return_stats
+    )
 
-    return_stats=True adds a dict: nfe [B] (model evaluations while the row had work left: the
-    number of function evaluations of the paper), evaluations (batch evaluations run),
-    block_evaluations [n_blocks], finished_early [B] (frozen by early exit). Use
-    `model_flops(cfg, stats, ...)` for the compute spent.
+
+def generate_with(
+    params,
+    cfg: ModelConfig,
+    prompt: Any,
+    attention_mask: Any,
+    sampler: SamplerConfig,
+    rng: jax.Array | None = None,
+    *,
+    return_stats: bool = False,
+):
+    """`generate` with its options as a `SamplerConfig` (`sampler.cache` set: fast decoding).
+
+    The prompt may not contain the mask id (use `sampling.infill`). return_stats=True adds a
+    dict: nfe [B] (model evaluations while the row had work left: the paper's number of function
+    evaluations), evaluations (batch evaluations run), block_evaluations [n_blocks],
+    finished_early [B] (frozen by early exit). `model_flops(cfg, stats, ...)`: the compute spent.
     """
     check_kind(cfg, "diffusion", "fast_sampling.generate")
-    prompt_np = np.asarray(prompt)
-    if prompt_np.ndim != 2 or prompt_np.shape[0] == 0 or prompt_np.shape[1] == 0:
+    if sampler.cache is None:
         raise ValueError(
-            f"prompt must be a non-empty [batch, prompt_len] array of token ids, got "
-            f"shape {tuple(prompt_np.shape)}: pass at least one token (e.g. BOS)"
+            f"unknown cache mode None: use one of {CACHE_MODES} (cache=None is the exact "
+            "sampler: sampling.generate_with)"
         )
-    transformer.check_tokens(prompt_np, cfg, "prompt")
-    steps = gen_length if steps is None else steps
-    denoise.check_options(
-        steps=steps,
-        gen_length=gen_length,
-        block_length=block_length,
-        remasking=remasking,
-        cfg_scale=cfg_scale,
-        temperature=temperature,
-        rng=rng,
-    )
-    _check_fast(prompt_np, cfg, cache=cache, threshold=threshold, factor=factor)
-    B, P = prompt_np.shape
-    if attention_mask is not None:
-        if tuple(np.shape(attention_mask)) != (B, P):
-            raise ValueError(
-                f"attention_mask shape {tuple(np.shape(attention_mask))} != prompt "
-                f"shape {(B, P)}: pass one 0/1 entry per prompt token"
-            )
-        attention_mask = jnp.concatenate(
-            [jnp.asarray(attention_mask, jnp.int32), jnp.ones((B, gen_length), jnp.int32)], axis=1
+    canvas, attn = denoise.prompt_canvas(cfg, prompt, attention_mask, sampler.gen_length)
+    if (np.asarray(prompt) == cfg.mask_token_id).any():
+        raise ValueError(
+            f"prompt contains mask_token_id={cfg.mask_token_id}: fast decoding "
+            "only fills the generated blocks; use sampling.infill for inner masks"
         )
-    needs_rng = temperature > 0 or remasking == "random"
-    base = denoise.StepOptions(
-        steps=int(steps),
-        gen_length=int(gen_length),
-        block_length=int(block_length),
-        sample=temperature > 0,
-        guided=cfg_scale > 0,
-        remasking=remasking,
-        return_history=False,
-        use_window=True,
-    )
-    dyn = {
-        "temperature": jnp.float32(temperature),
-        "cfg_scale": jnp.float32(cfg_scale),
-        "logits_eos_inf": jnp.bool_(logits_eos_inf),
-        "confidence_eos_eot_inf": jnp.bool_(confidence_eos_eot_inf),
-        "early_exit": jnp.bool_(early_exit),
-        "logits_mask_inf": jnp.bool_(False),
-        # disabled rules compare against +inf: nothing passes
-        "threshold": jnp.float32(np.inf if threshold is None else threshold),
-        "factor": jnp.float32(-np.inf if factor is None else factor),
-    }
-    canvas = jnp.concatenate(
-        [jnp.asarray(prompt, jnp.int32), jnp.full((B, gen_length), cfg.mask_token_id, jnp.int32)],
-        axis=1,
-    )
     x, stats = _run(
-        params,
-        canvas,
-        attention_mask,
-        rng if needs_rng else None,
-        dyn,
-        cfg=cfg,
-        o=_FastOpts(base=base, cache=cache),
+        params, canvas, attn, sampler.rng_for(rng), sampler.traced(), cfg=cfg, o=sampler.static()
     )
     return (x, stats) if return_stats else x

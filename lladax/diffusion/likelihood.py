@@ -34,7 +34,6 @@ from lladax.config import ModelConfig, check_kind
 from lladax.model import transformer
 
 # Traces (= compilations) of the Monte-Carlo program per static signature; tests read it.
-TRACE_COUNT: collections.Counter = collections.Counter()
 
 
 def _logits(
@@ -165,7 +164,6 @@ def _mc_row_losses(
 ):
     """tokens [N, L] (right padded), prompt_len, length [N] int, keys [N] -> [n_iter, N, b] f32:
     each row's Σ_masked CE/p_mask for every Monte-Carlo iteration (one `lax.scan`)."""
-    TRACE_COUNT[(cfg, tokens.shape, n_iter, batch_size, guided, padded)] += 1
     N, L = tokens.shape
     b = batch_size
     pos = jnp.arange(L)[None, :]

@@ -14,12 +14,13 @@ and skips the forward once every row is frozen. Temperature, cfg_scale and the f
 so they share one program. Noise is drawn per (step, canvas position) with `fold_in`, so the
 window and full paths see the same noise and skipped steps shift nothing. `infill` runs the same
 program over a canvas whose masks sit anywhere. What one step decides (proposal, confidence,
-guidance, early exit) is `lladax.diffusion.denoise`, shared with `fast_sampling`.
+guidance, early exit) is `lladax.diffusion.denoise`, shared with `fast_sampling`. The options are
+a `SamplerConfig` (`generate_with` takes one; `generate` builds one from its keywords), split
+into the program's static options and its traced scalars.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import warnings
 from typing import Any
@@ -30,114 +31,110 @@ import numpy as np
 
 from lladax.config import ModelConfig, check_kind
 from lladax.diffusion.denoise import (
-    REMASKING,
-    StepOptions,
     answer_final,
-    check_options,
     decide,
     eos_fill_frozen,
     guided_logits,
     gumbel_noise,
+    prompt_canvas,
     rank_by_confidence,
     step_budget,
     transfer_schedule,
 )
+from lladax.diffusion.sampler_config import SamplerConfig, StaticOptions
 from lladax.model import transformer
 from lladax.model.sharding import constrain
 
-# Number of times the jitted sampler was traced (= compiled), per static option set; tests use it.
-TRACE_COUNT: collections.Counter = collections.Counter()
-# Internal switch (tests flip it): False forces the full-canvas logits path on every step.
-_USE_WINDOW = True
+REMASKING = SamplerConfig.REMASKING  # the choices, exported where the design card has them
+
+
+def _proposals(params, x, attn, fixed, key, dyn, branch, block_start, *, cfg, o: StaticOptions):
+    """One step's proposals x0 [B, N] and confidences conf [B, N] (−inf where none is made), by
+    `branch`: 0 skip (no forward), 1 the block window (last layer and LM head on the block's
+    positions only), 2 the whole canvas (with o.window False: 0 skip, else the whole canvas)."""
+    B, N = x.shape
+
+    def skip(_):
+        return x, jnp.full((B, N), -jnp.inf, jnp.float32)
+
+    def window(_):
+        logits = guided_logits(
+            params,
+            cfg,
+            x,
+            attn,
+            fixed,
+            o.guided,
+            dyn,
+            query_start=block_start,
+            query_size=o.block_length,
+        )
+        x0_w, conf_w = decide(logits, block_start + jnp.arange(o.block_length), key, cfg, o, dyn)
+        x0 = jax.lax.dynamic_update_slice(x, x0_w, (0, block_start))
+        conf = jax.lax.dynamic_update_slice(skip(None)[1], conf_w, (0, block_start))
+        return x0, conf
+
+    def full(_):
+        logits = guided_logits(params, cfg, x, attn, fixed, o.guided, dyn)
+        return decide(logits, jnp.arange(N), key, cfg, o, dyn)
+
+    if not o.window:  # the smaller program: no window branch to compile
+        return jax.lax.cond(branch > 0, full, skip, None)
+    return jax.lax.switch(branch, [skip, window, full], None)
+
+
+def _step(carry, g, *, params, attn, rng, dyn, fixed, cfg, o: StaticOptions):
+    """Global step g of the scan: the block's schedule, early exit, proposals, commits.
+
+    carry: canvas x [B, N], masks at block start m [B], done [B], done_at [B], forwards and
+    window forwards run (scalars).
+    """
+    x, m, done, done_at, n_fwd, n_win = carry
+    N = x.shape[1]
+    P, s = N - o.gen_length, o.steps // (o.gen_length // o.block_length)
+    b, i = g // s, g % s
+    block_start = P + b * o.block_length
+    block_end = block_start + o.block_length
+    pos = jnp.arange(N)
+    masked = x == cfg.mask_token_id
+    in_block = (pos[None, :] >= block_start) & (pos[None, :] < block_end)
+    m = jnp.where(i == 0, (masked & in_block).sum(axis=1), m)  # masks at block start
+    newly = answer_final(x, cfg, P) & ~done & dyn["early_exit"]
+    done_at = jnp.where(newly, g, done_at)
+    done = done | newly
+    k = jnp.where(done, 0, step_budget(m, s, i).astype(jnp.int32))
+    key = None if rng is None else jax.random.fold_in(rng, g)
+
+    # window when no live row has a mask left of the block; skip when nothing can be committed
+    active = ((k > 0) & ~done).any()
+    left_clear = (~(masked & (pos[None, :] < block_start)).any(axis=1) | done).all()
+    window = left_clear & o.window
+    branch = jnp.where(active, jnp.where(window, 1, 2), 0)
+    x0, conf = _proposals(params, x, attn, fixed, key, dyn, branch, block_start, cfg=cfg, o=o)
+    n_fwd = n_fwd + active.astype(jnp.int32)
+    n_win = n_win + (active & window).astype(jnp.int32)
+
+    eligible = masked & (pos[None, :] < block_end) & ~done[:, None]
+    conf = jnp.where(eligible, conf, -jnp.inf)
+    x0 = jnp.where(masked, x0, x)
+    commit = (rank_by_confidence(conf) < k[:, None]) & eligible
+    x = constrain(jnp.where(commit, x0, x), ("batch", None))
+    return (x, m, done, done_at, n_fwd, n_win), (x if o.return_history else None)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "o"))
-def _run(
-    params,
-    canvas: jax.Array,
-    attn: jax.Array | None,
-    rng: jax.Array | None,
-    dyn: dict[str, jax.Array],
-    *,
-    cfg: ModelConfig,
-    o: StepOptions,
-):
-    """The whole sampler as one program.
+def _run(params, canvas, attn, rng, dyn, *, cfg: ModelConfig, o: StaticOptions):
+    """The whole sampler as one program: a `lax.scan` over the global steps.
 
     canvas [B, N] int32: the prompt followed by `o.gen_length` positions that the blocks cover
     (all masks for `generate`; text with mask spans for `infill`); attn [B, N] or None.
     """
-    TRACE_COUNT[(o, canvas.shape)] += 1
-    B, N = canvas.shape
-    P = N - o.gen_length
-    n_blocks = o.gen_length // o.block_length
-    s = o.steps // n_blocks
-    mask_id = cfg.mask_token_id
+    B = canvas.shape[0]
     x = constrain(canvas, ("batch", None))
-    fixed = x != mask_id  # computed once: pads and prompt tokens are fixed, prompt masks are not
-    pos = jnp.arange(N)
-
-    def step(carry, g):
-        x, m, done, done_at, n_fwd, n_win = carry
-        b, i = g // s, g % s
-        block_start = P + b * o.block_length
-        block_end = block_start + o.block_length
-        masked = x == mask_id
-        in_block = (pos[None, :] >= block_start) & (pos[None, :] < block_end)
-        m = jnp.where(i == 0, (masked & in_block).sum(axis=1), m)  # masks at block start
-        k = step_budget(m, s, i).astype(jnp.int32)
-        newly = answer_final(x, cfg, P) & ~done & dyn["early_exit"]
-        done_at = jnp.where(newly, g, done_at)
-        done = done | newly
-        k = jnp.where(done, 0, k)
-        key = None if rng is None else jax.random.fold_in(rng, g)
-
-        def skip(_):
-            return x, jnp.full((B, N), -jnp.inf, jnp.float32)
-
-        def window(_):
-            logits = guided_logits(
-                params,
-                cfg,
-                x,
-                attn,
-                fixed,
-                o.guided,
-                dyn,
-                query_start=block_start,
-                query_size=o.block_length,
-            )
-            x0_w, conf_w = decide(
-                logits, block_start + jnp.arange(o.block_length), key, cfg, o, dyn
-            )
-            x0 = jax.lax.dynamic_update_slice(x, x0_w, (0, block_start))
-            conf = jax.lax.dynamic_update_slice(
-                jnp.full((B, N), -jnp.inf, jnp.float32), conf_w, (0, block_start)
-            )
-            return x0, conf
-
-        def full(_):
-            return decide(
-                guided_logits(params, cfg, x, attn, fixed, o.guided, dyn), pos, key, cfg, o, dyn
-            )
-
-        active = ((k > 0) & ~done).any()
-        left_clear = (~(masked & (pos[None, :] < block_start)).any(axis=1) | done).all()
-        if o.use_window:
-            branch = jnp.where(active, jnp.where(left_clear, 1, 2), 0)
-            x0, conf = jax.lax.switch(branch, [skip, window, full], None)
-        else:
-            x0, conf = jax.lax.cond(active, full, skip, None)
-        n_fwd = n_fwd + active.astype(jnp.int32)
-        n_win = n_win + (active & left_clear & o.use_window).astype(jnp.int32)
-
-        eligible = masked & (pos[None, :] < block_end) & ~done[:, None]
-        conf = jnp.where(eligible, conf, -jnp.inf)
-        x0 = jnp.where(masked, x0, x)
-        commit = (rank_by_confidence(conf) < k[:, None]) & eligible
-        x = constrain(jnp.where(commit, x0, x), ("batch", None))
-        return (x, m, done, done_at, n_fwd, n_win), (x if o.return_history else None)
-
+    fixed = x != cfg.mask_token_id  # pads and prompt tokens are fixed, prompt masks are not
+    step = functools.partial(
+        _step, params=params, attn=attn, rng=rng, dyn=dyn, fixed=fixed, cfg=cfg, o=o
+    )
     init = (
         x,
         jnp.zeros((B,), jnp.int32),
@@ -147,7 +144,7 @@ def _run(
         jnp.int32(0),
     )
     (x, _, done, done_at, n_fwd, n_win), history = jax.lax.scan(step, init, jnp.arange(o.steps))
-    x = eos_fill_frozen(x, done, cfg, P)
+    x = eos_fill_frozen(x, done, cfg, canvas.shape[1] - o.gen_length)
     stats = {
         "forward_passes": n_fwd,
         "window_passes": n_win,
@@ -179,82 +176,73 @@ def generate(
 ):
     """LLaDA sampling (upstream `generate.py`): prompt [B, P] -> canvas [B, P + gen_length] int32.
 
-    attention_mask [B, P] (1 = real token, left padding = 0) is extended with ones over the
-    generated part; None means all ones. `rng` (a `jax.random` key) is required when sampling is
-    random: temperature > 0 or remasking="random". Every row gets independent noise.
+    The options are `SamplerConfig`'s (documented there); this is `generate_with` on
+    `SamplerConfig(steps=..., gen_length=..., ...)`. attention_mask [B, P]: 1 = real token,
+    left padding = 0 (None: all ones). `rng` (a `jax.random` key) is required when sampling is
+    random; every row gets independent noise. return_history / return_stats: see `generate_with`.
+    """
+    sampler = SamplerConfig(
+        gen_length=gen_length,
+        steps=steps,
+        block_length=block_length,
+        temperature=temperature,
+        cfg_scale=cfg_scale,
+        remasking=remasking,
+        logits_eos_inf=logits_eos_inf,
+        confidence_eos_eot_inf=confidence_eos_eot_inf,
+        early_exit=early_exit,
+    )
+    return generate_with(
+        params,
+        cfg,
+        prompt,
+        attention_mask,
+        sampler,
+        rng,
+        return_history=return_history,
+        return_stats=return_stats,
+    )
 
-    return_history=True adds history [steps, B, P + gen_length] (canvas after each global step).
-    early_exit=True freezes a row as soon as its answer is final (an EOS/EoT in the generated
-    region with no mask before it: committed tokens never change), and runs no forward once every
-    row is frozen. The canvas up to and including the first EOS/EoT — hence `decode_answer` — is
-    identical to the full run; undecoded masks after it are returned as EOS. return_stats=True
-    appends a dict: forward_passes, window_passes (forwards that took the block-window path),
-    steps, steps_saved (scalars), done_step [B] (the step at which
-    each row froze; `steps` if never). With early exit, `history` shows the frozen tail as masks
-    while the returned canvas shows it as EOS. Returns canvas, (canvas, history),
-    (canvas, stats) or (canvas, history, stats).
+
+def generate_with(
+    params,
+    cfg: ModelConfig,
+    prompt: Any,
+    attention_mask: Any,
+    sampler: SamplerConfig,
+    rng: jax.Array | None = None,
+    *,
+    return_history: bool = False,
+    return_stats: bool = False,
+    window: bool = True,
+):
+    """`generate` with its options as a `SamplerConfig`: canvas [B, P + gen_length] int32.
+
+    return_history=True adds history [steps, B, P + gen_length] (the canvas after each global
+    step; with early exit it shows a frozen row's tail as masks, the canvas as EOS).
+    return_stats=True appends a dict: forward_passes, window_passes (forwards that took the
+    block-window path), steps, steps_saved (scalars), done_step [B] (the step at which each row
+    froze; `steps` if never). window=False runs every forward on the whole canvas (same tokens).
+    Returns canvas, (canvas, history), (canvas, stats) or (canvas, history, stats).
     """
     check_kind(cfg, "diffusion", "sampling.generate")
-    prompt_np = np.asarray(prompt) if not isinstance(prompt, jax.Array) else prompt
-    if prompt_np.ndim != 2 or prompt_np.shape[0] == 0 or prompt_np.shape[1] == 0:
+    if sampler.fast:
         raise ValueError(
-            f"prompt must be a non-empty [batch, prompt_len] array of token ids, got "
-            f"shape {tuple(prompt_np.shape)}: pass at least one token (e.g. BOS)"
+            f"this SamplerConfig asks for fast decoding (cache={sampler.cache!r}): use "
+            "fast_sampling.generate_with, or cache=None for the exact sampler"
         )
-    transformer.check_tokens(prompt, cfg, "prompt")
-    check_options(
-        steps=steps,
-        gen_length=gen_length,
-        block_length=block_length,
-        remasking=remasking,
-        cfg_scale=cfg_scale,
-        temperature=temperature,
-        rng=rng,
-    )
-    B, P = prompt_np.shape
-    if attention_mask is not None:
-        if tuple(np.shape(attention_mask)) != (B, P):
-            raise ValueError(
-                f"attention_mask shape {tuple(np.shape(attention_mask))} != prompt "
-                f"shape {(B, P)}: pass one 0/1 entry per prompt token"
-            )
-        attention_mask = jnp.asarray(attention_mask, jnp.int32)
-    if P + gen_length > cfg.max_seq_len:
+    canvas, attn = prompt_canvas(cfg, prompt, attention_mask, sampler.gen_length)
+    if canvas.shape[1] > cfg.max_seq_len:
+        P = canvas.shape[1] - sampler.gen_length
         warnings.warn(
-            f"canvas length {P + gen_length} (prompt {P} + gen_length {gen_length}) "
+            f"canvas length {canvas.shape[1]} (prompt {P} + gen_length {sampler.gen_length}) "
             f"exceeds the model's max_seq_len {cfg.max_seq_len}: quality may degrade "
             "beyond the trained context",
             stacklevel=2,
         )
-    needs_rng = temperature > 0 or remasking == "random"
-    o = StepOptions(
-        steps=int(steps),
-        gen_length=int(gen_length),
-        block_length=int(block_length),
-        sample=temperature > 0,
-        guided=cfg_scale > 0,
-        remasking=remasking,
-        return_history=bool(return_history),
-        use_window=_USE_WINDOW,
-    )
-    dyn = {
-        "temperature": jnp.float32(temperature),
-        "cfg_scale": jnp.float32(cfg_scale),
-        "logits_eos_inf": jnp.bool_(logits_eos_inf),
-        "confidence_eos_eot_inf": jnp.bool_(confidence_eos_eot_inf),
-        "early_exit": jnp.bool_(early_exit),
-        "logits_mask_inf": jnp.bool_(False),
-    }
-    prompt = jnp.asarray(prompt, jnp.int32)
-    canvas = jnp.concatenate(
-        [prompt, jnp.full((B, gen_length), cfg.mask_token_id, jnp.int32)], axis=1
-    )
-    if attention_mask is not None:
-        attention_mask = jnp.concatenate(
-            [attention_mask, jnp.ones((B, gen_length), jnp.int32)], axis=1
-        )
+    o = sampler.static(return_history=return_history, window=window)
     x, history, stats = _run(
-        params, canvas, attention_mask, rng if needs_rng else None, dyn, cfg=cfg, o=o
+        params, canvas, attn, sampler.rng_for(rng), sampler.traced(), cfg=cfg, o=o
     )
     out: tuple = (x,)
     if return_history:
@@ -298,48 +286,26 @@ def infill(
             f"with mask_token_id={cfg.mask_token_id}"
         )
     B, N = canvas_np.shape
-    block_length = block_length or N
-    check_options(
-        steps=steps,
+    sampler = SamplerConfig(
         gen_length=N,
+        steps=steps,
         block_length=block_length,
-        remasking=remasking,
-        cfg_scale=0.0,
         temperature=temperature,
-        rng=rng,
+        remasking=remasking,
     )
     if attention_mask is not None and tuple(np.shape(attention_mask)) != (B, N):
         raise ValueError(
             f"attention_mask shape {tuple(np.shape(attention_mask))} != canvas shape "
             f"{(B, N)}: pass one 0/1 entry per token"
         )
-    o = StepOptions(
-        steps=int(steps),
-        gen_length=N,
-        block_length=int(block_length),
-        sample=temperature > 0,
-        guided=False,
-        remasking=remasking,
-        return_history=bool(return_history),
-        use_window=_USE_WINDOW,
-    )
-    dyn = {
-        "temperature": jnp.float32(temperature),
-        "cfg_scale": jnp.float32(0.0),
-        "logits_eos_inf": jnp.bool_(False),
-        "confidence_eos_eot_inf": jnp.bool_(False),
-        "early_exit": jnp.bool_(False),
-        "logits_mask_inf": jnp.bool_(True),
-    }
-    needs_rng = temperature > 0 or remasking == "random"
     x, history, _ = _run(
         params,
         jnp.asarray(canvas_np, jnp.int32),
         None if attention_mask is None else jnp.asarray(attention_mask, jnp.int32),
-        rng if needs_rng else None,
-        dyn,
+        sampler.rng_for(rng),
+        sampler.traced(fill_masks=True),
         cfg=cfg,
-        o=o,
+        o=sampler.static(return_history=return_history),
     )
     return (x, history) if return_history else x
 
@@ -359,4 +325,12 @@ def decode_answer(canvas_row: Any, prompt_len: int, cfg: ModelConfig) -> list[in
 
 # The schedule, noise and remasking rules are defined in `denoise` and exported here too, where
 # the design card's module map puts them.
-__all__ = ["REMASKING", "decode_answer", "generate", "gumbel_noise", "infill", "transfer_schedule"]
+__all__ = [
+    "REMASKING",
+    "decode_answer",
+    "generate",
+    "generate_with",
+    "gumbel_noise",
+    "infill",
+    "transfer_schedule",
+]

@@ -1,5 +1,5 @@
-"""The model wing: the mask predictor (`transformer`), its attention kernels (`attention`) and
-the logical-axis sharding rules (`sharding`).
+"""The model wing: the mask predictor (`transformer`, built from the blocks of `layers`), its
+attention kernels (`attention`) and the logical-axis sharding rules (`sharding`).
 
 Its face is the public API of design.md: ``model.forward(params, cfg, tokens)`` and the functions
 that build or describe a params pytree. The library itself imports `lladax.model.transformer`.

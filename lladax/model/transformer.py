@@ -1,9 +1,10 @@
-"""The LLaDA mask predictor: a bidirectional LLaMA-style transformer in Flax NNX.
+"""The LLaDA mask predictor: a bidirectional LLaMA-style transformer in Flax NNX, the `layers`
+blocks stacked and scanned, and its entry points.
 
 NNX is used for definition only. `init_params` returns a plain nested dict of arrays; every entry
 point (`apply`, `forward`) is a pure function of that pytree that `nnx.merge`s the module inside.
 
-Parameter layout (HF name -> lladax path, shape; see convert.py for the mapping):
+Parameter layout (HF name -> lladax path, shape; the mapping is `store/hf_format.py`):
   wte            [vocab, embed]               model.transformer.wte.weight
   blocks.*       stacked with a leading [layers] axis, scanned with `lax.scan` under remat
     attn_norm    [embed]                       blocks.i.attn_norm.weight
@@ -25,10 +26,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.ad_checkpoint import checkpoint_name
 
 from lladax.config import ModelConfig
-from lladax.model.attention import attention
+from lladax.model.layers import (
+    CHECKPOINT_POLICIES,
+    Block,
+    RMSNorm,
+    make_param,
+    normal_init,
+    rope_tables,
+)
 from lladax.model.sharding import constrain, tree_shardings
 
 Params = dict[str, Any]
@@ -42,173 +49,14 @@ class KVCache(NamedTuple):
     v: jax.Array
 
 
-def _param(init, key, shape, dtype, names: tuple[str | None, ...]) -> nnx.Param:
-    return nnx.Param(init(key, shape, dtype), out_sharding=names, eager_sharding=False)
-
-
-def _normal(std: float):
-    def init(key, shape, dtype):
-        return (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
-
-    return init
-
-
-def _ones(key, shape, dtype):
-    del key
-    return jnp.ones(shape, dtype)
-
-
-class RMSNorm(nnx.Module):
-    """Reference order: normalise in float32, cast back to the input dtype, then scale."""
-
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.eps = cfg.rms_norm_eps
-        self.weight = _param(_ones, None, (cfg.d_model,), cfg.weight_dtype, ("norm",))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        xf = x.astype(jnp.float32)
-        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return y.astype(x.dtype) * self.weight[...].astype(x.dtype)
-
-
-def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos/sin [batch, len, head_dim] float32 tables of rotate-half RoPE at integer `positions`
-    [batch, len] (batch may be 1: shared positions broadcast over the batch)."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq
-    angles = jnp.concatenate([angles, angles], axis=-1)
-    return jnp.cos(angles), jnp.sin(angles)
-
-
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """x [batch, len, heads, head_dim], cos/sin [batch | 1, len, head_dim]; rotation in float32,
-    result cast back to x.dtype."""
-    xf = x.astype(jnp.float32)
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
-    out = xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]
-    return out.astype(x.dtype)
-
-
-class Block(nnx.Module):
-    """Pre-norm transformer block with non-causal attention and a SwiGLU MLP."""
-
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        d, h, kv, hd, f = (
-            cfg.d_model,
-            cfg.n_heads,
-            cfg.n_kv_heads,
-            cfg.head_dim,
-            cfg.mlp_hidden_size,
-        )
-        w, init = cfg.weight_dtype, _normal(cfg.init_std)
-        self.cfg = cfg
-        self.attn_norm = RMSNorm(cfg, rngs=rngs)
-        self.q_proj = _param(init, rngs.params(), (d, h, hd), w, ("embed", "heads", "kv"))
-        self.k_proj = _param(init, rngs.params(), (d, kv, hd), w, ("embed", "heads", "kv"))
-        self.v_proj = _param(init, rngs.params(), (d, kv, hd), w, ("embed", "heads", "kv"))
-        self.attn_out = _param(init, rngs.params(), (h, hd, d), w, ("heads", "kv", "embed"))
-        self.ff_norm = RMSNorm(cfg, rngs=rngs)
-        self.ff_proj = _param(init, rngs.params(), (d, f), w, ("embed", "mlp"))
-        self.up_proj = _param(init, rngs.params(), (d, f), w, ("embed", "mlp"))
-        self.ff_out = _param(init, rngs.params(), (f, d), w, ("mlp", "embed"))
-
-    def __call__(
-        self,
-        x: jax.Array,
-        rope: tuple[jax.Array, jax.Array],
-        key_mask: jax.Array | None,
-        segment_ids: jax.Array | None = None,
-        query_start: jax.Array | None = None,
-        query_size: int | None = None,
-        *,
-        cache: tuple[jax.Array, jax.Array] | None = None,
-        cache_start: jax.Array | int = 0,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """x [batch, len, embed] -> (out [batch, len, embed], (k, v) [batch, kv_len, kv_heads, hd]).
-
-        With `query_size`, only the `query_size` positions from `query_start` are updated
-        (keys and values still come from the whole sequence) and the output is
-        [batch, query_size, embed]: the last layer of the sampler needs nothing else.
-        With `cache` (this layer's k, v [batch, kv_len, ...]), x holds only the positions
-        [cache_start, cache_start + len) of a kv_len-long sequence: their fresh keys and values
-        overwrite the cache there (the write mask) and the queries attend to the whole result.
-        The returned (k, v) are the keys/values every query saw (RoPE applied to k).
-        """
-        dt = self.cfg.compute_dtype
-        cos, sin = rope
-        n = self.attn_norm(x)
-        k = jnp.einsum("bld,dhk->blhk", n, self.k_proj[...].astype(dt))
-        v = jnp.einsum("bld,dhk->blhk", n, self.v_proj[...].astype(dt))
-        k = constrain(apply_rope(k, cos, sin), ("batch", "length", "act_heads", None))
-        k, v = checkpoint_name(k, "k_proj"), checkpoint_name(v, "v_proj")
-        if cache is not None:  # stale entries elsewhere, fresh ones in the window
-            k, v = (
-                jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), cache_start, 1)
-                for c, new in zip(cache, (k, v), strict=True)
-            )
-        x_q, n_q, cos_q, sin_q, seg_q = x, n, cos, sin, segment_ids
-        if query_size is not None:
-            x_q, n_q, cos_q, sin_q = (
-                jax.lax.dynamic_slice_in_dim(a, query_start, query_size, axis=1)
-                for a in (x, n, cos, sin)
-            )
-            if segment_ids is not None:
-                seg_q = jax.lax.dynamic_slice_in_dim(segment_ids, query_start, query_size, axis=1)
-        q = jnp.einsum("bld,dhk->blhk", n_q, self.q_proj[...].astype(dt))
-        q = constrain(apply_rope(q, cos_q, sin_q), ("batch", "length", "act_heads", None))
-        q = checkpoint_name(q, "q_proj")
-        # Causal (autoregressive baseline): query j sits at q_offset + j of the key sequence.
-        q_offset = (0 if cache is None else cache_start) + (
-            0 if query_size is None else query_start
-        )
-        a = attention(
-            q,
-            k,
-            v,
-            key_mask,
-            q_segment_ids=seg_q,
-            kv_segment_ids=segment_ids,
-            impl=self.cfg.attention_impl,
-            causal=self.cfg.causal,
-            q_offset=q_offset,
-        )
-        a = checkpoint_name(a, "attn_out")
-        h = x_q + jnp.einsum("blhk,hkd->bld", a, self.attn_out[...].astype(dt))
-        m = self.ff_norm(h)
-        gate = jnp.einsum("bld,df->blf", m, self.ff_proj[...].astype(dt))
-        up = jnp.einsum("bld,df->blf", m, self.up_proj[...].astype(dt))
-        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        out = h + jnp.einsum("blf,fd->bld", hidden, self.ff_out[...].astype(dt))
-        return constrain(out, ("batch", "length", "act_embed")), (k, v)
-
-
-_QKV = ("q_proj", "k_proj", "v_proj")  # after RoPE: the backward pass reuses them as they are
-_REMAT_POLICIES = {  # what each scanned layer keeps for the backward pass (docs/scaling.md)
-    "full": None,  # save nothing, recompute the whole block
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "save_attn_out": jax.checkpoint_policies.save_only_these_names("attn_out"),
-    "save_qkv_proj": jax.checkpoint_policies.save_only_these_names(*_QKV),
-    # q, k, v and the attention output go to pinned host memory during the forward pass and
-    # come back for the backward: device memory of `full`, recompute of `save_qkv_proj` minus
-    # attention, paid for in host<->device transfers that XLA overlaps with the next layer.
-    "offload": jax.checkpoint_policies.save_and_offload_only_these_names(
-        names_which_can_be_saved=[],
-        names_which_can_be_offloaded=[*_QKV, "attn_out"],
-        offload_src="device",
-        offload_dst="pinned_host",
-    ),
-}
-
-
 class LLaDA(nnx.Module):
-    """Embedding -> n_layers scanned Blocks -> RMSNorm -> untied LM head."""
+    """Embedding -> n_layers Blocks (stacked on a leading [layers] axis) -> RMSNorm -> untied LM
+    head. The definition only: `apply` runs it."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.wte = _param(
-            _normal(cfg.init_std),
+        self.wte = make_param(
+            normal_init(cfg.init_std),
             rngs.params(),
             (cfg.vocab_size, cfg.d_model),
             cfg.weight_dtype,
@@ -222,82 +70,13 @@ class LLaDA(nnx.Module):
 
         self.blocks = make_blocks(rngs)
         self.ln_f = RMSNorm(cfg, rngs=rngs)
-        self.lm_head = _param(
-            _normal(cfg.init_std),
+        self.lm_head = make_param(
+            normal_init(cfg.init_std),
             rngs.params(),
             (cfg.d_model, cfg.vocab_size),
             cfg.weight_dtype,
             ("embed", "vocab"),
         )
-
-    def __call__(
-        self,
-        tokens: jax.Array,
-        attention_mask: jax.Array | None = None,
-        *,
-        segment_ids: jax.Array | None = None,
-        positions: jax.Array | None = None,
-        query_start: jax.Array | int = 0,
-        query_size: int | None = None,
-        cache: KVCache | None = None,
-        cache_start: jax.Array | int = 0,
-        return_cache: bool = False,
-    ) -> jax.Array | tuple[jax.Array, KVCache]:
-        cfg = self.cfg
-        if cache is not None and segment_ids is not None:
-            raise ValueError("a cached forward takes no segment_ids")
-        h = jnp.take(self.wte[...], tokens, axis=0).astype(cfg.compute_dtype)
-        h = constrain(h, ("batch", "length", "act_embed"))
-        if positions is None:  # a cached forward's tokens start at cache_start
-            positions = (cache_start + jnp.arange(tokens.shape[1]))[None, :]
-        rope = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-        key_mask = None if attention_mask is None else attention_mask.astype(bool)
-        block_def, block_state = nnx.split(self.blocks)
-        caches = None if cache is None else (cache.k, cache.v)
-
-        def layer(x, state, layer_cache, **kwargs):
-            out, kv = nnx.merge(block_def, state)(
-                x, rope, key_mask, segment_ids, cache=layer_cache, cache_start=cache_start, **kwargs
-            )
-            return out, (kv if return_cache else None)
-
-        def scan_body(x, inputs):
-            return layer(x, *inputs)
-
-        if cfg.remat_policy != "none":
-            scan_body = jax.checkpoint(
-                scan_body, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False
-            )
-        if query_size is None:
-            h, kv = jax.lax.scan(scan_body, h, (block_state, caches))
-        else:  # all layers but the last see every position; the last only the query window
-
-            def inputs(i):  # index in place: slicing the stack first would copy it
-                return jax.tree.map(
-                    lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False),
-                    (block_state, caches),
-                )
-
-            h, kv = jax.lax.scan(
-                lambda x, i: scan_body(x, inputs(i)), h, jnp.arange(cfg.n_layers - 1)
-            )
-            h, kv_last = layer(
-                h,
-                *inputs(cfg.n_layers - 1),
-                query_start=jnp.asarray(query_start, jnp.int32),
-                query_size=query_size,
-            )
-            if return_cache:
-                kv = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), kv, kv_last)
-        h = self.ln_f(h)
-        logits = jnp.einsum(
-            "bld,dv->blv",
-            h,
-            self.lm_head[...].astype(cfg.compute_dtype),
-            preferred_element_type=jnp.float32,
-        )
-        logits = constrain(logits, ("batch", "length", "act_vocab"))
-        return (logits, KVCache(*kv)) if return_cache else logits
 
 
 @functools.lru_cache(maxsize=32)
@@ -335,6 +114,46 @@ def init_params(cfg: ModelConfig, key: jax.Array, mesh: jax.sharding.Mesh | None
     return jax.jit(init, out_shardings=tree_shardings(mesh, param_logical_axes(cfg)))(key)
 
 
+def _scan_layers(
+    layer: Any,
+    cfg: ModelConfig,
+    h: jax.Array,
+    stacked: tuple[Any, Any],
+    query_start: jax.Array | int,
+    query_size: int | None,
+    return_cache: bool,
+) -> tuple[jax.Array, Any]:
+    """h [batch, len, embed] through every layer, scanned (under remat unless the policy is
+    "none"): `layer(x, block_state, layer_cache, **window)` -> (x, kv or None) runs one layer
+    whose state and cache are sliced from `stacked` = (block states, caches or None), each with a
+    leading [layers] axis. With `query_size`, all layers but the last see every position and the
+    last only the query window. Returns (h, the layers' stacked (k, v) or None)."""
+
+    def scan_body(x, inputs):
+        return layer(x, *inputs)
+
+    if cfg.remat_policy != "none":
+        scan_body = jax.checkpoint(
+            scan_body, policy=CHECKPOINT_POLICIES[cfg.remat_policy], prevent_cse=False
+        )
+    if query_size is None:
+        return jax.lax.scan(scan_body, h, stacked)
+
+    def inputs(i):  # index in place: slicing the stack first would copy it
+        return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), stacked)
+
+    h, kv = jax.lax.scan(lambda x, i: scan_body(x, inputs(i)), h, jnp.arange(cfg.n_layers - 1))
+    h, kv_last = layer(
+        h,
+        *inputs(cfg.n_layers - 1),
+        query_start=jnp.asarray(query_start, jnp.int32),
+        query_size=query_size,
+    )
+    if return_cache:
+        kv = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), kv, kv_last)
+    return h, kv
+
+
 def apply(
     params: Params,
     cfg: ModelConfig,
@@ -370,17 +189,35 @@ def apply(
 
     `cfg.kind == "autoregressive"` makes every layer causal (the baseline of `autoregressive.py`).
     """
-    return nnx.merge(graphdef(cfg), params)(
-        tokens,
-        attention_mask,
-        segment_ids=segment_ids,
-        positions=positions,
-        query_start=query_start,
-        query_size=query_size,
-        cache=cache,
-        cache_start=cache_start,
-        return_cache=return_cache,
+    if cache is not None and segment_ids is not None:
+        raise ValueError("a cached forward takes no segment_ids")
+    model = nnx.merge(graphdef(cfg), params)
+    h = jnp.take(model.wte[...], tokens, axis=0).astype(cfg.compute_dtype)
+    h = constrain(h, ("batch", "length", "act_embed"))
+    if positions is None:  # a cached forward's tokens start at cache_start
+        positions = (cache_start + jnp.arange(tokens.shape[1]))[None, :]
+    rope = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+    key_mask = None if attention_mask is None else attention_mask.astype(bool)
+    block_def, block_state = nnx.split(model.blocks)
+
+    def layer(x, state, layer_cache, **window):
+        out, kv = nnx.merge(block_def, state)(
+            x, rope, key_mask, segment_ids, cache=layer_cache, cache_start=cache_start, **window
+        )
+        return out, (kv if return_cache else None)
+
+    caches = None if cache is None else (cache.k, cache.v)
+    h, kv = _scan_layers(
+        layer, cfg, h, (block_state, caches), query_start, query_size, return_cache
     )
+    logits = jnp.einsum(
+        "bld,dv->blv",
+        model.ln_f(h),
+        model.lm_head[...].astype(cfg.compute_dtype),
+        preferred_element_type=jnp.float32,
+    )
+    logits = constrain(logits, ("batch", "length", "act_vocab"))
+    return (logits, KVCache(*kv)) if return_cache else logits
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))

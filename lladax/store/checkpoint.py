@@ -1,29 +1,17 @@
-"""Orbax checkpoints of a training run, and the params-only restore used for inference.
+"""Saving and restoring the TrainState of a training run: an asynchronous, atomic save of every
+item (params, the rest of the state, the EMA, each process's data position, the JSON meta with
+per-array checksums), and a resume that restores the newest good step onto any mesh.
 
-Layout of a run directory (`log.workdir`; a local path or e.g. `gs://bucket/run`):
-  checkpoints/<step>/params   model params (restorable alone, onto any mesh)
-  checkpoints/<step>/train    the rest of the TrainState: optimizer state, step, rng, guard
-  checkpoints/<step>/ema      f32 EMA of the params (only when train.ema_decay > 0)
-  checkpoints/<step>/data     each process's data-iterator position, process_<i>-of-<n>.json
-  checkpoints/<step>/meta     JSON: model config, run config, tokenizer, per-array checksums
-  corrupt_checkpoints/<step>  steps found damaged on resume, moved aside (never deleted)
-  tokenizer.model             the tokenizer the run was trained with (copied in)
-  metrics.jsonl               one JSON line per logged step (process 0)
-
-Orbax writes each step into a temporary directory and renames it (or, on object stores, writes
-a commit file) when every item is complete, so a crash during a save never replaces the
-previous good checkpoint. Array files carry no checksum of their own (a flipped bit restores as
-silent garbage), so `save` records a position-sensitive checksum of every array in `meta` and
-every restore verifies it; a damaged or unreadable step is reported with a warning and the one
-before it is used (keep >= 2).
+Array files carry no checksum of their own (a flipped bit restores as silent garbage), so
+`save` records a position-sensitive checksum of every array in `meta` and every restore
+verifies it; a damaged or unreadable step is reported with a warning, moved aside and the one
+before it is used (keep >= 2). The on-disk layout and the manager are `layout`; params-only
+reading and writing is `params_checkpoint` (both re-exported here for the training loop).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import os
-import warnings
 from typing import Any
 
 import jax
@@ -33,8 +21,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from lladax.config import ModelConfig
-from lladax.model import transformer
-from lladax.store.data_state import DataStateHandler, DataStateRestore, DataStateSave
+from lladax.store.data_state import DataStateRestore, DataStateSave
 from lladax.store.integrity import (
     CheckpointError,
     CheckpointMismatchError,
@@ -45,83 +32,30 @@ from lladax.store.integrity import (
     compare_structure,
     describe_error,
 )
+from lladax.store.layout import ITEMS, check_writable, manager, step_dir, warn_checkpoint
+from lladax.store.params_checkpoint import load_params, read_data_state, read_meta, save_params
 
-ITEMS = ("params", "train", "ema", "data", "meta")
-
-
-class _DropReadOnlyNotice(logging.Filter):
-    """Orbax warns `Given directory is read only=...` whenever a read-only manager opens, i.e. on
-    every `lladax sample` / eval: reading a run is not worth a warning. Only that one message
-    is dropped; every other absl warning still shows."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Given directory is read only")
-
-
-if not any(isinstance(f, _DropReadOnlyNotice) for f in logging.getLogger("absl").filters):
-    logging.getLogger("absl").addFilter(_DropReadOnlyNotice())
-
-
-def check_writable(run_dir: str | os.PathLike) -> epath.Path:
-    """Create `run_dir` and prove it writable (each process writes a probe file), or raise."""
-    d = as_path(run_dir)
-    probe = d / f".lladax_write_test_{jax.process_index()}_{os.getpid()}"
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
-    except Exception as e:  # PermissionError, read-only FS, object-store auth errors, ...
-        reason = getattr(e, "strerror", None) or f"{type(e).__name__}: {str(e)[:120]}"
-        raise CheckpointError(
-            f"output directory {d} is not writable ({reason}): pass a writable "
-            "--workdir (or --config.log.workdir)"
-        ) from None
-    return d
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "CheckpointWarning",
+    "Restored",
+    "as_path",
+    "check_writable",
+    "checksums",
+    "compare_structure",
+    "describe_error",
+    "load_params",
+    "manager",
+    "read_data_state",
+    "read_meta",
+    "restore",
+    "save",
+    "save_params",
+    "state_items",
+]
 
 
-def _handlers(concurrent_gb: int | None = None) -> dict[str, ocp.CheckpointHandler]:
-    limits = (
-        {}
-        if concurrent_gb is None
-        else dict(save_concurrent_gb=concurrent_gb, restore_concurrent_gb=concurrent_gb)
-    )
-    return {
-        "params": ocp.StandardCheckpointHandler(**limits),
-        "train": ocp.StandardCheckpointHandler(**limits),
-        "ema": ocp.StandardCheckpointHandler(**limits),
-        "data": DataStateHandler(),
-        "meta": ocp.JsonCheckpointHandler(),
-    }
-
-
-def manager(
-    run_dir: str | os.PathLike,
-    keep: int = 2,
-    *,
-    read_only: bool = False,
-    concurrent_gb: int | None = None,
-) -> ocp.CheckpointManager:
-    """A CheckpointManager for `run_dir/checkpoints` keeping the newest `keep` steps.
-
-    Saves are asynchronous (`save` returns once the arrays are copied to host memory). Temporary
-    directories left by a killed save are removed when a writable manager opens. `concurrent_gb`
-    bounds the bytes Orbax stages on the host at once (default: Orbax's, 96 GB) — conversion
-    sets it low to keep peak memory near one shard.
-    """
-    # (read-only: no keep limit and no save interval, which Orbax would warn about resetting)
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=None if read_only else keep,
-        save_interval_steps=0 if read_only else 1,
-        create=not read_only,
-        read_only=read_only,
-        cleanup_tmp_directories=not read_only,
-    )
-    return ocp.CheckpointManager(
-        as_path(run_dir) / "checkpoints", options=options, item_handlers=_handlers(concurrent_gb)
-    )
-
-
-# --- save / restore a TrainState ---------------------------------------------------------------
 def state_items(state: Any) -> dict[str, Any]:
     """The pytrees saved as separate items: params, train (every other field), ema if on."""
     train = {
@@ -174,14 +108,6 @@ def _all_processes_ok(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
 
 
-def _step_dir(mgr: ocp.CheckpointManager, step: int) -> epath.Path:
-    return epath.Path(mgr.directory) / str(step)
-
-
-def _warn(message: str) -> None:
-    warnings.warn(message, CheckpointWarning, stacklevel=3)
-
-
 @dataclasses.dataclass
 class Restored:
     state: Any  # the TrainState, placed like the target
@@ -193,9 +119,9 @@ class Restored:
 def _restore_step(
     mgr: ocp.CheckpointManager, like_state: Any, step: int, model_cfg: ModelConfig | None
 ) -> Restored:
-    where = str(_step_dir(mgr, step))
+    where = str(step_dir(mgr, step))
     items_like = state_items(like_state)
-    present = {name for name in ITEMS if (_step_dir(mgr, step) / name).exists()}
+    present = {name for name in ITEMS if (step_dir(mgr, step) / name).exists()}
     if "train" not in present and "params" in present:
         raise CheckpointMismatchError(
             f"checkpoint {where} holds params only (a converted or exported model), not a "
@@ -238,7 +164,7 @@ def _restore_step(
         if "ema" in out:
             state = state.replace(ema=out["ema"])
         else:
-            _warn(
+            warn_checkpoint(
                 f"checkpoint {where} has no EMA (it was saved with train.ema_decay=0): the EMA "
                 "starts from the restored params"
             )
@@ -249,7 +175,7 @@ def _restore_step(
             )
     data = out.get("data") or {"state": None, "processes": 0}
     if data["state"] is None and data["processes"]:
-        _warn(
+        warn_checkpoint(
             f"checkpoint {where} holds the data position of {data['processes']} processes, "
             f"this run has {jax.process_count()}: the data order restarts from the beginning"
         )
@@ -258,7 +184,7 @@ def _restore_step(
 
 def _quarantine(mgr: ocp.CheckpointManager, step: int) -> epath.Path | None:
     """Move a damaged step out of checkpoints/ (so it is neither reused nor overwritten)."""
-    src = _step_dir(mgr, step)
+    src = step_dir(mgr, step)
     dest_root = epath.Path(mgr.directory).parent / "corrupt_checkpoints"
     dest = dest_root / str(step)
     if jax.process_index() == 0:
@@ -307,8 +233,8 @@ def restore(
             return result  # type: ignore[return-value]
         failures.append(f"step {s} ({error})")
         moved = _quarantine(mgr, s) if quarantine else None
-        _warn(
-            f"checkpoint {_step_dir(mgr, s)} is damaged and was skipped ({error})"
+        warn_checkpoint(
+            f"checkpoint {step_dir(mgr, s)} is damaged and was skipped ({error})"
             + (f"; moved to {moved}" if moved else "")
             + ("; trying the previous one" if s != steps[-1] else "")
         )
@@ -316,160 +242,3 @@ def restore(
         f"no good checkpoint in {mgr.directory}: {'; '.join(failures)}: "
         "start a new workdir or restore the files"
     )
-
-
-# --- read-only access: meta, params-only restore ------------------------------------------------
-def _read_only_manager(
-    run_dir: str | os.PathLike, concurrent_gb: int | None = None
-) -> ocp.CheckpointManager:
-    d = as_path(run_dir)
-    if not (d / "checkpoints").is_dir():
-        raise CheckpointError(
-            f"{d} has no checkpoints/ directory: pass the workdir of a "
-            "`lladax train` run (or a Hugging Face directory with config.json)"
-        )
-    mgr = manager(d, read_only=True, concurrent_gb=concurrent_gb)
-    if mgr.latest_step() is None:
-        raise CheckpointError(
-            f"{d}/checkpoints holds no finished checkpoint: train longer or point at another run"
-        )
-    return mgr
-
-
-def _first_good(mgr: ocp.CheckpointManager, step: int | None, read: Any) -> tuple[int, Any]:
-    """(step, read(step)) for `step`, or the newest step `read` succeeds on (warning on each
-    damaged one)."""
-    saved = sorted(mgr.all_steps(), reverse=True)
-    if step is not None and step not in saved:
-        raise CheckpointError(
-            f"checkpoint {mgr.directory} has no step {step}: the saved steps are {sorted(saved)}"
-        )
-    steps = [step] if step is not None else saved
-    errors = []
-    for s in steps:
-        try:
-            return s, read(s)
-        except Exception as e:
-            reason = e if isinstance(e, CheckpointError) else describe_error(e)
-            errors.append(f"step {s} ({reason})")
-            if s != steps[-1]:
-                _warn(
-                    f"checkpoint {_step_dir(mgr, s)} is damaged ({reason}); using the previous one"
-                )
-    raise CheckpointError(
-        f"checkpoint {mgr.directory} is corrupt or incomplete: "
-        f"{'; '.join(errors)}: restore an earlier step or retrain"
-    )
-
-
-def read_meta(run_dir: str | os.PathLike, step: int | None = None) -> tuple[int, dict[str, Any]]:
-    """(step, meta JSON) of the newest readable (or the given) checkpoint of a run."""
-    mgr = _read_only_manager(run_dir)
-    return _first_good(
-        mgr,
-        step,
-        lambda s: mgr.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"],
-    )
-
-
-def read_data_state(run_dir: str | os.PathLike, step: int | None = None) -> Any:
-    """This process's saved data-iterator state at the newest (or given) step, or None."""
-    mgr = _read_only_manager(run_dir)
-    step = mgr.latest_step() if step is None else step
-    if not (_step_dir(mgr, step) / "data").exists():
-        return None
-    return mgr.restore(step, args=ocp.args.Composite(data=DataStateRestore()))["data"]["state"]
-
-
-def load_params(
-    run_dir: str | os.PathLike,
-    step: int | None = None,
-    *,
-    shardings: Any = None,
-    dtype: Any = None,
-    concurrent_gb: int | None = None,
-    use_ema: bool = False,
-) -> tuple[ModelConfig, Any]:
-    """Params-only restore for eval/sampling: (cfg, params) of the newest good checkpoint (or
-    `step`), verified against its checksums and placed with `shardings` (default: device 0).
-    `use_ema` loads the EMA weights instead (cast to the model's param dtype)."""
-
-    mgr = _read_only_manager(run_dir, concurrent_gb)
-    item = "ema" if use_ema else "params"
-
-    def read(s: int) -> tuple[ModelConfig, Any]:
-        meta = mgr.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        cfg = ModelConfig(**meta["model"])
-        if not (_step_dir(mgr, s) / item).exists():
-            raise CheckpointError(
-                f"step {s} has no {item} item"
-                + (" (trained with train.ema_decay=0)" if use_ema else "")
-            )
-        abstract = transformer.abstract_params(cfg)
-        if use_ema:
-            abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32), abstract)
-        if shardings is not None:
-            abstract = jax.tree.map(
-                lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                abstract,
-                shardings,
-            )
-        else:
-            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-            abstract = jax.tree.map(
-                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract
-            )
-        params = mgr.restore(
-            s, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)})
-        )[item]
-        expected = meta.get("checksums", {}).get(item)
-        if expected is not None:
-            got = checksums(params)
-            bad = [k for k, v in expected.items() if got.get(k) != v]
-            if bad:
-                raise CheckpointError(f"{item}/{bad[0]} does not match its checksum")
-        return cfg, params
-
-    _, (cfg, params) = _first_good(mgr, step, read)
-    if use_ema:
-        params = jax.tree.map(lambda p: p.astype(cfg.weight_dtype), params)
-    if dtype is not None:
-        name = jnp.dtype(dtype).name
-        params = jax.tree.map(lambda p: p.astype(dtype), params)
-        cfg = dataclasses.replace(cfg, dtype=name, param_dtype=name)
-    return cfg, params
-
-
-def save_params(
-    run_dir: str | os.PathLike,
-    cfg: ModelConfig,
-    params: Any,
-    *,
-    step: int = 0,
-    extra_meta: dict[str, Any] | None = None,
-    concurrent_gb: int | None = 1,
-) -> epath.Path:
-    """Write a params-only checkpoint (items params + meta) as `run_dir/checkpoints/<step>/`.
-
-    The layout `load_params` restores onto any mesh (converted HF weights, exported eval
-    models). Host staging is bounded to `concurrent_gb` so a big model converts in bounded memory.
-    Refuses a directory that already holds checkpoints. Returns the step directory.
-    """
-    run_dir = as_path(run_dir)
-    existing = run_dir / "checkpoints"
-    if existing.is_dir() and any(existing.iterdir()):
-        raise CheckpointError(
-            f"{existing} already holds checkpoints: write into an empty or new directory"
-        )
-    meta = {"model": dataclasses.asdict(cfg), "checksums": {"params": checksums(params)}} | (
-        extra_meta or {}
-    )
-    mgr = manager(run_dir, keep=1, concurrent_gb=concurrent_gb)
-    mgr.save(
-        step,
-        args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)),
-        force=True,
-    )
-    mgr.wait_until_finished()
-    mgr.close()
-    return existing / str(step)

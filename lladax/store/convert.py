@@ -6,12 +6,12 @@ PyTorch [out, in] to [in, out], places it directly in its target sharding and wr
 slot of the stacked [layers, ...] leaf on device (a donated in-place update). Host memory is about
 one HF tensor, whatever the checkpoint size; the params themselves live where the shardings put
 them. Saving streams the other way: one layer slice at a time goes device -> host -> file.
-The Orbax side of a conversion is `checkpoint.save_params` / `checkpoint.load_params`.
+The HF names, shapes and checks are `hf_format`; the Orbax side of a conversion is
+`params_checkpoint.save_params` / `load_params`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -29,12 +29,22 @@ from lladax.config import ConfigError, ModelConfig
 from lladax.files import atomic_write
 from lladax.model.sharding import tree_shardings
 from lladax.model.transformer import Params, abstract_params, param_logical_axes
+from lladax.store.hf_format import (
+    HFLeaf,
+    check_hf,
+    check_tensors,
+    get_path,
+    hf_leaves,
+    hf_shapes,
+    load_config,
+    set_path,
+    stored_dtype,
+)
 from lladax.store.safetensors_io import (
     INDEX_NAME,
     SINGLE_NAME,
     CheckpointFormatError,
     ShardWriter,
-    TensorInfo,
     aligned_empty,
     file_tensors,
     parse_size,
@@ -45,7 +55,6 @@ from lladax.store.safetensors_io import (
     write_safetensors,
 )
 
-PREFIX = "model.transformer."
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -58,187 +67,6 @@ Progress = Callable[[int], None]  # called with the bytes of each tensor done
 # converted model, so a later convert may replace it (with --overwrite) and nothing else.
 # Loaders ignore it (HF loaders read config.json and the safetensors; load_hf reads the same).
 EXPORT_MARKER = "lladax_export.json"
-
-
-# --- name mapping ------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class _Leaf:
-    """One lladax leaf: its path, HF name (with `{i}` for per-layer tensors) and layout maps."""
-
-    path: tuple[str, ...]
-    hf: str
-    to_lladax: Callable[[np.ndarray], np.ndarray]  # HF [out, in] -> lladax (views, no copy)
-    to_hf: Callable[[np.ndarray], np.ndarray]
-
-    @property
-    def stacked(self) -> bool:
-        return "{i}" in self.hf
-
-    @property
-    def transposed(self) -> bool:
-        """PyTorch Linear weights: lladax holds [in, ...] = the HF [out, in] transposed."""
-        return not self.hf.endswith(("wte.weight", "norm.weight", "ln_f.weight"))
-
-
-def _leaves(cfg: ModelConfig) -> list[_Leaf]:
-    d, h, kv, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    same = lambda w: w
-    t = lambda w: w.T
-    blk = PREFIX + "blocks.{i}."
-    return [
-        _Leaf(("wte",), PREFIX + "wte.weight", same, same),
-        _Leaf(("blocks", "attn_norm", "weight"), blk + "attn_norm.weight", same, same),
-        _Leaf(
-            ("blocks", "q_proj"),
-            blk + "q_proj.weight",
-            lambda w: w.T.reshape(d, h, hd),
-            lambda p: p.reshape(d, -1).T,
-        ),
-        _Leaf(
-            ("blocks", "k_proj"),
-            blk + "k_proj.weight",
-            lambda w: w.T.reshape(d, kv, hd),
-            lambda p: p.reshape(d, -1).T,
-        ),
-        _Leaf(
-            ("blocks", "v_proj"),
-            blk + "v_proj.weight",
-            lambda w: w.T.reshape(d, kv, hd),
-            lambda p: p.reshape(d, -1).T,
-        ),
-        _Leaf(
-            ("blocks", "attn_out"),
-            blk + "attn_out.weight",
-            lambda w: w.T.reshape(h, hd, d),
-            lambda p: p.reshape(-1, d).T,
-        ),
-        _Leaf(("blocks", "ff_norm", "weight"), blk + "ff_norm.weight", same, same),
-        _Leaf(("blocks", "ff_proj"), blk + "ff_proj.weight", t, t),
-        _Leaf(("blocks", "up_proj"), blk + "up_proj.weight", t, t),
-        _Leaf(("blocks", "ff_out"), blk + "ff_out.weight", t, t),  # MLP down proj, not the head
-        _Leaf(("ln_f", "weight"), PREFIX + "ln_f.weight", same, same),
-        _Leaf(("lm_head",), PREFIX + "ff_out.weight", t, t),
-    ]
-
-
-def _get(tree: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """HF name -> HF shape of every tensor, in the hub's file order (layer by layer)."""
-    abstract = abstract_params(cfg)
-    per_leaf = {}
-    for leaf in _leaves(cfg):
-        shape = _get(abstract, leaf.path).shape
-        inner = shape[1:] if leaf.stacked else shape
-        per_leaf[leaf.hf] = leaf.to_hf(np.empty(inner, np.uint8)).shape
-    top = {k: v for k, v in per_leaf.items() if "{i}" not in k}
-    out = {PREFIX + "wte.weight": top.pop(PREFIX + "wte.weight")}
-    for i in range(cfg.n_layers):
-        out.update({k.format(i=i): v for k, v in per_leaf.items() if "{i}" in k})
-    return out | top
-
-
-# --- config ------------------------------------------------------------------------------------
-def _special_tokens(path: Path) -> dict[str, int]:
-    """Special ids from special_tokens.json, else from the tokenizer files (e.g. <|eot_id|>)."""
-    special_file = path / "special_tokens.json"
-    if special_file.exists():
-        return json.loads(special_file.read_text())
-    tok_file = path / "tokenizer.json"
-    if tok_file.exists():
-        added = json.loads(tok_file.read_text()).get("added_tokens", [])
-        by_name = {t["content"]: t["id"] for t in added}
-        if "<|eot_id|>" in by_name:
-            return {"eot_token_id": by_name["<|eot_id|>"]}
-    return {}
-
-
-def load_config(path: str | os.PathLike, **overrides: Any) -> ModelConfig:
-    """The ModelConfig of a HF LLaDA directory; rejects other architectures by name."""
-    path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.exists():
-        raise CheckpointFormatError(
-            f"no config.json in {path}: pass a Hugging Face LLaDA checkpoint directory"
-        )
-    try:
-        hf = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointFormatError(
-            f"{config_file} is not valid JSON ({e}): fix or re-download it"
-        ) from None
-    model_type = hf.get("model_type")
-    if (model_type not in (None, "llada")) or ("d_model" not in hf and "hidden_size" in hf):
-        raise CheckpointFormatError(
-            f"{config_file} is a {model_type!r} config (architectures "
-            f"{hf.get('architectures')}), not a LLaDA config: lladax converts LLaDA checkpoints "
-            "(model_type 'llada', e.g. GSAI-ML/LLaDA-8B-Base or -Instruct)"
-        )
-    try:
-        return ModelConfig.from_hf_dict(hf, _special_tokens(path), **overrides)
-    except ConfigError as e:
-        raise ConfigError(f"{config_file}: {e}") from None
-
-
-def _check(cfg: ModelConfig, infos: dict[str, TensorInfo], path: Path) -> None:
-    """One error listing every missing, unexpected, mis-shaped or non-float tensor."""
-    expected = hf_shapes(cfg)
-    where = path / (INDEX_NAME if (path / INDEX_NAME).exists() else SINGLE_NAME)
-
-    def listing(names: list[str]) -> str:
-        return ", ".join(names[:6]) + (f" ... and {len(names) - 6} more" if len(names) > 6 else "")
-
-    problems = []
-    missing = [n for n in expected if n not in infos]
-    unexpected = sorted(n for n in infos if n not in expected)
-    if missing:
-        problems.append(f"{len(missing)} missing: {listing(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {listing(unexpected)}")
-    shapes = [
-        f"{n} has shape {infos[n].shape} in {infos[n].file.name} but config.json implies {s}"
-        for n, s in expected.items()
-        if n in infos and infos[n].shape != s
-    ]
-    problems += shapes[:6]
-    odd = [
-        f"{n} is {i.dtype}, not a float"
-        for n, i in infos.items()
-        if n in expected and not jnp.issubdtype(i.dtype, jnp.floating)
-    ]
-    problems += odd[:3]
-    if problems:
-        raise CheckpointFormatError(
-            f"{where} does not match {path / 'config.json'} (n_layers={cfg.n_layers}, d_model="
-            f"{cfg.d_model}, vocab={cfg.vocab_size}): {'; '.join(problems)}. Use the config.json "
-            "that came with these weights, and a LLaDA checkpoint (tensors named "
-            f"{PREFIX}blocks.<i>.q_proj.weight, ...), not a converted or other-architecture one"
-        )
-
-
-def check_hf(path: str | os.PathLike) -> ModelConfig:
-    """Everything `load_hf` checks before reading a weight (config.json, the safetensors headers,
-    every name and shape): one error, nothing read beyond headers. Returns the ModelConfig."""
-    path = Path(path)
-    cfg = load_config(path)
-    _check(cfg, scan_dir(path), path)
-    return cfg
-
-
-def stored_dtype(path: str | os.PathLike) -> np.dtype:
-    """The dtype the checkpoint's tensors are stored in (float32 if they are mixed)."""
-    dtypes = {i.dtype for i in scan_dir(Path(path)).values()}
-    return dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
 
 
 # --- device placement --------------------------------------------------------------------------
@@ -322,11 +150,11 @@ def load_hf(
         jnp.dtype(dtype) if dtype is not None else dtypes.pop() if len(dtypes) == 1 else np.float32
     )
     cfg = cfg.replace(dtype=target.name, param_dtype=target.name)
-    _check(cfg, infos, path)
+    check_tensors(cfg, infos, path)
     shardings = _default_shardings(cfg, mesh) if shardings is None else shardings
     abstract = abstract_params(cfg)
 
-    def host(name: str, leaf: _Leaf) -> np.ndarray:
+    def host(name: str, leaf: HFLeaf) -> np.ndarray:
         info = infos[name]
         if len(info.shape) == 2:  # every 2-D weight is transposed except the embedding
             hf_view = read_transposed(info, target).T if leaf.transposed else read_tensor(info)
@@ -337,10 +165,10 @@ def load_hf(
         return leaf.to_lladax(hf_view.astype(target, copy=False))
 
     params: Params = {}
-    for leaf in _leaves(cfg):
-        shape, sharding = _get(abstract, leaf.path).shape, _get(shardings, leaf.path)
+    for leaf in hf_leaves(cfg):
+        shape, sharding = get_path(abstract, leaf.path).shape, get_path(shardings, leaf.path)
         if not leaf.stacked:
-            _set(params, leaf.path, _put(host(leaf.hf, leaf), sharding))
+            set_path(params, leaf.path, _put(host(leaf.hf, leaf), sharding))
             continue
         stacked = jax.jit(lambda s=shape: jnp.zeros(s, target), out_shardings=sharding)()
         update, layer_sharding = _update_fn(sharding), _layer_sharding(sharding)
@@ -348,7 +176,7 @@ def load_hf(
             layer = _put(host(leaf.hf.format(i=i), leaf), layer_sharding)
             stacked = update(stacked, layer, jnp.int32(i))
             del layer
-        _set(params, leaf.path, stacked)
+        set_path(params, leaf.path, stacked)
     return cfg, params
 
 
@@ -357,7 +185,7 @@ def hf_tensors(
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (HF name, host array in HF layout) in file order, one layer slice at a time."""
     by_name = {}
-    for leaf in _leaves(cfg):
+    for leaf in hf_leaves(cfg):
         by_name.update(
             {leaf.hf.format(i=i): (leaf, i) for i in range(cfg.n_layers)}
             if leaf.stacked
@@ -365,7 +193,7 @@ def hf_tensors(
         )
     for name in hf_shapes(cfg):
         leaf, i = by_name[name]
-        value = _get(params, leaf.path)
+        value = get_path(params, leaf.path)
         if i is not None:
             value = _take(value, jnp.int32(i)) if isinstance(value, jax.Array) else value[i]
         arr = np.asarray(value)

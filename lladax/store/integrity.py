@@ -4,13 +4,13 @@ may change (and those it may not).
 
 Orbax's array files carry no checksum of the data (a flipped bit restores as silent garbage), so
 `checkpoint.save` records `checksums` of every array in the step's JSON meta and every restore
-recomputes and compares them. Used by `lladax.store.checkpoint` and `lladax.train.loop`.
+recomputes and compares them. Used by the store's `layout`, `checkpoint` and
+`params_checkpoint`, and by the training loop and run directory (`lladax.train`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import re
 from typing import Any
@@ -21,8 +21,6 @@ import numpy as np
 from etils import epath
 
 from lladax.config import ModelConfig
-
-log = logging.getLogger("lladax.train.trainer")
 
 
 class CheckpointError(ValueError):

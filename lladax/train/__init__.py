@@ -1,8 +1,9 @@
 """The train wing: from a run config to checkpoints.
 
-run_config, config_files   the run config (sections, defaults, checks) and config-file loading
+run_config, config_files   the run config (typed sections, defaults, checks), config files
 trainer                    TrainState, the jitted train step, FLOPs per token
-loop                       the training loop: data, eval, logging, checkpoint cadence, preemption
+loop                       the training loop: steps, eval, logging, checkpoint cadence, preemption
+run_setup, run_data        before the first step: checks, restore or init; the run's batches
 run_dir, stopping          the run directory (metrics, resume rules) and signal handling
 plan, throughput           memory/throughput planning and AOT; MFU measurement
 distributed                multi-host initialisation

@@ -2,6 +2,9 @@
 
     lladax.train.loop.run(config)        # `lladax train` calls it
 
+The checks and the start state come from `run_setup`, the batches from `run_data`; this module
+runs the steps, logs, evaluates, saves and stops.
+
 One process or many (after `lladax.train.distributed.initialize`): every process runs this same loop
 on its share of each global batch; only process 0 writes metrics and the progress bar.
 
@@ -33,131 +36,26 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from etils import epath
 
-from lladax.config import ConfigError, ModelConfig, TrainConfig
-from lladax.data import pipeline, sft
-from lladax.data.tokenizer import SentencePieceTokenizer, check_compatible, load_tokenizer
+from lladax.data import pipeline
 from lladax.files import atomic_write
-from lladax.model import sharding, transformer
-from lladax.store import checkpoint, convert
-from lladax.train.run_config import DATA_FORMATS, check_run_config, model_config_from
-from lladax.train.run_dir import MetricsFile, check_resume, resume_changes
+from lladax.model import sharding
+from lladax.store import checkpoint
+from lladax.train.run_data import eval_set, held_out_loss, put_global, train_batches
+from lladax.train.run_dir import MetricsFile
+from lladax.train.run_setup import Setup, prepare, start_state
 from lladax.train.stopping import StopRequest, hold_final_save_for_test
 from lladax.train.throughput import Meter, device_memory_gib, peak_flops_per_device
-from lladax.train.trainer import (
-    abstract_state,
-    eval_loss,
-    init_state,
-    jit_train_step,
-    make_optimizer,
-    shardings_of,
-)
+from lladax.train.trainer import jit_train_step, make_optimizer, shardings_of
 
 log = logging.getLogger("lladax.train.trainer")
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal after saving; rerun to resume
-
-
-def _check_format(config: Any) -> str:
-    fmt = str(config.data.get("format", "text"))
-    if fmt not in DATA_FORMATS:
-        raise ConfigError(f"data.format={fmt!r} is unknown: use one of {DATA_FORMATS}")
-    return fmt
-
-
-def _chat_options(d: Any) -> dict[str, Any]:
-    """`sft.make_sft_batches` options of a config's `data` section (train and eval alike)."""
-    return dict(
-        source=d.source,
-        seq_len=d.seq_len,
-        min_answer_len=d.get("min_answer_len", 0),
-        random_offset=d.get("random_offset", False),
-    )
-
-
-def train_batches(config: Any, tok: Any, batch_size: int) -> Any:
-    """This process's checkpointable iterator of batches (`batch_size` rows each): text
-    (`pipeline.make_batches`, packed or not) or chat (`sft.make_sft_batches`) by `data.format`."""
-    d = config.data
-    where = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    if _check_format(config) == "chat":
-        return iter(
-            sft.make_sft_batches(
-                tok, batch_size=batch_size, seed=d.seed, **where, **_chat_options(d)
-            )
-        )
-    return pipeline.make_batches(
-        tok, split="train", batch_size=batch_size, **where, **pipeline.options_from_config(d)
-    )
-
-
-def eval_set(config: Any, tok: Any) -> list[dict[str, np.ndarray]]:
-    """Held-out GLOBAL batches (identical on every process), fixed for the whole run."""
-    d, e = config.data, config.eval
-    if not e.every or not e.batches:
-        return []
-    if _check_format(config) == "chat":
-        batches = iter(
-            sft.make_sft_batches(
-                tok, batch_size=e.batch_size, seed=0, split="eval", **_chat_options(d)
-            )
-        )
-        return [next(batches) for _ in range(e.batches)]
-    return pipeline.eval_batches(
-        tok,
-        source=d.source,
-        seq_len=d.seq_len,
-        batch_size=e.batch_size,
-        max_batches=e.batches,
-        field=d.get("field", "text"),
-    )
-
-
-def _put_global(batch: dict[str, np.ndarray], sharding_: Any) -> dict[str, jax.Array]:
-    """Place a batch that every process holds whole (eval) as global arrays."""
-    return {
-        k: jax.make_array_from_callback(v.shape, sharding_, lambda idx, v=v: v[idx])
-        for k, v in batch.items()
-    }
-
-
-def _tokenizer_file(tok: Any) -> tuple[str, bytes]:
-    """(name in the run directory, bytes) of the tokenizer file the run copies in."""
-
-    name = "tokenizer.model" if isinstance(tok, SentencePieceTokenizer) else "tokenizer.json"
-    return name, epath.Path(tok.name).read_bytes()
-
-
-def _initial_params(path: str, cfg: ModelConfig, like: Any) -> Any:
-    """Params of `checkpoint.init_from` placed like `like`; a source of another shape is a
-    one-line CheckpointMismatchError before anything is read."""
-
-    src = checkpoint.as_path(path)
-    hf = (src / "config.json").exists()
-    if hf:
-        src_cfg = convert.load_config(os.fspath(src))
-    else:
-        src_cfg = ModelConfig(**checkpoint.read_meta(src)[1]["model"])
-    checkpoint.compare_structure(
-        "params",
-        transformer.abstract_params(src_cfg),
-        like,
-        os.fspath(src),
-        {"model": dataclasses.asdict(src_cfg)},
-        cfg,
-    )
-    if hf:
-        _, params = convert.load_hf(os.fspath(src), cfg.weight_dtype, shardings=shardings_of(like))
-    else:
-        _, params = checkpoint.load_params(src, shardings=shardings_of(like))
-    return jax.tree.map(lambda p, t: p.astype(t.dtype), params, like)
 
 
 @dataclasses.dataclass
@@ -189,119 +87,6 @@ class _Log:
                 int(m["spikes"]),
             )
         self.skipped, self.spikes = int(m["skipped"]), int(m["spikes"])
-
-
-@dataclasses.dataclass
-class _Setup:
-    """Everything `run` checked before it writes anything."""
-
-    cfg: ModelConfig
-    tc: TrainConfig
-    tok: Any
-    tokenizer_file: tuple[str, bytes]
-    mesh: Any
-    workdir: epath.Path
-    saved: list[int]  # the steps already checkpointed in the workdir
-    end_step: int
-
-
-def _prepare(config: Any, stop_after: int | None) -> _Setup:
-    """Every check that needs no write: the run config, tokenizer, mesh divisibility, and a
-    resume's consistency with the workdir. Raises a one-line ValueError."""
-
-    check_run_config(config, stop_after)
-    cfg, tc = model_config_from(config.model), TrainConfig.from_config(config.train)
-    tok = load_tokenizer(config.data.tokenizer or "embedded", vocab_size=cfg.vocab_size)
-    check_compatible(tok, cfg)
-    mesh = sharding.make_mesh(**dict(config.mesh))
-    shards, n_proc = mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count()
-    if (tc.batch_size // tc.grad_accum) % shards:
-        raise ValueError(
-            f"micro-batch {tc.batch_size // tc.grad_accum} is not divisible by the "
-            f"{shards} data×fsdp shards: change train.batch_size or mesh"
-        )
-    if tc.batch_size % n_proc:
-        raise ValueError(
-            f"train.batch_size={tc.batch_size} is not divisible by the {n_proc} "
-            "processes: each process loads an equal share of every batch"
-        )
-    if config.eval.every and config.eval.batches and config.eval.batch_size % shards:
-        raise ValueError(
-            f"eval.batch_size={config.eval.batch_size} is not divisible by the "
-            f"{shards} data×fsdp shards: change eval.batch_size or mesh"
-        )
-    workdir = checkpoint.as_path(config.log.workdir)
-    saved = (
-        checkpoint.manager(workdir, read_only=True).all_steps()
-        if (workdir / "checkpoints").is_dir()
-        else []
-    )
-    setup = _Setup(
-        cfg,
-        tc,
-        tok,
-        _tokenizer_file(tok),
-        mesh,
-        workdir,
-        list(saved),
-        tc.steps if stop_after is None else min(tc.steps, stop_after),
-    )
-    if saved:
-        check_resume(
-            workdir,
-            max(saved),
-            tc.steps,
-            stop_after,
-            setup.tokenizer_file,
-            config.data.tokenizer or "embedded",
-        )
-        if config.checkpoint.init_from:
-            log.info(
-                "resuming %s: checkpoint.init_from is not used (it only starts a new run)", workdir
-            )
-    elif tc.steps == 0:
-        log.warning(
-            "train.steps=0: saving the initial params as step 0 without training (set "
-            "--config.train.steps to train)"
-        )
-    return setup
-
-
-def _report_changes(config: Any, s: _Setup, meta: dict[str, Any], step: int) -> None:
-    """The lines naming what a resume changes (the run goes on with the new values)."""
-    steps_line, changes_line = resume_changes(meta, s.cfg, config.to_dict())
-    for level, line in ((logging.INFO, steps_line), (logging.WARNING, changes_line)):
-        if line:
-            log.log(level, "resuming %s at step %d %s", s.workdir, step, line)
-    if step >= s.end_step:
-        log.info(
-            "%s is already at step %d: nothing to train (raise --config.train.steps or "
-            "--stop-after to go on)",
-            s.workdir,
-            step,
-        )
-
-
-def _start_state(config: Any, s: _Setup, optimizer: Any, mgr: Any) -> tuple[Any, Any]:
-    """(TrainState, saved data-iterator state or None): restored, or fresh (from init_from)."""
-    cfg, tc, mesh = s.cfg, s.tc, s.mesh
-    if s.saved:  # restore straight into the target layout: no random init first
-        like = abstract_state(cfg, tc, optimizer, mesh)
-        restored = checkpoint.restore(mgr, like, model_cfg=cfg)
-        log.info("resumed from %s at step %d", s.workdir, restored.step)
-        _report_changes(config, s, restored.meta, restored.step)
-        return restored.state, restored.data_state
-    params = None
-    if config.checkpoint.init_from:  # checked and loaded before the random init
-        params = _initial_params(
-            config.checkpoint.init_from, cfg, abstract_state(cfg, tc, optimizer, mesh).params
-        )
-    state = init_state(cfg, tc, optimizer, jax.random.key(tc.seed), mesh)
-    if params is not None:
-        state = state.replace(params=params)
-        if state.ema is not None:
-            state = state.replace(ema=jax.tree.map(lambda p: p.astype(jnp.float32) + 0.0, params))
-    return state, None
 
 
 def _postfix(
@@ -340,24 +125,37 @@ class _Saver:
         self.mgr.wait_until_finished()
         self.stop.saving = False
 
+    def final(self, state: Any, train_iter: Any, idle: bool) -> tuple[int, int | None]:
+        """At the end of the run: save the step reached (unless it is saved, a second signal
+        hurries the stop, or the run stopped before its first step: `idle`), wait for every
+        save to commit, close. Returns (the step reached, the newest checkpoint's step)."""
+        done, self.stop.final = int(state.step), True
+        if not (self.stop.hurry or idle) and self.step != done and done not in self.mgr.all_steps():
+            log.info("saving the final checkpoint (step %d)", done)
+            self.save(state, train_iter, done, force=True)
+            hold_final_save_for_test()
+        self.finish()
+        newest = max(self.mgr.all_steps(), default=None)
+        self.mgr.close()
+        return done, newest
+
 
 def _train(
-    config: Any,
-    s: _Setup,
+    s: Setup,
     state: Any,
     step_fn: Any,
     train_iter: Any,
-    evaluate: Any,
+    evaluate: Callable[[Any], float] | None,
     batch_sh: Any,
     metrics: MetricsFile,
     saver: _Saver,
-    stop: StopRequest,
     last: dict[str, Any],
 ) -> Any:
     """The step loop from `state` to `s.end_step` (or a stop request); returns the state."""
     from tqdm import tqdm
 
-    tc, seq, main = s.tc, config.data.seq_len, jax.process_index() == 0
+    run, stop = s.run, saver.stop
+    tc, seq, main = s.tc, run.data.seq_len, jax.process_index() == 0
     meter = Meter(
         tc.batch_size * seq,
         s.cfg.flops_per_token(seq) * tc.batch_size * seq,
@@ -369,7 +167,7 @@ def _train(
         range(start_step, s.end_step),
         initial=start_step,
         total=tc.steps,
-        disable=not (config.log.progress and main),
+        disable=not (run.log.progress and main),
         dynamic_ncols=True,
     )
     for step in bar:
@@ -381,7 +179,7 @@ def _train(
             meter.start()
         else:
             meter.tick()
-        if done % config.log.every == 0 or done == s.end_step:
+        if done % run.log.every == 0 or done == s.end_step:
             m = {k: v.item() for k, v in jax.device_get(m).items()}
             speed = meter.read()
             saver.report.report(m, done)
@@ -398,12 +196,12 @@ def _train(
             }
             if saver.report.save_block_s is not None:
                 record["ckpt_block_s"], saver.report.save_block_s = saver.report.save_block_s, None
-            if evaluate and (done % config.eval.every == 0 or done == s.end_step):
+            if evaluate and (done % run.eval.every == 0 or done == s.end_step):
                 record["eval_loss"] = evaluate(state.params)
             metrics.write(record)
             last.update(record)
             bar.set_postfix(_postfix(m["loss"], last.get("eval_loss"), speed, record))
-        if config.checkpoint.every and done % config.checkpoint.every == 0:
+        if run.checkpoint.every and done % run.checkpoint.every == 0:
             saver.save(state, train_iter, done)
         saver.poll()
         if stop(done) and done < s.end_step:  # at the last step the run is complete anyway
@@ -411,6 +209,19 @@ def _train(
             break
     bar.close()
     return state
+
+
+def _open_workdir(s: Setup, start_step: int, last: dict[str, Any]) -> MetricsFile:
+    """Once every check passed: copy the tokenizer into the workdir (once) and open its
+    metrics.jsonl (a resume drops the records past `start_step`, keeps the last eval loss)."""
+    main = jax.process_index() == 0
+    if main and not (s.workdir / s.tokenizer_file[0]).exists():
+        atomic_write(s.workdir / s.tokenizer_file[0], s.tokenizer_file[1])
+    metrics = MetricsFile(s.workdir / "metrics.jsonl", main)
+    if s.saved and (previous := metrics.resume(start_step)) is not None:
+        last["eval_loss"] = previous
+    last["step"] = start_step
+    return metrics
 
 
 def run(config: Any, stop_after: int | None = None) -> dict[str, Any]:
@@ -421,82 +232,42 @@ def run(config: Any, stop_after: int | None = None) -> dict[str, Any]:
     steps), logs JSON lines to `workdir/metrics.jsonl`, saves asynchronously every
     `checkpoint.every` steps and always at the end. `stop_after` ends (and checkpoints) the
     run early at that step without changing the schedule of `train.steps`. Every check runs
-    before the workdir is written (see `_prepare`); signals: see the module doc.
+    before the workdir is written (`run_setup.prepare`); signals: see the module doc.
     """
-    s = _prepare(config, stop_after)
-    cfg, tc, workdir = s.cfg, s.tc, s.workdir
-    main = jax.process_index() == 0
+    s = prepare(config, stop_after)
+    cfg, tc = s.cfg, s.tc
     optimizer = make_optimizer(tc)
     meta = {
         "model": dataclasses.asdict(cfg),
-        "run": config.to_dict(),
+        "run": s.run.to_dict(),
         "tokenizer": s.tokenizer_file[0],
     }
     peak, peak_source = peak_flops_per_device()
     last: dict[str, Any] = {"stopped": None, "peak_flops": peak, "peak_source": peak_source}
     with StopRequest() as stop, jax.set_mesh(s.mesh):  # handlers cover restore .. last commit
-        checkpoint.check_writable(workdir)
-        mgr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
-        state, data_state = _start_state(config, s, optimizer, mgr)
+        checkpoint.check_writable(s.workdir)
+        mgr = checkpoint.manager(s.workdir, keep=s.run.checkpoint.keep)
+        state, data_state = start_state(s, optimizer, mgr)
         batch_sh = sharding.named_sharding(s.mesh, ("batch",))
         step_fn = jit_train_step(cfg, tc, optimizer, shardings_of(state), batch_sh)
-        train_iter = train_batches(config, s.tok, tc.batch_size // jax.process_count())
+        train_iter = train_batches(s.run, s.tok, tc.batch_size // jax.process_count())
         if data_state is not None:
             train_iter.set_state(data_state)
-        evals = [_put_global(b, batch_sh) for b in eval_set(config, s.tok)]
-        eval_key = jax.random.key(12345)
-
-        def evaluate(params: Any) -> float:
-            losses = [
-                eval_loss(
-                    params,
-                    cfg,
-                    b["tokens"],
-                    jax.random.fold_in(eval_key, i),
-                    prompt_lengths=b.get("prompt_lengths"),
-                )
-                for i, b in enumerate(evals)
-            ]
-            return float(jnp.mean(jnp.stack(losses)))
-
+        evaluate = held_out_loss(cfg, [put_global(b, batch_sh) for b in eval_set(s.run, s.tok)])
         # Every check passed: from here on the workdir is written.
-        if main and not (workdir / s.tokenizer_file[0]).exists():
-            atomic_write(workdir / s.tokenizer_file[0], s.tokenizer_file[1])
-        metrics = MetricsFile(workdir / "metrics.jsonl", main)
         start_step = int(state.step)
-        if s.saved and (previous := metrics.resume(start_step)) is not None:
-            last["eval_loss"] = previous
-        last["step"] = start_step
+        metrics = _open_workdir(s, start_step, last)
         saver = _Saver(mgr, meta, stop, _Log(tc.spike_factor))
         if stop.reason is not None:  # a signal during the restore / set-up: no step taken
             last["stopped"] = stop.reason
         else:
-            if start_step == 0 and evals:
+            if start_step == 0 and evaluate:
                 last["eval_loss"] = evaluate(state.params)
                 metrics.write({"step": 0, "eval_loss": last["eval_loss"]})
-            state = _train(
-                config,
-                s,
-                state,
-                step_fn,
-                train_iter,
-                evals and evaluate,
-                batch_sh,
-                metrics,
-                saver,
-                stop,
-                last,
-            )
-        done, stop.final = int(state.step), True
-        idle = last["stopped"] and done == start_step  # stopped before its first step
-        if not (stop.hurry or idle) and saver.step != done and done not in mgr.all_steps():
-            log.info("saving the final checkpoint (step %d)", done)
-            saver.save(state, train_iter, done, force=True)
-            hold_final_save_for_test()
-        saver.finish()
-        newest = max(mgr.all_steps(), default=None)
-        mgr.close()
-    _final_message(last, stop, done, newest, workdir)
+            state = _train(s, state, step_fn, train_iter, evaluate, batch_sh, metrics, saver, last)
+        idle = bool(last["stopped"]) and int(state.step) == start_step  # before its first step
+        done, newest = saver.final(state, train_iter, idle)
+    _final_message(last, stop, done, newest, s.workdir)
     if not last["stopped"] and done < tc.steps:
         last["stopped"] = "stop_after"
     last["step"] = done

@@ -20,10 +20,10 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from lladax.config import ModelConfig, TrainConfig
+from lladax.config import ModelConfig
 from lladax.model import sharding
 from lladax.train import trainer
-from lladax.train.run_config import model_config_from
+from lladax.train.run_config import MeshConfig, TrainConfig, model_config_from
 
 GiB = 1024**3
 
@@ -106,15 +106,24 @@ class Plan:
         return sum(self.memory.values())
 
 
-def _mesh_sizes(mesh: Any, devices: int, slices: int = 1) -> dict[str, int]:
+def _sections(config: Any) -> tuple[ModelConfig, TrainConfig, MeshConfig]:
+    """The typed sections of run ConfigDict `config` that a plan reads (it reads no data)."""
+    return (
+        model_config_from(config.model),
+        TrainConfig.from_config(config.train),
+        MeshConfig.from_config(config.mesh),
+    )
+
+
+def _mesh_sizes(mesh: MeshConfig, devices: int, slices: int = 1) -> dict[str, int]:
     """Total data/fsdp/tensor sizes of a config's mesh section (per-slice sizes × slices)."""
-    dcn = {"data": int(mesh.get("dcn_data", 1)), "fsdp": int(mesh.get("dcn_fsdp", 1)), "tensor": 1}
+    dcn = {"data": mesh.dcn_data, "fsdp": mesh.dcn_fsdp, "tensor": 1}
     if dcn["data"] * dcn["fsdp"] != slices:
         raise PlanError(
             f"mesh.dcn_data×mesh.dcn_fsdp = {dcn['data'] * dcn['fsdp']} but the "
             f"hardware has {slices} slice(s): set them to the slice count"
         )
-    sizes = {k: int(mesh[k]) for k in ("data", "fsdp", "tensor")}
+    sizes = {"data": mesh.data, "fsdp": mesh.fsdp, "tensor": mesh.tensor}
     per_slice = devices // slices
     fixed = math.prod(v for v in sizes.values() if v != -1)
     for k, v in sizes.items():
@@ -158,9 +167,9 @@ def activation_bytes(
 
 def estimate(config: Any, hw: Hardware, mfu: float = 0.45) -> Plan:
     """The plan of run config `config` (a `run_config` ConfigDict) on `hw` at `mfu`."""
-    cfg, tc = model_config_from(config.model), TrainConfig.from_config(config.train)
+    cfg, tc, mesh_config = _sections(config)
     seq = int(config.data.seq_len)
-    mesh = _mesh_sizes(config.mesh, hw.chips, hw.slices)
+    mesh = _mesh_sizes(mesh_config, hw.chips, hw.slices)
     batch_shards = mesh["data"] * mesh["fsdp"]
     if tc.batch_size % (tc.grad_accum * batch_shards):
         raise PlanError(
@@ -175,7 +184,7 @@ def estimate(config: Any, hw: Hardware, mfu: float = 0.45) -> Plan:
         "AdamW moments": 2 * n * pbytes / param_shards,
         "gradients (f32 accumulator + one micro-batch)": n * (4 + pbytes) / param_shards,
     }
-    if getattr(tc, "ema_decay", 0.0):
+    if tc.ema_decay:
         memory["EMA params"] = n * pbytes / param_shards
     micro = tc.batch_size / tc.grad_accum / batch_shards
     memory |= activation_bytes(cfg, micro, seq, mesh["tensor"])
@@ -230,10 +239,10 @@ def compile_train_step(config: Any, devices: Any) -> dict[str, float]:
 
     import jax
 
-    cfg, tc = model_config_from(config.model), TrainConfig.from_config(config.train)
+    cfg, tc, mesh_config = _sections(config)
     if cfg.attention_impl == "auto" and devices[0].platform == "tpu":
         cfg = dataclasses.replace(cfg, attention_impl="splash")  # "auto" would see the CPU
-    mesh = sharding.make_mesh(**dict(config.mesh), devices=devices)
+    mesh = sharding.make_mesh(**dataclasses.asdict(mesh_config), devices=devices)
     optimizer = trainer.make_optimizer(tc)
     key = jax.eval_shape(lambda: jax.random.key(0))  # abstract: no array on any device
     t0 = time.perf_counter()

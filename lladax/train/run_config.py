@@ -1,217 +1,220 @@
-"""The run configuration: one ml-collections ConfigDict per training run, its defaults and checks.
+"""The run configuration: its typed sections, the ConfigDict that config files edit, its check.
 
-Sections: `model` (every `ModelConfig` field), `train` (every `TrainConfig` field), `data`, `eval`,
-`log`, `checkpoint`, `mesh`. `run_config(preset)` builds the defaults that `configs/*.py` start
-from (its keys are the complete set of valid keys); `check_run_config` validates a whole config
-before any device work (type and range of every key, cross-section agreement) with one-line
-errors naming `section.key=value` and the fix; `model_config_from` builds the `ModelConfig`.
+A run config has seven sections, each a frozen dataclass that owns its defaults, types and
+ranges (`lladax.config_sections`): `model` (`ModelConfig`), `train` (`TrainConfig`, the train
+step's static knobs), `data` (`lladax.data.data_config.DataConfig`), `eval`, `log`,
+`checkpoint` and `mesh`. `RunConfig` holds one of each and checks what must agree across them.
+
+`run_config(preset)` generates, from those defaults, the ml-collections ConfigDict that
+`configs/*.py` start from and `--config.section.key=value` overrides edit (its keys are the
+complete set of valid keys; the ConfigDict keeps every value's type on assignment).
+`check_run_config` turns such a ConfigDict into a `RunConfig` before any device work, or raises a
+one-line ConfigError naming `section.key=value` (or the flag) and the fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
-from lladax.config import ConfigError, ModelConfig, TrainConfig, preset
-from lladax.data.sources import FORMATS
+from lladax.config import MASK_EPS_DEFAULT, ConfigError, ModelConfig, preset
+from lladax.config_sections import Section, section_values, setting
+from lladax.data.data_config import DataConfig
 
-DATA_FORMATS = FORMATS  # defined with the sources that read them (no second copy)
-RUN_SECTIONS: dict[str, dict[str, Any]] = {  # the defaults of every section but model and train
-    "data": dict(
-        # "embedded" (Python's own docs), a .txt/.jsonl file or directory, a `lladax data
-        # prepare` directory (or "arrayrecord:GLOB"), or "tfds:NAME[:SPLIT]" (docs/data.md)
-        source="embedded",
-        format="text",  # one of DATA_FORMATS
-        tokenizer="",  # "" = sentencepiece trained on the embedded text (vocab_size)
-        seq_len=128,
-        seed=0,
-        field="text",  # the text field of .jsonl lines / TFDS records
-        pack=False,  # True: one document per segment (segment_ids, positions), padded
-        min_answer_len=0,  # chat: EOS-pad every answer to >= this (the gen_length to sample)
-        random_offset=False,  # chat: start rows with random EOS runs (vary the answer region)
-        workers=0,  # grain worker processes (0 = in-process); keep it fixed on resume
-    ),
-    "eval": dict(every=100, batches=8, batch_size=16),
-    "log": dict(every=10, workdir="runs/default", progress=True),
-    "checkpoint": dict(
-        every=0,  # async save every N steps (0 = only at the end / on preemption)
-        keep=2,  # newest N kept; >= 2 lets a damaged latest fall back to the one before
-        init_from="",  # start a NEW run from these params (a run dir, Orbax params or HF dir)
-    ),
-    # Sizes within one slice (-1 = fill); dcn_* = slices along data/fsdp (multislice TPU).
-    "mesh": dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1),
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Section):
+    """The static knobs of the train step (hashable: a static argument of `jax.jit`)."""
+
+    section: ClassVar[str] = "train"
+
+    steps: int = setting(1000, ">= 0", " (0 saves the initial params without training)")
+    batch_size: int = setting(16, ">= 1")
+    grad_accum: int = setting(1, ">= 1")
+    lr: float = setting(4e-4, ">= 0")
+    warmup_steps: int = setting(100, ">= 0")
+    decay_fraction: float = setting(0.2, "[0, 1]")
+    final_lr_ratio: float = setting(0.1, ">= 0")
+    weight_decay: float = setting(0.1, ">= 0")
+    b1: float = setting(0.9, "[0, 1)")
+    b2: float = setting(0.95, "[0, 1)")
+    eps: float = setting(1e-8, "> 0")
+    clip_norm: float = setting(1.0, "> 0")
+    truncate_prob: float = setting(0.01, "[0, 1]")
+    mask_eps: float = setting(MASK_EPS_DEFAULT, "(0, 1)")
+    stratified_t: bool = False  # low-discrepancy noise levels across the batch (see diffusion.py)
+    seed: int = 0
+    # Robustness (train.py): a step with a non-finite loss or gradient is skipped (counted).
+    nan_lr_drop_after: int = 0  # after this many consecutive skips scale the LR (0 = never)
+    nan_lr_drop_factor: float = 0.25  # ... by this (the paper resumed its NaN crash at LR/4)
+    spike_factor: float = 4.0  # log a spike when loss > this × its running mean (0 = off)
+    ema_decay: float = 0.0  # EMA of params kept in the state and checkpoint (0 = off)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} is not divisible by "
+                f"train.grad_accum={self.grad_accum}"
+            )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(
+                f"train.ema_decay={self.ema_decay} must be in [0, 1) (0 = off; "
+                "0.999 averages over ~1000 steps)"
+            )
+        if self.nan_lr_drop_after < 0 or not 0.0 < self.nan_lr_drop_factor <= 1.0:
+            raise ConfigError(
+                f"train.nan_lr_drop_after={self.nan_lr_drop_after} must be >= 0 "
+                f"and train.nan_lr_drop_factor={self.nan_lr_drop_factor} in (0, 1]"
+            )
+        if self.spike_factor != 0 and self.spike_factor <= 1.0:
+            raise ConfigError(f"train.spike_factor={self.spike_factor} must be > 1 (or 0 = off)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(Section):
+    """The held-out loss: every `every` steps (0 = never), over `batches` fixed batches."""
+
+    section: ClassVar[str] = "eval"
+
+    every: int = setting(100, ">= 0")
+    batches: int = setting(8, ">= 0")
+    batch_size: int = setting(16, ">= 1")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.every and self.batches)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig(Section):
+    """Metrics lines every `every` steps into `workdir` (the run directory), and the bar."""
+
+    section: ClassVar[str] = "log"
+
+    every: int = setting(10, ">= 1")
+    workdir: str = setting("runs/default", "non-empty", " (or pass --workdir)")
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig(Section):
+    """When checkpoints are saved and how many are kept; where a new run starts from."""
+
+    section: ClassVar[str] = "checkpoint"
+
+    every: int = setting(0, ">= 0")  # async save every N steps (0 = only at the end / preemption)
+    keep: int = setting(2, ">= 1")  # newest N kept; >= 2 lets a damaged latest fall back
+    init_from: str = ""  # start a NEW run from these params (a run dir, Orbax params or HF dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig(Section):
+    """Device mesh sizes within one slice (-1 = fill); dcn_* = slices along data/fsdp
+    (multislice TPU). The keyword arguments of `lladax.model.sharding.make_mesh`."""
+
+    section: ClassVar[str] = "mesh"
+
+    data: int = setting(-1, "-1 or >= 1")
+    fsdp: int = setting(1, "-1 or >= 1")
+    tensor: int = setting(1, "-1 or >= 1")
+    dcn_data: int = setting(1, ">= 1")
+    dcn_fsdp: int = setting(1, ">= 1")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if [self.data, self.fsdp, self.tensor].count(-1) > 1:
+            raise ConfigError(
+                f"mesh.data={self.data}, mesh.fsdp={self.fsdp}, mesh.tensor={self.tensor}: at "
+                "most one of them may be -1 (fill): give the others explicit sizes"
+            )
+
+
+SECTIONS: dict[str, type[Section]] = {  # every section but model, in the order they are checked
+    "train": TrainConfig,
+    "data": DataConfig,
+    "eval": EvalConfig,
+    "log": LogConfig,
+    "checkpoint": CheckpointConfig,
+    "mesh": MeshConfig,
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A whole, checked run config: one typed object per section."""
+
+    model: ModelConfig
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+
+    def __post_init__(self) -> None:  # the keys that must agree (each alone was valid)
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ConfigError(
+                f"data.seq_len={self.data.seq_len!r} is longer than model.max_seq_len="
+                f"{self.model.max_seq_len} (the context the model is built for): set "
+                f"--config.data.seq_len <= {self.model.max_seq_len}, or raise "
+                "--config.model.max_seq_len"
+            )
+
+    @classmethod
+    def from_config_dict(cls, config: Any) -> RunConfig:
+        """The typed run config of a ConfigDict (`run_config`, edited by a config file and
+        overrides). A section or key it lacks keeps its default; an unknown one, a wrong type or
+        a value out of range is a one-line ConfigError."""
+        names = sorted(["model", *SECTIONS])
+        for name in sorted(set(config.keys()) - set(names)):
+            raise ConfigError(f"unknown config section {name!r}: the sections are {names}")
+        if "model" not in config:
+            raise ConfigError(
+                "the run config has no model section: start the config file from "
+                "lladax.train.run_config.run_config(preset)"
+            )
+        sections = {
+            name: kind.from_config(config.get(name) or {}) for name, kind in SECTIONS.items()
+        }
+        return cls(model=model_config_from(config["model"]), **sections)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """{section: {key: value}}, as the ConfigDict it came from (checkpoint metadata)."""
+        return dataclasses.asdict(self)
 
 
 def run_config(model_preset: str, **model_overrides: Any):
-    """The full ConfigDict of a training run: model fields, data, train, eval, mesh, checkpoint.
+    """The ConfigDict of a training run with every default: model preset `model_preset` (with
+    `model_overrides`) and each section's defaults (`SECTIONS`), generated from the dataclasses.
 
-    `configs/*.py` start from this and change what differs; every key that exists here is the
-    complete set of valid keys (unknown keys are errors). `check_run_config` validates one.
+    `configs/*.py` start from this and change what differs; its keys are the complete set of
+    valid keys (unknown keys are errors). `check_run_config` validates one.
     """
     import ml_collections
 
-    model_cfg = preset(model_preset, **model_overrides)
-    c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict(
-        {f.name: getattr(model_cfg, f.name) for f in dataclasses.fields(ModelConfig)}
-    )
-    c.train = ml_collections.ConfigDict(dataclasses.asdict(TrainConfig()))
-    for name, defaults in RUN_SECTIONS.items():
-        c[name] = ml_collections.ConfigDict(dict(defaults))
-    return c
+    model = dataclasses.asdict(preset(model_preset, **model_overrides))
+    defaults = {name: dataclasses.asdict(kind()) for name, kind in SECTIONS.items()}
+    return ml_collections.ConfigDict({"model": model, **defaults})
 
 
-# The type and range of every key (ModelConfig and TrainConfig check the rest themselves).
-_RULES: dict[str, dict[str, tuple[str, str]]] = {
-    "train": dict(
-        steps=("int", ">= 0"),
-        batch_size=("int", ">= 1"),
-        grad_accum=("int", ">= 1"),
-        lr=("number", ">= 0"),
-        warmup_steps=("int", ">= 0"),
-        decay_fraction=("number", "[0, 1]"),
-        final_lr_ratio=("number", ">= 0"),
-        weight_decay=("number", ">= 0"),
-        b1=("number", "[0, 1)"),
-        b2=("number", "[0, 1)"),
-        eps=("number", "> 0"),
-        clip_norm=("number", "> 0"),
-        truncate_prob=("number", "[0, 1]"),
-        mask_eps=("number", "(0, 1)"),
-        stratified_t=("bool", ""),
-        seed=("int", ""),
-        nan_lr_drop_after=("int", ""),
-        nan_lr_drop_factor=("number", ""),
-        spike_factor=("number", ""),
-        ema_decay=("number", ""),
-    ),
-    "data": dict(
-        source=("str", "non-empty"),
-        format=("str", "choice"),
-        tokenizer=("str", ""),
-        seq_len=("int", ">= 2"),
-        seed=("int", ""),
-        field=("str", "non-empty"),
-        pack=("bool", ""),
-        min_answer_len=("int", ">= 0"),
-        random_offset=("bool", ""),
-        workers=("int", ">= 0"),
-    ),
-    "eval": dict(every=("int", ">= 0"), batches=("int", ">= 0"), batch_size=("int", ">= 1")),
-    "log": dict(every=("int", ">= 1"), workdir=("str", "non-empty"), progress=("bool", "")),
-    "checkpoint": dict(every=("int", ">= 0"), keep=("int", ">= 1"), init_from=("str", "")),
-    "mesh": dict(
-        data=("int", "-1 or >= 1"),
-        fsdp=("int", "-1 or >= 1"),
-        tensor=("int", "-1 or >= 1"),
-        dcn_data=("int", ">= 1"),
-        dcn_fsdp=("int", ">= 1"),
-    ),
-}
-_HINTS = {
-    "train.steps": " (0 saves the initial params without training)",
-    "data.source": " (embedded, a .txt/.jsonl file or directory, prepared data, tfds:NAME)",
-    "log.workdir": " (or pass --workdir)",
-}
-_MISSING = object()
-_TYPES = {"int": (int,), "number": (int, float), "bool": (bool,), "str": (str,)}
-_KIND = {"int": "an int", "number": "a number", "bool": "true or false", "str": "a string"}
-
-
-def _holds(value: Any, rule: str) -> bool:
-    """Whether `value` meets `rule`: "", ">= a", "> a", "[a, b]" (any brackets), "-1 or ..."."""
-    if rule.startswith("-1 or "):
-        return value == -1 or _holds(value, rule[6:])
-    if rule[:1] and rule[0] in "[(":
-        lo, hi = (float(x) for x in rule[1:-1].split(","))
-        return (lo <= value if rule[0] == "[" else lo < value) and (
-            value <= hi if rule[-1] == "]" else value < hi
-        )
-    if rule.startswith(">"):
-        bound = float(rule.lstrip(">= "))
-        return value >= bound if rule.startswith(">=") else value > bound
-    return {"non-empty": lambda: value.strip() != "", "choice": lambda: value in DATA_FORMATS}.get(
-        rule, lambda: True
-    )()
-
-
-def _bad(key: str, value: Any, problem: str, fix: str | None = None) -> ConfigError:
-    return ConfigError(f"{key}={value!r} {problem}: " + (fix or f"pass a valid --config.{key}"))
-
-
-def check_run_config(config: Any, stop_after: int | None = None) -> None:
-    """Validate a whole run ConfigDict (`run_config`) before anything starts: every key's type
-    and range, and the keys that must agree (seq_len vs model.max_seq_len, ...), and the run's
-    `--stop-after` step. Pure: reads no files and touches no device. Raises a one-line
+def check_run_config(config: Any, stop_after: int | None = None) -> RunConfig:
+    """Validate a whole run ConfigDict (`run_config`) before anything starts and return it typed:
+    every key's type and range, the keys that must agree (seq_len vs model.max_seq_len, ...), and
+    the run's `--stop-after` step. Pure: reads no files and touches no device. Raises a one-line
     ConfigError naming `section.key=value` (or the flag) and the fix."""
     if stop_after is not None and stop_after <= 0:
         raise ConfigError(
             f"--stop-after {stop_after} must be a step >= 1: pass the step to "
             "checkpoint and stop at"
         )
-    sections = set(_RULES) | {"model"}
-    for name in sorted(set(config.keys()) - sections):
-        raise ConfigError(f"unknown config section {name!r}: the sections are {sorted(sections)}")
-    for section, rules in _RULES.items():
-        values = dict(config.get(section) or {})
-        for key in sorted(set(values) - set(rules)):
-            raise ConfigError(
-                f"unknown config key {section}.{key}: the keys of {section} are {sorted(rules)}"
-            )
-        for key, (kind, rule) in rules.items():
-            value = values.get(key, _MISSING)  # missing (an older config): the loop's default
-            if value is _MISSING:
-                continue
-            if not isinstance(value, _TYPES[kind]) or (kind != "bool" and isinstance(value, bool)):
-                raise _bad(f"{section}.{key}", value, f"must be {_KIND[kind]}")
-            if not _holds(value, rule):
-                what = {
-                    "choice": f"one of {DATA_FORMATS}",
-                    "non-empty": "a non-empty string",
-                    "-1 or >= 1": "-1 (fill) or an int >= 1",
-                }.get(rule, f"{_KIND[kind]} {'in ' if rule[0] in '[(' else ''}{rule}")
-                raise _bad(
-                    f"{section}.{key}",
-                    value,
-                    f"must be {what}",
-                    f"set --config.{section}.{key} to {what}" + _HINTS.get(f"{section}.{key}", ""),
-                )
-    cfg = model_config_from(config.model)  # ModelConfig's own checks (one line each)
-    TrainConfig.from_config(config.train)  # ... and TrainConfig's
-    _check_agreement(config, cfg)
-
-
-def _check_agreement(config: Any, cfg: ModelConfig) -> None:
-    """The keys that must agree with each other (each alone was valid)."""
-    d, m = config.data, dict(config.mesh)
-    if d.seq_len > cfg.max_seq_len:
-        raise _bad(
-            "data.seq_len",
-            d.seq_len,
-            f"is longer than model.max_seq_len="
-            f"{cfg.max_seq_len} (the context the model is built for)",
-            f"set --config.data.seq_len <= {cfg.max_seq_len}, or raise --config.model.max_seq_len",
-        )
-    if d.get("min_answer_len", 0) >= d.seq_len:
-        raise _bad(
-            "data.min_answer_len",
-            d.min_answer_len,
-            f"leaves no room for a prompt in data.seq_len={d.seq_len}",
-            f"set it below {d.seq_len}",
-        )
-    if [m.get(k, 1) for k in ("data", "fsdp", "tensor")].count(-1) > 1:
-        raise ConfigError(
-            f"mesh.data={m.get('data')}, mesh.fsdp={m.get('fsdp')}, mesh.tensor="
-            f"{m.get('tensor')}: at most one of them may be -1 (fill): give the "
-            "others explicit sizes"
-        )
+    return RunConfig.from_config_dict(config)
 
 
 def model_config_from(config_dict: Any) -> ModelConfig:
-    """ModelConfig from the `model` section of a run ConfigDict."""
+    """ModelConfig from the `model` section of a run ConfigDict (or a checkpoint's dict)."""
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    values = dict(config_dict)
+    values = section_values("model", config_dict)
     unknown = sorted(set(values) - fields)
     if unknown:
         raise ConfigError(f"unknown model config key(s) {unknown}; valid: {sorted(fields)}")

@@ -16,9 +16,9 @@ from typing import Any
 
 from etils import epath
 
-from lladax.config import ModelConfig
 from lladax.files import atomic_write
 from lladax.store.integrity import CheckpointError, changed_fields, model_changes
+from lladax.train.run_config import RunConfig
 
 log = logging.getLogger("lladax.train.trainer")
 
@@ -86,7 +86,7 @@ def run_changes(saved_run: dict[str, Any], now_run: dict[str, Any]) -> list[tupl
     train.steps and train.seed): the run goes on, but not as an uninterrupted one would."""
     out: list[tuple[str, Any, Any]] = []
     for section in _RUN_SECTIONS:
-        out += changed_fields(saved_run.get(section) or {}, now_run.get(section) or {}, section)
+        out += changed_fields(saved_run.get(section) or {}, now_run[section], section)
     return [c for c in out if c[0] not in _RUN_IGNORED]
 
 
@@ -124,21 +124,22 @@ def check_resume(
         )
 
 
-def resume_changes(
-    meta: dict[str, Any], now: ModelConfig, run: dict[str, Any]
-) -> tuple[str | None, str | None]:
+def resume_changes(meta: dict[str, Any], run: RunConfig) -> tuple[str | None, str | None]:
     """(a note on a changed train.steps, a warning naming every other changed setting) of a
-    resume from a checkpoint with `meta` as the model `now` with run config `run`; None when
-    nothing changed. Changes that alter the computed function were refused on restore."""
+    resume from a checkpoint with `meta` (saved by this or an older lladax) as run config `run`;
+    None when nothing changed. Changes that alter the computed function were refused on
+    restore."""
     saved_run = meta.get("run") or {}
-    was, steps = (saved_run.get("train") or {}).get("steps"), (run.get("train") or {}).get("steps")
+    was, steps = (saved_run.get("train") or {}).get("steps"), run.train.steps
     steps_line = (
         None
         if was is None or was == steps
         else f"with train.steps={steps} (was {was}): "
         "the learning-rate schedule follows the new length"
     )
-    changes = model_changes(meta.get("model") or {}, now)[1] + run_changes(saved_run, run)
+    changes = model_changes(meta.get("model") or {}, run.model)[1] + run_changes(
+        saved_run, run.to_dict()
+    )
     changes_line = (
         None
         if not changes

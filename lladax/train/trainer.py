@@ -13,16 +13,14 @@ Batches are dicts of [batch, ...] arrays:
   {"tokens", "prompt_lengths" [batch]}        SFT: prompt never masked, `losses.sft_loss`
 
 Robustness, all inside the jitted step (no host sync): a step whose loss or gradients are not
-finite leaves params and optimizer state untouched and is counted in `state.guard`; after
-`nan_lr_drop_after` consecutive skips the learning rate is scaled by `nan_lr_drop_factor`; a loss
-above `spike_factor` × its running mean is counted as a spike; with `ema_decay` > 0 an f32
-exponential moving average of the params is kept in `state.ema`. The loop logs the counters.
+finite leaves params and optimizer state untouched and is counted in `state.guard` (the skip,
+LR-drop and spike counters of `guard`); with `ema_decay` > 0 an f32 exponential moving average
+of the params is kept in `state.ema`. The loop logs the counters.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -31,10 +29,11 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from lladax.config import ModelConfig, TrainConfig
+from lladax.config import ModelConfig
 from lladax.diffusion import autoregressive, losses
 from lladax.model import sharding, transformer
-from lladax.train.throughput import measure_matmul_peak, peak_flops_per_device
+from lladax.train.guard import all_finite, new_guard, update_guard
+from lladax.train.run_config import TrainConfig
 
 __all__ = [
     "TrainConfig",
@@ -46,16 +45,10 @@ __all__ = [
     "loss_fn",
     "lr_schedule",
     "make_optimizer",
-    "measure_matmul_peak",
-    "peak_flops_per_device",
     "shardings_of",
     "state_shardings",
     "train_step",
 ]
-
-log = logging.getLogger("lladax.train.trainer")
-SPIKE_WARMUP = 20  # finite steps before spikes are judged (the running mean must exist first)
-SPIKE_HORIZON = 100  # the running mean of the loss averages over about this many steps
 
 
 @struct.dataclass
@@ -66,24 +59,6 @@ class TrainState:
     rng: jax.Array  # base key; each step folds in `step`
     guard: dict[str, jax.Array]  # [] counters of the non-finite/spike guard, see `new_guard`
     ema: Any = None  # f32 EMA of params (train.ema_decay > 0), else None
-
-
-def new_guard() -> dict[str, jax.Array]:
-    """The guard's counters at step 0 (all [] scalars)."""
-    i32, f32 = (
-        functools.partial(jnp.asarray, dtype=jnp.int32),
-        functools.partial(jnp.asarray, dtype=jnp.float32),
-    )
-    return {
-        "skipped": i32(0),  # steps whose update was skipped (non-finite), in total
-        "streak": i32(0),  # ... consecutively, up to now (reset by an LR drop)
-        "lr_scale": f32(1.0),  # product of the automatic LR drops
-        "spikes": i32(0),  # loss spikes seen
-        "last_spike_step": i32(-1),
-        "last_spike_loss": f32(0.0),
-        "loss_mean": f32(0.0),  # running mean of finite, non-spike losses
-        "loss_count": i32(0),
-    }  # how many losses went into it
 
 
 def lr_schedule(tc: TrainConfig) -> optax.Schedule:
@@ -236,41 +211,6 @@ def loss_fn(
     return losses.pretrain_loss(params, cfg, tokens, noisy, p_mask, attention_mask, **packed)
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return functools.reduce(jnp.logical_and, leaves, jnp.asarray(True))
-
-
-def _update_guard(
-    g: dict[str, jax.Array], loss: jax.Array, finite: jax.Array, step: jax.Array, tc: TrainConfig
-) -> dict[str, jax.Array]:
-    """The guard's counters after a step with `loss` ([] f32; `finite` [] bool)."""
-    g = dict(g)
-    g["skipped"] = g["skipped"] + (~finite).astype(jnp.int32)
-    g["streak"] = jnp.where(finite, 0, g["streak"] + 1)
-    if tc.nan_lr_drop_after:
-        drop = g["streak"] >= tc.nan_lr_drop_after
-        g["lr_scale"] = jnp.where(drop, g["lr_scale"] * tc.nan_lr_drop_factor, g["lr_scale"])
-        g["streak"] = jnp.where(drop, 0, g["streak"])
-    spike = jnp.asarray(False)
-    if tc.spike_factor:
-        spike = (
-            finite & (g["loss_count"] >= SPIKE_WARMUP) & (loss > tc.spike_factor * g["loss_mean"])
-        )
-        g["spikes"] = g["spikes"] + spike.astype(jnp.int32)
-        g["last_spike_step"] = jnp.where(spike, step, g["last_spike_step"])
-        g["last_spike_loss"] = jnp.where(spike, loss, g["last_spike_loss"])
-    # An exact mean over the first SPIKE_HORIZON losses, then an EMA; spikes do not enter it.
-    take = finite & ~spike
-    count = g["loss_count"] + take.astype(jnp.int32)
-    rate = jnp.maximum(1.0 / jnp.maximum(count, 1), 1.0 / SPIKE_HORIZON)
-    g["loss_mean"] = jnp.where(
-        take, g["loss_mean"] + rate * (loss - g["loss_mean"]), g["loss_mean"]
-    )
-    g["loss_count"] = count
-    return g
-
-
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -308,7 +248,7 @@ def train_step(
         accumulate, (jnp.zeros((), jnp.float32), zeros), (micro, jnp.arange(tc.grad_accum))
     )
     loss, grads = loss / tc.grad_accum, jax.tree.map(lambda g: g / tc.grad_accum, grads)
-    finite = jnp.isfinite(loss) & _all_finite(grads)
+    finite = jnp.isfinite(loss) & all_finite(grads)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     lr_scale = state.guard["lr_scale"]
 
@@ -327,7 +267,7 @@ def train_step(
     params, opt_state, ema = jax.lax.cond(
         finite, apply, lambda operand: operand, (state.params, state.opt_state, state.ema)
     )
-    guard = _update_guard(state.guard, loss, finite, state.step, tc)
+    guard = update_guard(state.guard, loss, finite, state.step, tc)
     applied = state.step - state.guard["skipped"]  # = the optimizer's own update count
     metrics = {
         "loss": loss,

@@ -235,7 +235,7 @@ def test_chat_keeps_history_like_the_reference(tiny_run, capsys, monkeypatch):
     from lladax.diffusion import sampling
 
     prompts, canvases = [], []
-    real_generate = sampling.generate
+    real_generate = sampling.generate_with  # what the CLI calls, with a SamplerConfig
 
     def recording_generate(params, cfg, prompt, *args, **kwargs):
         out = real_generate(params, cfg, prompt, *args, **kwargs)
@@ -243,7 +243,7 @@ def test_chat_keeps_history_like_the_reference(tiny_run, capsys, monkeypatch):
         canvases.append(np.asarray(out)[0].tolist())
         return out
 
-    monkeypatch.setattr(sampling, "generate", recording_generate)
+    monkeypatch.setattr(sampling, "generate_with", recording_generate)
     monkeypatch.setattr("sys.stdin", io.StringIO("hello\nand more\n/reset\nagain\n/quit\n"))
     assert main(["chat", "--checkpoint", tiny_run, "--gen-length", "8", "--steps", "8"]) == 0
     out = capsys.readouterr().out
@@ -354,21 +354,6 @@ def test_sample_refuses_bad_checkpoint_dirs(tmp_path, cli_error, make, words):
         target = target / "metrics.jsonl"
     line = cli_error(["sample", "--checkpoint", target, "--prompt", "x"], untouched=[tmp_path])
     assert words in line
-
-
-def test_steps_default_is_gen_length_and_zero_is_not_a_default():
-    """`--steps 0` used to become gen_length through `args.steps or ...`."""
-    import argparse
-
-    from lladax.cli.common import add_sampling_args, check_sampling_args, sampling_kwargs
-
-    p = argparse.ArgumentParser()
-    add_sampling_args(p)
-    args = p.parse_args(["--gen-length", "16", "--block-length", "4"])
-    check_sampling_args(args)
-    assert (sampling_kwargs(args)["steps"], sampling_kwargs(args)["block_length"]) == (16, 4)
-    with pytest.raises(ValueError, match="--steps 0 must be >= 1"):
-        check_sampling_args(p.parse_args(["--steps", "0"]))
 
 
 CONFIG_FILES = [

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from lladax.cli import main
-from lladax.config import TrainConfig, preset
+from lladax.config import preset
 from lladax.diffusion import autoregressive, sampling
 from lladax.model import transformer
 from lladax.store import convert
 from lladax.train import trainer
+from lladax.train.run_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 AR = preset("tiny", kind="autoregressive", remat_policy="none")

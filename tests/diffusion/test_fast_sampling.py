@@ -292,13 +292,15 @@ def test_cli_fast_flags(capsys):
     import argparse
 
     from lladax.cli import main
-    from lladax.cli.common import add_fast_args, fast_kwargs
+    from lladax.cli.common import add_fast_args, add_sampling_args, sampler_config_from_args
 
     parser = argparse.ArgumentParser()
+    add_sampling_args(parser)
     add_fast_args(parser)
 
-    def parsed(*argv):
-        return fast_kwargs(parser.parse_args(list(argv)))
+    def parsed(*argv):  # the fast-decoding options, None for the exact sampler
+        s = sampler_config_from_args(parser.parse_args(list(argv)))
+        return dict(cache=s.cache, threshold=s.threshold, factor=s.factor) if s.fast else None
 
     assert parsed() is None
     assert parsed("--fast") == dict(cache="dual", threshold=0.9, factor=None)

@@ -7,6 +7,7 @@ every test reuses shapes/options that another test already compiled where it can
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from lladax.diffusion import denoise, sampling
+from lladax.diffusion.sampler_config import SamplerConfig
 from lladax.model import transformer
 from lladax.model.sharding import make_mesh, named_sharding, tree_shardings
 
@@ -51,12 +53,20 @@ def _args(case: dict, data: dict) -> tuple[np.ndarray, np.ndarray | None, dict]:
     return prompt, mask, {k: kw[k] for k in GEN_KEYS if k in kw}
 
 
-def _run_case(tiny_llada, golden, name: str, **extra):
+def _run_case(tiny_llada, golden, name: str, *, window: bool = True, **extra):
+    """The golden case through `generate`; window=False through `generate_with(window=False)`,
+    which runs every forward on the whole canvas."""
     cfg, params = tiny_llada
     case = next(c for c in MANIFEST["cases"] if c["name"] == name)
     data = golden(name)
     prompt, mask, kw = _args(case, data)
-    return data, prompt, sampling.generate(params, cfg, prompt, mask, **{**kw, **extra})
+    if window:
+        return data, prompt, sampling.generate(params, cfg, prompt, mask, **{**kw, **extra})
+    rng = extra.pop("rng", None)
+    out = sampling.generate_with(
+        params, cfg, prompt, mask, SamplerConfig(**kw), rng, window=False, **extra
+    )
+    return data, prompt, out
 
 
 def _check_early_exit(cfg, out, stats, full: np.ndarray, P: int) -> None:
@@ -75,7 +85,7 @@ def _check_early_exit(cfg, out, stats, full: np.ndarray, P: int) -> None:
 # Checks that reuse one compiled program live in one test, so pytest-xdist never compiles the
 # same program on two workers (compilation dominates this file's run time).
 @pytest.mark.parametrize("name", [c["name"] for c in _cases("generate")])
-def test_generate_matches_reference(tiny_llada, golden, monkeypatch, name):
+def test_generate_matches_reference(tiny_llada, golden, name):
     cfg, params = tiny_llada
     data, prompt, (out, hist, stats) = _run_case(
         tiny_llada, golden, name, return_history=True, return_stats=True
@@ -93,12 +103,12 @@ def test_generate_matches_reference(tiny_llada, golden, monkeypatch, name):
         assert n_fwd == 8 and int(stats["steps_saved"]) == 4
 
     # early exit (a traced flag: same compiled program) gives the same answers
-    traces = sum(sampling.TRACE_COUNT.values())
+    compiled = sampling._run._cache_size()
     _, _, (early, _, stats) = _run_case(
         tiny_llada, golden, name, early_exit=True, return_history=True, return_stats=True
     )
     _check_early_exit(cfg, early, stats, data["output"], prompt.shape[1])
-    assert sum(sampling.TRACE_COUNT.values()) == traces
+    assert sampling._run._cache_size() == compiled
 
     if name == "gen_semi_ar":
         # row 1's answer ends in the first block: a batch of it stops running forwards early
@@ -119,14 +129,15 @@ def test_generate_matches_reference(tiny_llada, golden, monkeypatch, name):
 
     if name in ("gen_semi_ar", "gen_cfg_padded", "gen_prompt_with_mask"):
         # the block-window path gives the same tokens as forcing full-canvas logits every step
-        monkeypatch.setattr(sampling, "_USE_WINDOW", False)
-        _, _, (full, full_hist) = _run_case(tiny_llada, golden, name, return_history=True)
+        _, _, (full, full_hist) = _run_case(
+            tiny_llada, golden, name, window=False, return_history=True
+        )
         np.testing.assert_array_equal(np.asarray(full), np.asarray(out))
         np.testing.assert_array_equal(np.asarray(full_hist), np.asarray(hist))
 
 
 @pytest.mark.parametrize("name", [c["name"] for c in _cases("generate_stats")])
-def test_generate_distribution(tiny_llada, golden, monkeypatch, name):
+def test_generate_distribution(tiny_llada, golden, name):
     cfg, _ = tiny_llada
     case = next(c for c in MANIFEST["cases"] if c["name"] == name)
     runs = case["kwargs"]["runs"]
@@ -144,8 +155,7 @@ def test_generate_distribution(tiny_llada, golden, monkeypatch, name):
     assert tv.max() <= case["tolerance"]["tv_max"], tv
     if name == "stats_random_T07":
         # noise is keyed per (step, position): window and full paths draw the same samples
-        monkeypatch.setattr(sampling, "_USE_WINDOW", False)
-        _, _, full = _run_case(tiny_llada, golden, name, rng=jax.random.key(0))
+        _, _, full = _run_case(tiny_llada, golden, name, window=False, rng=jax.random.key(0))
         np.testing.assert_array_equal(np.asarray(full), out)
 
 
@@ -164,24 +174,18 @@ def test_sharded_equals_single_device(tiny_llada, golden):
     np.testing.assert_array_equal(np.asarray(out), np.concatenate([data["output"]] * 2))
 
 
-def test_one_compilation_per_shape(tiny_llada, monkeypatch):
+def test_one_compilation_per_shape(tiny_llada):
     cfg, params = tiny_llada
-    monkeypatch.setattr(sampling, "_USE_WINDOW", False)  # the cheaper program to compile
     prompt = np.arange(3, 8, dtype=np.int32)[None]  # a shape no other test uses
-    kw = dict(steps=4, gen_length=4, block_length=2)
-    traces, cached = sum(sampling.TRACE_COUNT.values()), sampling._run._cache_size()
-    a = sampling.generate(params, cfg, prompt, **kw)
+    sampler = SamplerConfig(steps=4, gen_length=4, block_length=2)
+    cached = sampling._run._cache_size()
+    # window=False: the cheaper program to compile
+    a = sampling.generate_with(params, cfg, prompt, None, sampler, window=False)
     # same shapes, other token values and other values of the traced options: no new program
-    b = sampling.generate(
-        params,
-        cfg,
-        prompt + 1,
-        logits_eos_inf=True,
-        confidence_eos_eot_inf=True,
-        early_exit=True,
-        **kw,
-    )
-    assert sum(sampling.TRACE_COUNT.values()) - traces == 1
+    flags = dict(logits_eos_inf=True, confidence_eos_eot_inf=True, early_exit=True)
+    other = dataclasses.replace(sampler, **flags)
+    assert other.static() == sampler.static()
+    b = sampling.generate_with(params, cfg, prompt + 1, None, other, window=False)
     assert sampling._run._cache_size() - cached == 1
     assert a.shape == b.shape == (1, 9)
 

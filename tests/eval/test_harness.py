@@ -323,20 +323,6 @@ def test_ranking_real_beats_shuffled(run_dir):
     assert np.mean(real > shuf) >= 0.9, (np.mean(real > shuf), real - shuf)
 
 
-def test_eval_configs_carry_the_reference_settings():
-    from lladax.cli.eval_cmd import _eval_config
-
-    mmlu = _eval_config(str(ROOT / "configs/eval/base.py") + ":mmlu")
-    assert (mmlu["tasks"], mmlu["num_fewshot"]) == ("mmlu", 5)
-    assert mmlu["model_args"] == {"mc_num": 1, "batch_size": 1, "cfg_scale": 0.0}
-    arc = _eval_config(str(ROOT / "configs/eval/base.py") + ":arc_challenge")
-    assert arc["model_args"]["cfg_scale"] == 0.5 and arc["model_args"]["mc_num"] == 128
-    gsm = _eval_config(str(ROOT / "configs/eval/instruct.py") + ":gsm8k")
-    assert gsm["model_args"]["gen_length"] == 512 and gsm["model_args"]["confidence_eos_eot_inf"]
-    with pytest.raises(ValueError, match="unknown base eval task 'nope'"):
-        _eval_config(str(ROOT / "configs/eval/base.py") + ":nope")
-
-
 # --- issue 21: every eval flag and model arg is refused before the model loads -----------------
 @pytest.fixture
 def eval_places(tmp_path):

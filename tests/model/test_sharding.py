@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from lladax.config import TrainConfig, preset
+from lladax.config import preset
 from lladax.model import sharding, transformer
 from lladax.train import trainer
+from lladax.train.run_config import TrainConfig
 
 
 def test_multislice_grid_keeps_slices_contiguous():

@@ -232,24 +232,6 @@ def test_lr_drops_after_consecutive_skips(tokens):
     assert float(m["lr"]) == pytest.approx(0.25 * 1e-3)
 
 
-def test_spikes_counted_and_kept_out_of_the_mean():
-    tc = trainer.TrainConfig(spike_factor=3.0)
-    g = trainer.new_guard()
-    true = jnp.asarray(True)
-    for i in range(trainer.SPIKE_WARMUP):
-        g = trainer._update_guard(g, jnp.float32(2.0 + 0.01 * (i % 3)), true, jnp.int32(i), tc)
-    mean = float(g["loss_mean"])
-    assert mean == pytest.approx(2.01, abs=0.01) and int(g["spikes"]) == 0
-    g = trainer._update_guard(g, jnp.float32(5.0), true, jnp.int32(20), tc)  # 5 < 3 x 2.01
-    assert int(g["spikes"]) == 0
-    g = trainer._update_guard(g, jnp.float32(9.0), true, jnp.int32(21), tc)
-    assert int(g["spikes"]) == 1 and int(g["last_spike_step"]) == 21
-    assert float(g["last_spike_loss"]) == 9.0
-    before = float(g["loss_mean"])
-    g = trainer._update_guard(g, jnp.float32(100.0), true, jnp.int32(22), tc)
-    assert int(g["spikes"]) == 2 and float(g["loss_mean"]) == before
-
-
 def test_ema_follows_params(tokens):
     tc = GUARDED
     state = _initial(tc)

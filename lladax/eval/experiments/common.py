@@ -23,9 +23,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from lladax.config import ModelConfig, TrainConfig
+from lladax.config import ModelConfig
 from lladax.files import atomic_write
 from lladax.train import trainer
+from lladax.train.run_config import TrainConfig
 
 # Two-sided 95 % Student-t quantiles by degrees of freedom (seeds - 1); 1.96 beyond the table.
 _T975 = {

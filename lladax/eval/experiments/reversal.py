@@ -33,8 +33,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from lladax.config import ModelConfig, TrainConfig, preset
+from lladax.config import ModelConfig, preset
 from lladax.diffusion import autoregressive, sampling
+from lladax.diffusion.sampler_config import SamplerConfig
 from lladax.eval.experiments.common import (
     add_common_options,
     check_at_least,
@@ -43,6 +44,7 @@ from lladax.eval.experiments.common import (
     run_seeds,
     train_rows,
 )
+from lladax.train.run_config import TrainConfig
 
 BOS, EOS, MASK = 1, 2, 4  # the `tiny` preset's special ids
 ARROW, FOLLOWS, PRECEDES, COLON = 5, 6, 7, 8
@@ -83,15 +85,16 @@ def queries(pairs: np.ndarray, direction: str) -> tuple[np.ndarray, np.ndarray]:
     return prompts.astype(np.int32), answer
 
 
-def exact_match(
-    params: Any, cfg: ModelConfig, prompts: np.ndarray, answers: np.ndarray, **sampler: Any
-) -> float:
+# Greedy 3-token replies: one token per step, one block.
+REPLY = SamplerConfig(gen_length=3)
+
+
+def exact_match(params: Any, cfg: ModelConfig, prompts: np.ndarray, answers: np.ndarray) -> float:
     """Fraction of prompts whose greedy 3-token reply starts with the 2 answer tokens."""
     if cfg.causal:
-        canvas = autoregressive.generate(params, cfg, prompts, gen_length=3)
+        canvas = autoregressive.generate(params, cfg, prompts, gen_length=REPLY.gen_length)
     else:
-        opts = dict(steps=3, gen_length=3, block_length=3) | sampler
-        canvas = sampling.generate(params, cfg, prompts, **opts)
+        canvas = sampling.generate_with(params, cfg, prompts, None, REPLY)
     reply = np.asarray(jax.device_get(canvas))[:, prompts.shape[1] : prompts.shape[1] + 2]
     return float(np.mean(np.all(reply == answers, axis=1)))
 

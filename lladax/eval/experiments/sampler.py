@@ -20,13 +20,15 @@ trained here (and the autoregressive baseline as a reference, one token per forw
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 import jax
 import numpy as np
 
-from lladax.config import ModelConfig, TrainConfig, preset
+from lladax.config import ModelConfig, preset
 from lladax.diffusion import autoregressive, sampling
+from lladax.diffusion.sampler_config import SamplerConfig
 from lladax.eval.experiments.common import (
     add_common_options,
     check_at_least,
@@ -35,6 +37,7 @@ from lladax.eval.experiments.common import (
     run_seeds,
     train_rows,
 )
+from lladax.train.run_config import TrainConfig
 
 BOS, EOS = 1, 2
 FIRST_ENTITY = 16
@@ -80,13 +83,19 @@ def model_config(kind: str, modulus: int, length: int) -> ModelConfig:
 
 
 def validity(
-    params: Any, cfg: ModelConfig, prompts: np.ndarray, args: argparse.Namespace, **sampler: Any
+    params: Any,
+    cfg: ModelConfig,
+    prompts: np.ndarray,
+    args: argparse.Namespace,
+    sampler: SamplerConfig | None = None,
+    rng: jax.Array | None = None,
 ) -> float:
-    gen = args.length  # L - 1 progression tokens + <eos>
+    """Fraction of valid replies of args.length tokens (L - 1 progression tokens + <eos>): the
+    diffusion model with `sampler` (its gen_length is args.length), or left to right."""
     if cfg.causal:
-        canvas = autoregressive.generate(params, cfg, prompts, gen_length=gen)
+        canvas = autoregressive.generate(params, cfg, prompts, gen_length=args.length)
     else:
-        canvas = sampling.generate(params, cfg, prompts, gen_length=gen, **sampler)
+        canvas = sampling.generate_with(params, cfg, prompts, None, sampler, rng)
     replies = np.asarray(jax.device_get(canvas))[:, prompts.shape[1] :]
     return float(np.mean(valid(replies, prompts[:, 1], args.modulus, args.max_step)))
 
@@ -114,7 +123,8 @@ def run_seed(seed: int, args: argparse.Namespace, log=print) -> dict[str, Any]:
         trained[kind] = (cfg, train_rows(cfg, tc, sample, seed=seed, log=log)[0])
     cfg, params = trained["diffusion"]
     out: dict[str, Any] = {"seed": seed, "steps": {}, "blocks": []}
-    for remasking in ("low_confidence", "random"):
+    one_block = SamplerConfig(gen_length=args.length)  # greedy; steps, block_length: the sweeps
+    for remasking in SamplerConfig.REMASKING:
         out["steps"][remasking] = [
             {
                 "steps": s,
@@ -123,10 +133,8 @@ def run_seed(seed: int, args: argparse.Namespace, log=print) -> dict[str, Any]:
                     cfg,
                     prompts,
                     args,
-                    steps=s,
-                    block_length=args.length,
-                    remasking=remasking,
-                    rng=jax.random.key(seed),
+                    dataclasses.replace(one_block, steps=s, remasking=remasking),
+                    jax.random.key(seed),
                 ),
             }
             for s in step_counts(args.length)
@@ -140,7 +148,7 @@ def run_seed(seed: int, args: argparse.Namespace, log=print) -> dict[str, Any]:
             {
                 "block_length": block,
                 "valid": validity(
-                    params, cfg, prompts, args, steps=args.length, block_length=block
+                    params, cfg, prompts, args, dataclasses.replace(one_block, block_length=block)
                 ),
             }
         )

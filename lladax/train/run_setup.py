@@ -1,0 +1,170 @@
+"""A training run before its first step: every check that writes nothing, then the start state.
+
+`prepare` checks the run config, loads the tokenizer, builds the mesh and checks that batches
+divide over it, and that a resume of the workdir can go on as asked (`run_dir.check_resume`);
+it writes nothing. `start_state` then restores the newest checkpoint straight into its sharded
+layout (naming what the resume changes), or initialises fresh params, from
+`checkpoint.init_from` when given. Used by `lladax.train.loop`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from etils import epath
+
+from lladax.config import ModelConfig
+from lladax.data.tokenizer import SentencePieceTokenizer, check_compatible, load_tokenizer
+from lladax.model import sharding, transformer
+from lladax.store import checkpoint, convert
+from lladax.train.run_config import RunConfig, TrainConfig, check_run_config
+from lladax.train.run_dir import check_resume, resume_changes
+from lladax.train.trainer import abstract_state, init_state, shardings_of
+
+log = logging.getLogger("lladax.train.trainer")
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything a run checked before it writes anything."""
+
+    run: RunConfig
+    tok: Any
+    tokenizer_file: tuple[str, bytes]  # (name in the run directory, bytes)
+    mesh: Any
+    workdir: epath.Path
+    saved: list[int]  # the steps already checkpointed in the workdir
+    end_step: int  # train.steps, or --stop-after when that is earlier
+
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.run.model
+
+    @property
+    def tc(self) -> TrainConfig:
+        return self.run.train
+
+
+def _tokenizer_file(tok: Any) -> tuple[str, bytes]:
+    """(name in the run directory, bytes) of the tokenizer file the run copies in."""
+    name = "tokenizer.model" if isinstance(tok, SentencePieceTokenizer) else "tokenizer.json"
+    return name, epath.Path(tok.name).read_bytes()
+
+
+def _check_batches_divide(run: RunConfig, mesh: Any) -> None:
+    """Each batch splits evenly over the data×fsdp shards and the processes."""
+    tc, shards, n_proc = run.train, mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count()
+    if (tc.batch_size // tc.grad_accum) % shards:
+        raise ValueError(
+            f"micro-batch {tc.batch_size // tc.grad_accum} is not divisible by the "
+            f"{shards} data×fsdp shards: change train.batch_size or mesh"
+        )
+    if tc.batch_size % n_proc:
+        raise ValueError(
+            f"train.batch_size={tc.batch_size} is not divisible by the {n_proc} "
+            "processes: each process loads an equal share of every batch"
+        )
+    if run.eval.enabled and run.eval.batch_size % shards:
+        raise ValueError(
+            f"eval.batch_size={run.eval.batch_size} is not divisible by the "
+            f"{shards} data×fsdp shards: change eval.batch_size or mesh"
+        )
+
+
+def prepare(config: Any, stop_after: int | None) -> Setup:
+    """Every check that needs no write: the run config (a ConfigDict), tokenizer, mesh
+    divisibility, and a resume's consistency with the workdir. Raises a one-line ValueError."""
+    run = check_run_config(config, stop_after)
+    tc = run.train
+    tok = load_tokenizer(run.data.tokenizer_spec, vocab_size=run.model.vocab_size)
+    check_compatible(tok, run.model)
+    mesh = sharding.make_mesh(**dataclasses.asdict(run.mesh))
+    _check_batches_divide(run, mesh)
+    workdir = checkpoint.as_path(run.log.workdir)
+    saved = (
+        checkpoint.manager(workdir, read_only=True).all_steps()
+        if (workdir / "checkpoints").is_dir()
+        else []
+    )
+    end_step = tc.steps if stop_after is None else min(tc.steps, stop_after)
+    setup = Setup(run, tok, _tokenizer_file(tok), mesh, workdir, list(saved), end_step)
+    if saved:
+        check_resume(
+            workdir, max(saved), tc.steps, stop_after, setup.tokenizer_file, run.data.tokenizer_spec
+        )
+        if run.checkpoint.init_from:
+            log.info(
+                "resuming %s: checkpoint.init_from is not used (it only starts a new run)", workdir
+            )
+    elif tc.steps == 0:
+        log.warning(
+            "train.steps=0: saving the initial params as step 0 without training (set "
+            "--config.train.steps to train)"
+        )
+    return setup
+
+
+def _initial_params(path: str, cfg: ModelConfig, like: Any) -> Any:
+    """Params of `checkpoint.init_from` placed like `like`; a source of another shape is a
+    one-line CheckpointMismatchError before anything is read."""
+    src = checkpoint.as_path(path)
+    hf = (src / "config.json").exists()
+    if hf:
+        src_cfg = convert.load_config(os.fspath(src))
+    else:
+        src_cfg = ModelConfig(**checkpoint.read_meta(src)[1]["model"])
+    checkpoint.compare_structure(
+        "params",
+        transformer.abstract_params(src_cfg),
+        like,
+        os.fspath(src),
+        {"model": dataclasses.asdict(src_cfg)},
+        cfg,
+    )
+    if hf:
+        _, params = convert.load_hf(os.fspath(src), cfg.weight_dtype, shardings=shardings_of(like))
+    else:
+        _, params = checkpoint.load_params(src, shardings=shardings_of(like))
+    return jax.tree.map(lambda p, t: p.astype(t.dtype), params, like)
+
+
+def _report_changes(s: Setup, meta: dict[str, Any], step: int) -> None:
+    """The lines naming what a resume changes (the run goes on with the new values)."""
+    steps_line, changes_line = resume_changes(meta, s.run)
+    for level, line in ((logging.INFO, steps_line), (logging.WARNING, changes_line)):
+        if line:
+            log.log(level, "resuming %s at step %d %s", s.workdir, step, line)
+    if step >= s.end_step:
+        log.info(
+            "%s is already at step %d: nothing to train (raise --config.train.steps or "
+            "--stop-after to go on)",
+            s.workdir,
+            step,
+        )
+
+
+def start_state(s: Setup, optimizer: Any, mgr: Any) -> tuple[Any, Any]:
+    """(TrainState, saved data-iterator state or None): restored, or fresh (from init_from)."""
+    cfg, tc, mesh = s.cfg, s.tc, s.mesh
+    if s.saved:  # restore straight into the target layout: no random init first
+        like = abstract_state(cfg, tc, optimizer, mesh)
+        restored = checkpoint.restore(mgr, like, model_cfg=cfg)
+        log.info("resumed from %s at step %d", s.workdir, restored.step)
+        _report_changes(s, restored.meta, restored.step)
+        return restored.state, restored.data_state
+    params = None
+    if s.run.checkpoint.init_from:  # checked and loaded before the random init
+        params = _initial_params(
+            s.run.checkpoint.init_from, cfg, abstract_state(cfg, tc, optimizer, mesh).params
+        )
+    state = init_state(cfg, tc, optimizer, jax.random.key(tc.seed), mesh)
+    if params is not None:
+        state = state.replace(params=params)
+        if state.ema is not None:
+            state = state.replace(ema=jax.tree.map(lambda p: p.astype(jnp.float32) + 0.0, params))
+    return state, None
