@@ -28,8 +28,8 @@ import harness
 import jax
 
 from lladax.config import preset
-from lladax.store import checkpoint
-from lladax.train import trainer
+from lladax.store import checkpoint, integrity, layout
+from lladax.train.run_config import TrainConfig
 
 
 def _size(path: Path) -> int:
@@ -47,7 +47,7 @@ def time_saves(mgr, step, state, batch, meta, saves: int) -> tuple[Any, dict[str
         jax.block_until_ready(m)
         t0 = time.perf_counter()
         for tree in checkpoint.state_items(state).values():
-            checkpoint.checksums(tree)
+            integrity.checksums(tree)
         times["checksums"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         checkpoint.save(mgr, state, meta)
@@ -89,9 +89,7 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = preset(args.preset, remat_policy="none")
-    tc = trainer.TrainConfig(
-        steps=10_000, batch_size=args.batch, truncate_prob=0.0, ema_decay=args.ema
-    )
+    tc = TrainConfig(steps=10_000, batch_size=args.batch, truncate_prob=0.0, ema_decay=args.ema)
     state, step = harness.jitted_train_step(cfg, tc)
     batch = {
         "tokens": jax.random.randint(jax.random.key(1), (args.batch, args.seq), 0, cfg.vocab_size)
@@ -105,7 +103,7 @@ def main() -> None:
     )
     n = args.every * (args.saves + 1)  # the last save has `every` steps to finish in
     with tempfile.TemporaryDirectory() as tmp:
-        mgr = checkpoint.manager(tmp, keep=2)
+        mgr = layout.manager(tmp, keep=2)
         state, saves = time_saves(mgr, step, state, batch, meta, args.saves)
         on_disk = _size(Path(tmp) / "checkpoints" / str(int(state.step)))
         plain, saving = time_loops(mgr, step, state, batch, meta, n, args.every)

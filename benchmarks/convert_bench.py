@@ -25,7 +25,7 @@ import harness
 import numpy as np
 
 from lladax import config as C
-from lladax.store import convert
+from lladax.store import hf_format, safetensors_io
 from lladax.store.safetensors_io import ShardWriter, parse_size, plan_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def make_checkpoint(path: Path, cfg: C.ModelConfig, shard_bytes: int, seed: int 
     import ml_dtypes
 
     rng = np.random.default_rng(seed)
-    shapes = convert.hf_shapes(cfg)
+    shapes = hf_format.hf_shapes(cfg)
     nbytes = [(n, int(np.prod(s)) * 2) for n, s in shapes.items()]
     shards = plan_shards(nbytes, shard_bytes)
     files = [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
@@ -97,8 +97,8 @@ def child(*args: str) -> dict:
 def digest(path: Path) -> dict[str, str]:
     """name -> sha256 of the tensor bytes (streamed, one tensor at a time)."""
     return {
-        n: hashlib.sha256(convert.read_tensor(i).tobytes()).hexdigest() + str(i.dtype)
-        for n, i in convert.scan_dir(path).items()
+        n: hashlib.sha256(safetensors_io.read_tensor(i).tobytes()).hexdigest() + str(i.dtype)
+        for n, i in safetensors_io.scan_dir(path).items()
     }
 
 

@@ -24,7 +24,7 @@ from lladax.data import prepared
 from lladax.data.tokenizer import load_tokenizer
 from lladax.diffusion import likelihood
 from lladax.eval.experiments.scaling import continuation_pairs
-from lladax.store import checkpoint
+from lladax.store import integrity, params_checkpoint
 from lladax.store.loading import load_model
 
 
@@ -50,8 +50,8 @@ def main() -> None:
     tok = load_tokenizer(args.checkpoint)
     for step in args.steps:
         try:
-            cfg, params = checkpoint.load_params(args.checkpoint, step)
-        except checkpoint.CheckpointError as e:
+            cfg, params = params_checkpoint.load_params(args.checkpoint, step)
+        except integrity.CheckpointError as e:
             p.error(str(e))
         score(args, cfg, params, tok, step=step)
 

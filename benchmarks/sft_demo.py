@@ -30,8 +30,9 @@ from pathlib import Path
 import harness
 
 from lladax.data import instructions
+from lladax.diffusion.sampler_config import SamplerConfig
 from lladax.eval import instruction_eval
-from lladax.store import checkpoint
+from lladax.store import integrity, params_checkpoint
 from lladax.store.loading import load_model
 from lladax.train import loop
 from lladax.train.config_files import load_config_file
@@ -42,8 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def finished(run_dir: Path, steps: int) -> bool:
     """True if `run_dir` holds a checkpoint at step >= `steps`."""
     try:
-        return checkpoint.read_meta(run_dir)[0] >= steps
-    except (checkpoint.CheckpointError, FileNotFoundError, ValueError):
+        return params_checkpoint.read_meta(run_dir)[0] >= steps
+    except (integrity.CheckpointError, FileNotFoundError, ValueError):
         return False
 
 
@@ -71,9 +72,9 @@ def score(run_dir: Path, items: list, args: argparse.Namespace) -> tuple[dict, l
         cfg,
         tok,
         items,
-        gen_length=args.gen_length,
-        steps=args.gen_length,
-        block_length=args.block_length,
+        SamplerConfig(
+            gen_length=args.gen_length, steps=args.gen_length, block_length=args.block_length
+        ),
         batch_size=args.eval_batch,
     )
     return instructions.accuracy_by_task(items, replies), replies, time.perf_counter() - t0

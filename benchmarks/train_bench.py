@@ -14,7 +14,7 @@ import harness
 import jax
 
 from lladax.config import preset
-from lladax.train import trainer
+from lladax.train.run_config import TrainConfig
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = preset(args.preset, remat_policy=args.remat, dtype=args.dtype)
-    tc = trainer.TrainConfig(steps=1000, batch_size=args.batch, truncate_prob=0.0)
+    tc = TrainConfig(steps=1000, batch_size=args.batch, truncate_prob=0.0)
     state, step = harness.jitted_train_step(cfg, tc)
     tokens = jax.random.randint(jax.random.key(1), (args.batch, args.seq), 0, cfg.vocab_size)
     peak = harness.same_run_peak(args.matmul_n, args.dtype)

@@ -5,8 +5,8 @@
   lladax convert SRC DST [--dtype ...] [--max-shard-size ...]   (HF -> HF re-export)
 
 hf-to-orbax writes DST/checkpoints/0/{params,meta} (what `lladax sample/chat --checkpoint DST`
-and `checkpoint.load_params` read) and copies the tokenizer files. Loading validates every tensor
-against config.json (names, shapes, truncation), so a conversion is also a download check.
+and `params_checkpoint.load_params` read) and copies the tokenizer files. Loading validates every
+tensor against config.json (names, shapes, truncation), so a conversion is also a download check.
 
 DST must be new, empty, or an earlier `lladax convert` output (it holds lladax_export.json) that
 --overwrite replaces; DST may not be SRC or lie inside it (nor SRC inside DST). The output is
@@ -176,7 +176,7 @@ def _check(args: argparse.Namespace) -> tuple[str, Path, Path, int]:
 def _check_source(direction: str, src: Path) -> Any:
     """SRC is a checkpoint of the direction's kind (headers and config only, no weights); returns
     the Orbax source's ModelConfig (None for HF sources)."""
-    from lladax.store import convert
+    from lladax.store import hf_format
 
     if direction != "orbax-to-hf":
         if (src / "checkpoints").is_dir() and not (src / "config.json").exists():
@@ -184,7 +184,7 @@ def _check_source(direction: str, src: Path) -> Any:
                 f"SRC {src} is a `lladax train` workdir (checkpoints/, no "
                 "config.json): convert it with `lladax convert orbax-to-hf SRC DST`"
             )
-        convert.check_hf(src)  # config, shards inside SRC, names and shapes: one line each
+        hf_format.check_hf(src)  # config, shards inside SRC, names and shapes: one line each
         return None
     if not (src / "checkpoints").is_dir():
         raise ValueError(
@@ -232,10 +232,10 @@ def _convert(
     """Read SRC and write the converted model into `out` (the staging directory)."""
     import numpy as np
 
-    from lladax.store import checkpoint, convert
+    from lladax.store import convert, hf_format, params_checkpoint, safetensors_io
 
     if direction in ("hf-to-orbax", "hf-to-hf"):
-        total = sum(i.nbytes for i in convert.scan_dir(src).values())
+        total = sum(i.nbytes for i in safetensors_io.scan_dir(src).values())
         bar = _Bar(f"read {src.name}", total, args.no_progress)
         try:
             cfg, params = convert.load_hf(src, args.dtype, mesh, progress=bar)
@@ -243,7 +243,7 @@ def _convert(
             bar.close()
     else:
         # Restored as saved; a --dtype cast happens per tensor while writing (no second copy).
-        cfg, params = checkpoint.load_params(
+        cfg, params = params_checkpoint.load_params(
             src, shardings=_shardings(src_cfg, mesh), concurrent_gb=1
         )
         total = sum(p.nbytes for p in _leaves(params))
@@ -254,7 +254,7 @@ def _convert(
     }
     if direction == "hf-to-orbax":
         tokenizer = convert.copy_tokenizer_files(src, out)
-        checkpoint.save_params(
+        params_checkpoint.save_params(
             out,
             cfg,
             params,
@@ -265,7 +265,7 @@ def _convert(
         )
     else:
         nbytes = (
-            sum(int(np.prod(s)) for s in convert.hf_shapes(cfg).values())
+            sum(int(np.prod(s)) for s in hf_format.hf_shapes(cfg).values())
             * np.dtype(args.dtype or cfg.param_dtype).itemsize
         )
         bar = _Bar(f"write {name}", nbytes, args.no_progress)
@@ -359,9 +359,9 @@ def _rmdir(d: Path) -> bool:
 def cfg_of(run_dir: Any) -> Any:
     """The ModelConfig saved in an Orbax run directory's meta."""
     from lladax.config import ModelConfig
-    from lladax.store import checkpoint
+    from lladax.store import params_checkpoint
 
-    _, meta = checkpoint.read_meta(run_dir)
+    _, meta = params_checkpoint.read_meta(run_dir)
     return ModelConfig(**meta["model"])
 
 

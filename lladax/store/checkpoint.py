@@ -25,35 +25,12 @@ from lladax.store.data_state import DataStateRestore, DataStateSave
 from lladax.store.integrity import (
     CheckpointError,
     CheckpointMismatchError,
-    CheckpointWarning,
-    as_path,
     check_model_fields,
     checksums,
     compare_structure,
     describe_error,
 )
-from lladax.store.layout import ITEMS, check_writable, manager, step_dir, warn_checkpoint
-from lladax.store.params_checkpoint import load_params, read_data_state, read_meta, save_params
-
-__all__ = [
-    "CheckpointError",
-    "CheckpointMismatchError",
-    "CheckpointWarning",
-    "Restored",
-    "as_path",
-    "check_writable",
-    "checksums",
-    "compare_structure",
-    "describe_error",
-    "load_params",
-    "manager",
-    "read_data_state",
-    "read_meta",
-    "restore",
-    "save",
-    "save_params",
-    "state_items",
-]
+from lladax.store.layout import ITEMS, step_dir, warn_checkpoint
 
 
 def state_items(state: Any) -> dict[str, Any]:

@@ -25,25 +25,22 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lladax.config import ConfigError, ModelConfig
+from lladax.config import ModelConfig
 from lladax.files import atomic_write
 from lladax.model.sharding import tree_shardings
 from lladax.model.transformer import Params, abstract_params, param_logical_axes
 from lladax.store.hf_format import (
     HFLeaf,
-    check_hf,
     check_tensors,
     get_path,
     hf_leaves,
     hf_shapes,
     load_config,
     set_path,
-    stored_dtype,
 )
 from lladax.store.safetensors_io import (
     INDEX_NAME,
     SINGLE_NAME,
-    CheckpointFormatError,
     ShardWriter,
     aligned_empty,
     file_tensors,
@@ -52,7 +49,6 @@ from lladax.store.safetensors_io import (
     read_tensor,
     read_transposed,
     scan_dir,
-    write_safetensors,
 )
 
 TOKENIZER_FILES = (
@@ -285,20 +281,3 @@ def _tensor_reader(path: Path) -> tuple[list[str], Callable[[str], np.ndarray]]:
     """(names, read(name)) for one safetensors file."""
     infos = file_tensors(Path(path))
     return list(infos), lambda name: read_tensor(infos[name])
-
-
-__all__ = [
-    "EXPORT_MARKER",
-    "CheckpointFormatError",
-    "ConfigError",
-    "check_hf",
-    "copy_tokenizer_files",
-    "hf_shapes",
-    "hf_tensors",
-    "load_config",
-    "load_hf",
-    "save_hf",
-    "stored_dtype",
-    "write_export_marker",
-    "write_safetensors",
-]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lladax.data.tokenizer import check_compatible, load_tokenizer
-from lladax.store import checkpoint, convert
+from lladax.store import convert, params_checkpoint
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # looked up in this order
 
@@ -94,6 +94,6 @@ def load_model(
     if is_hf:
         cfg, params = convert.load_hf(p, jnp.dtype(dtype or "float32"))
     else:
-        cfg, params = checkpoint.load_params(p, dtype=dtype)
+        cfg, params = params_checkpoint.load_params(p, dtype=dtype)
     check_compatible(tok, cfg)
     return cfg, params, tok

@@ -1,7 +1,8 @@
 """The train wing: from a run config to checkpoints.
 
 run_config, config_files   the run config (typed sections, defaults, checks), config files
-trainer                    TrainState, the jitted train step, FLOPs per token
+trainer, guard             TrainState, optimizer and schedule, the jitted train step; the NaN /
+                           spike guard inside it
 loop                       the training loop: steps, eval, logging, checkpoint cadence, preemption
 run_setup, run_data        before the first step: checks, restore or init; the run's batches
 run_dir, stopping          the run directory (metrics, resume rules) and signal handling

@@ -46,7 +46,7 @@ from etils import epath
 from lladax.data import pipeline
 from lladax.files import atomic_write
 from lladax.model import sharding
-from lladax.store import checkpoint
+from lladax.store import checkpoint, layout
 from lladax.train.run_data import eval_set, held_out_loss, put_global, train_batches
 from lladax.train.run_dir import MetricsFile
 from lladax.train.run_setup import Setup, prepare, start_state
@@ -245,8 +245,8 @@ def run(config: Any, stop_after: int | None = None) -> dict[str, Any]:
     peak, peak_source = peak_flops_per_device()
     last: dict[str, Any] = {"stopped": None, "peak_flops": peak, "peak_source": peak_source}
     with StopRequest() as stop, jax.set_mesh(s.mesh):  # handlers cover restore .. last commit
-        checkpoint.check_writable(s.workdir)
-        mgr = checkpoint.manager(s.workdir, keep=s.run.checkpoint.keep)
+        layout.check_writable(s.workdir)
+        mgr = layout.manager(s.workdir, keep=s.run.checkpoint.keep)
         state, data_state = start_state(s, optimizer, mgr)
         batch_sh = sharding.named_sharding(s.mesh, ("batch",))
         step_fn = jit_train_step(cfg, tc, optimizer, shardings_of(state), batch_sh)

@@ -21,7 +21,7 @@ from etils import epath
 from lladax.config import ModelConfig
 from lladax.data.tokenizer import SentencePieceTokenizer, check_compatible, load_tokenizer
 from lladax.model import sharding, transformer
-from lladax.store import checkpoint, convert
+from lladax.store import checkpoint, convert, hf_format, integrity, layout, params_checkpoint
 from lladax.train.run_config import RunConfig, TrainConfig, check_run_config
 from lladax.train.run_dir import check_resume, resume_changes
 from lladax.train.trainer import abstract_state, init_state, shardings_of
@@ -85,9 +85,9 @@ def prepare(config: Any, stop_after: int | None) -> Setup:
     check_compatible(tok, run.model)
     mesh = sharding.make_mesh(**dataclasses.asdict(run.mesh))
     _check_batches_divide(run, mesh)
-    workdir = checkpoint.as_path(run.log.workdir)
+    workdir = integrity.as_path(run.log.workdir)
     saved = (
-        checkpoint.manager(workdir, read_only=True).all_steps()
+        layout.manager(workdir, read_only=True).all_steps()
         if (workdir / "checkpoints").is_dir()
         else []
     )
@@ -112,13 +112,13 @@ def prepare(config: Any, stop_after: int | None) -> Setup:
 def _initial_params(path: str, cfg: ModelConfig, like: Any) -> Any:
     """Params of `checkpoint.init_from` placed like `like`; a source of another shape is a
     one-line CheckpointMismatchError before anything is read."""
-    src = checkpoint.as_path(path)
+    src = integrity.as_path(path)
     hf = (src / "config.json").exists()
     if hf:
-        src_cfg = convert.load_config(os.fspath(src))
+        src_cfg = hf_format.load_config(os.fspath(src))
     else:
-        src_cfg = ModelConfig(**checkpoint.read_meta(src)[1]["model"])
-    checkpoint.compare_structure(
+        src_cfg = ModelConfig(**params_checkpoint.read_meta(src)[1]["model"])
+    integrity.compare_structure(
         "params",
         transformer.abstract_params(src_cfg),
         like,
@@ -129,7 +129,7 @@ def _initial_params(path: str, cfg: ModelConfig, like: Any) -> Any:
     if hf:
         _, params = convert.load_hf(os.fspath(src), cfg.weight_dtype, shardings=shardings_of(like))
     else:
-        _, params = checkpoint.load_params(src, shardings=shardings_of(like))
+        _, params = params_checkpoint.load_params(src, shardings=shardings_of(like))
     return jax.tree.map(lambda p, t: p.astype(t.dtype), params, like)
 
 

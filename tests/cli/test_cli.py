@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lladax.cli import main
-from lladax.store import checkpoint
+from lladax.store import layout, params_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -47,11 +47,11 @@ def test_train_saves_checkpoint_and_resumes(tmp_path, capsys):
         records[-1]["tokens_per_s"] / jax.device_count()
     )
     assert (tmp_path / "tokenizer.model").exists()
-    cfg, params = checkpoint.load_params(tmp_path)
+    cfg, params = params_checkpoint.load_params(tmp_path)
     assert cfg.n_layers == 2 and params["wte"].shape == (cfg.vocab_size, cfg.d_model)
     # Resume: continues from step 4 to 6 instead of starting over.
     assert _train(tmp_path, "--config.train.steps=6") == 0
-    assert checkpoint.manager(tmp_path).latest_step() == 6
+    assert layout.manager(tmp_path).latest_step() == 6
     steps = [
         json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
     ]
@@ -80,13 +80,15 @@ def test_interrupted_run_resumes_bit_exactly(tmp_path):
         )
         == 0
     )
-    assert checkpoint.manager(interrupted).latest_step() == 3
+    assert layout.manager(interrupted).latest_step() == 3
     assert _train(interrupted, "--config.train.steps=6") == 0
-    _, expected = checkpoint.load_params(straight)
-    _, resumed = checkpoint.load_params(interrupted)
+    _, expected = params_checkpoint.load_params(straight)
+    _, resumed = params_checkpoint.load_params(interrupted)
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert checkpoint.read_data_state(interrupted) == checkpoint.read_data_state(straight)
+    assert params_checkpoint.read_data_state(interrupted) == params_checkpoint.read_data_state(
+        straight
+    )
 
 
 @pytest.mark.parametrize(

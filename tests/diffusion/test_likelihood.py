@@ -236,9 +236,10 @@ def test_elbo_ranks_real_continuations_above_shuffled_after_training():
     the embedded corpus is `benchmarks/elbo_ranking.py`, docs/evaluation.md.)"""
     from lladax.config import preset
     from lladax.train import trainer
+    from lladax.train.run_config import TrainConfig
 
     cfg = preset("tiny")
-    tc = trainer.TrainConfig(steps=200, batch_size=16, lr=1e-2, warmup_steps=5, truncate_prob=0.0)
+    tc = TrainConfig(steps=200, batch_size=16, lr=1e-2, warmup_steps=5, truncate_prob=0.0)
     opt = trainer.make_optimizer(tc)
     rng = np.random.default_rng(0)
     successor = rng.permutation(np.arange(5, 37))  # 32 ordinary ids (0-4 are special)

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from lladax.config import preset
-from lladax.store import checkpoint
+from lladax.store import checkpoint, layout
 from lladax.train import trainer
+from lladax.train.run_config import TrainConfig
 
 CFG = preset("tiny")
-TC = trainer.TrainConfig(steps=10, batch_size=8, lr=1e-3, truncate_prob=0.0, ema_decay=0.5)
+TC = TrainConfig(steps=10, batch_size=8, lr=1e-3, truncate_prob=0.0, ema_decay=0.5)
 META = {"model": dataclasses.asdict(CFG)}
 OPT = trainer.make_optimizer(TC)
 
@@ -56,7 +57,7 @@ def states():
 @pytest.fixture
 def saved(tmp_path, states):
     """A run dir with steps 1 and 2 (data states 'one' / 'two')."""
-    mgr = checkpoint.manager(tmp_path)
+    mgr = layout.manager(tmp_path)
     for state, data_state in zip(states, ({"pos": "one"}, {"pos": "two"}), strict=True):
         checkpoint.save(mgr, state, META, data_state=data_state)
     mgr.wait_until_finished()

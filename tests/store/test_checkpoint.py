@@ -1,7 +1,6 @@
 """Saving and restoring a TrainState (`checkpoint`): exact restore, resharding, damaged and
 foreign checkpoints, and a SIGKILL during an async save."""
 
-import json
 import os
 import re
 import signal
@@ -13,13 +12,11 @@ from pathlib import Path
 import jax
 import pytest
 import store_fixtures
-from etils import epath
 from store_fixtures import CFG, META, OPT, TC, damage, equal, restore_target
 
 from lladax.model import sharding
-from lladax.store import checkpoint
+from lladax.store import checkpoint, integrity, layout, params_checkpoint
 from lladax.train import trainer
-from lladax.train.run_dir import MetricsFile
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,11 +25,11 @@ saved, states = store_fixtures.saved, store_fixtures.states  # the shared fixtur
 
 def test_restore_is_exact(saved):
     run_dir, (_, two) = saved
-    restored = checkpoint.restore(checkpoint.manager(run_dir), restore_target())
+    restored = checkpoint.restore(layout.manager(run_dir), restore_target())
     assert restored.step == 2 and int(restored.state.step) == 2
     assert restored.data_state == {"pos": "two"} and restored.meta["model"] == META["model"]
     equal(restored.state, two)  # params, optimizer state, rng, guard and EMA
-    assert checkpoint.read_data_state(run_dir, 1) == {"pos": "one"}
+    assert params_checkpoint.read_data_state(run_dir, 1) == {"pos": "one"}
 
 
 @pytest.mark.parametrize("mesh_shape", [None, (1, 4, 2)], ids=["1-device", "4x2"])
@@ -44,7 +41,7 @@ def test_save_on_2x4_restore_on_other_meshes(tmp_path, states, mesh_shape):
     assert placed.params["blocks"]["ff_proj"].sharding.spec == jax.sharding.PartitionSpec(
         None, "fsdp", "tensor"
     )
-    mgr = checkpoint.manager(tmp_path)
+    mgr = layout.manager(tmp_path)
     checkpoint.save(mgr, placed, META)
     mgr.wait_until_finished()
     if mesh_shape is None:
@@ -52,7 +49,7 @@ def test_save_on_2x4_restore_on_other_meshes(tmp_path, states, mesh_shape):
     else:
         mesh = sharding.make_mesh(*mesh_shape)
     target = restore_target(mesh)
-    restored = checkpoint.restore(checkpoint.manager(tmp_path), target).state
+    restored = checkpoint.restore(layout.manager(tmp_path), target).state
     for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(target), strict=True):
         assert got.sharding == want.sharding
     assert len(restored.params["wte"].sharding.device_set) == (1 if mesh_shape is None else 8)
@@ -63,8 +60,8 @@ def test_save_on_2x4_restore_on_other_meshes(tmp_path, states, mesh_shape):
 def test_damaged_latest_falls_back_with_warning(saved, how):
     run_dir, (one, _) = saved
     damage(run_dir / "checkpoints" / "2", how)
-    with pytest.warns(checkpoint.CheckpointWarning, match="checkpoints/2 is damaged") as got:
-        restored = checkpoint.restore(checkpoint.manager(run_dir), restore_target())
+    with pytest.warns(integrity.CheckpointWarning, match="checkpoints/2 is damaged") as got:
+        restored = checkpoint.restore(layout.manager(run_dir), restore_target())
     message = str(got[0].message)  # one readable line: no TensorStore spec dump / bound method
     assert "\n" not in message and "TensorStore details" not in message, message
     assert "tensorstore_spec" not in message and "<bound method" not in message, message
@@ -72,27 +69,7 @@ def test_damaged_latest_falls_back_with_warning(saved, how):
     equal(restored.state, one)
     # The damaged step is moved aside (so it is neither reused nor overwritten by the resume).
     assert (run_dir / "corrupt_checkpoints" / "2").is_dir()
-    assert checkpoint.manager(run_dir).all_steps() == [1]
-
-
-def test_metrics_file_on_resume_drops_redone_and_torn_records(tmp_path):
-    """A run killed after logging step 12 but checkpointed at 8 resumes at 8: the records of
-    steps 9..12 are redone, so they go (each step is logged once); a line torn by the kill
-    goes too (the next append would be glued to it)."""
-    path = tmp_path / "metrics.jsonl"
-    records = [
-        {"step": 0, "eval_loss": 9.0},
-        {"step": 4, "loss": 5.0, "eval_loss": 4.0},
-        {"step": 8, "loss": 3.0},
-        {"step": 12, "loss": 2.0, "eval_loss": 1.0},
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 16, "lo')
-    metrics = MetricsFile(epath.Path(path), True)
-    assert metrics.resume(8) == 4.0  # the last eval loss up to the resumed step
-    metrics.write({"step": 9, "loss": 2.5})
-    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 4, 8, 9]
-    before = path.read_bytes()
-    assert MetricsFile(epath.Path(path), True).resume(9) == 4.0 and path.read_bytes() == before
+    assert layout.manager(run_dir).all_steps() == [1]
 
 
 def test_no_good_checkpoint_is_one_line_error(saved):
@@ -100,20 +77,20 @@ def test_no_good_checkpoint_is_one_line_error(saved):
     for step in ("1", "2"):
         damage(run_dir / "checkpoints" / step, "bitflip")
     with (
-        pytest.warns(checkpoint.CheckpointWarning),
-        pytest.raises(checkpoint.CheckpointError, match="no good checkpoint") as e,
+        pytest.warns(integrity.CheckpointWarning),
+        pytest.raises(integrity.CheckpointError, match="no good checkpoint") as e,
     ):
-        checkpoint.restore(checkpoint.manager(run_dir), restore_target())
+        checkpoint.restore(layout.manager(run_dir), restore_target())
     assert "\n" not in str(e.value) and "checksum" in str(e.value)
-    with pytest.raises(checkpoint.CheckpointError, match="no checkpoints/ directory"):
-        checkpoint.load_params(run_dir / "nowhere")
+    with pytest.raises(integrity.CheckpointError, match="no checkpoints/ directory"):
+        params_checkpoint.load_params(run_dir / "nowhere")
 
 
 def test_checkpoint_of_another_model_names_the_mismatch(saved):
     run_dir, _ = saved
     wider = CFG.replace(d_model=128)
-    with pytest.raises(checkpoint.CheckpointMismatchError) as e:
-        checkpoint.restore(checkpoint.manager(run_dir), restore_target(cfg=wider), model_cfg=wider)
+    with pytest.raises(integrity.CheckpointMismatchError) as e:
+        checkpoint.restore(layout.manager(run_dir), restore_target(cfg=wider), model_cfg=wider)
     message = str(e.value)
     assert "different model" in message
     assert re.search(
@@ -122,13 +99,13 @@ def test_checkpoint_of_another_model_names_the_mismatch(saved):
         message,
     ), message
     assert "d_model 64 vs 128" in message and "\n" not in message
-    assert checkpoint.manager(run_dir).all_steps() == [1, 2]  # nothing quarantined
+    assert layout.manager(run_dir).all_steps() == [1, 2]  # nothing quarantined
 
 
 def test_params_only_dir_is_not_a_training_state(tmp_path, states):
-    checkpoint.save_params(tmp_path, CFG, states[0].params)
-    with pytest.raises(checkpoint.CheckpointMismatchError, match="holds params only.*init_from"):
-        checkpoint.restore(checkpoint.manager(tmp_path), restore_target())
+    params_checkpoint.save_params(tmp_path, CFG, states[0].params)
+    with pytest.raises(integrity.CheckpointMismatchError, match="holds params only.*init_from"):
+        checkpoint.restore(layout.manager(tmp_path), restore_target())
 
 
 # --- a real process killed while its async save is in flight ------------------------------------
@@ -189,10 +166,10 @@ def test_sigkill_during_async_save_resumes_from_previous(tmp_path):
     child.wait()
     ckpts = killed / "checkpoints"
     assert any(".orbax-checkpoint-tmp" in p.name for p in ckpts.iterdir())  # the torn save
-    assert checkpoint.manager(killed, read_only=True).all_steps() == [2]
+    assert layout.manager(killed, read_only=True).all_steps() == [2]
     assert main(_train_args(killed)) == 0  # resumes from step 2
     assert main(_train_args(straight)) == 0
-    _, resumed = checkpoint.load_params(killed)
-    _, expected = checkpoint.load_params(straight)
+    _, resumed = params_checkpoint.load_params(killed)
+    _, expected = params_checkpoint.load_params(straight)
     equal(resumed, expected)
-    assert checkpoint.read_data_state(killed) == checkpoint.read_data_state(straight)
+    assert params_checkpoint.read_data_state(killed) == params_checkpoint.read_data_state(straight)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import store_fixtures
 
-from lladax.store import convert
+from lladax.store import convert, params_checkpoint, safetensors_io
 
 ckpt_copy = store_fixtures.ckpt_copy  # the shared fixture
 
@@ -47,7 +47,7 @@ def test_bf16_round_trip(tiny_llada_dir, tmp_path):
 
 def test_missing_safetensors(ckpt_copy):
     (ckpt_copy / "model.safetensors").unlink()
-    with pytest.raises(convert.CheckpointFormatError, match="no model.safetensors"):
+    with pytest.raises(safetensors_io.CheckpointFormatError, match="no model.safetensors"):
         convert.load_hf(ckpt_copy)
 
 
@@ -56,14 +56,13 @@ def test_corrupt_safetensors(ckpt_copy, cut):
     path = ckpt_copy / "model.safetensors"
     data = path.read_bytes()
     path.write_bytes(data[:cut])
-    with pytest.raises(convert.CheckpointFormatError, match="corrupt|truncated"):
+    with pytest.raises(safetensors_io.CheckpointFormatError, match="corrupt|truncated"):
         convert.load_hf(ckpt_copy)
 
 
 # --- streaming conversion, meshes, the CLI, and the errors a real download can hit --------------
 from lladax.cli import main as cli_main  # noqa: E402
 from lladax.model import sharding, transformer  # noqa: E402
-from lladax.store import checkpoint  # noqa: E402
 from lladax.store.safetensors_io import parse_size  # noqa: E402
 
 
@@ -108,16 +107,16 @@ def test_cli_hf_to_orbax_to_hf_is_bit_identical(tiny_llada_dir, tmp_path):
     assert (
         cli_main(["convert", "hf-to-orbax", str(tiny_llada_dir), str(orb), "--mesh", "2,4,1"]) == 0
     )
-    cfg, params = checkpoint.load_params(orb)
+    cfg, params = params_checkpoint.load_params(orb)
     ref_cfg, ref = convert.load_hf(tiny_llada_dir)
     assert cfg == ref_cfg and _same(params, ref)
     assert cli_main(["convert", "orbax-to-hf", str(orb), str(hf), "--max-shard-size", "60KB"]) == 0
     assert (hf / "model.safetensors.index.json").exists()
     names, read = convert._tensor_reader(tiny_llada_dir / "model.safetensors")
-    back = convert.scan_dir(hf)
+    back = safetensors_io.scan_dir(hf)
     assert sorted(back) == sorted(names)
     for name in names:
-        got = convert.read_tensor(back[name])
+        got = safetensors_io.read_tensor(back[name])
         assert got.dtype == read(name).dtype and np.array_equal(got, read(name))
     # Converting into a directory that already holds checkpoints is refused.
     assert cli_main(["convert", "hf-to-orbax", str(tiny_llada_dir), str(orb)]) == 2
@@ -138,7 +137,7 @@ def _shards(path):
 def test_missing_shard_names_file_and_fix(sharded_copy):
     gone = _shards(sharded_copy)[1]
     (sharded_copy / gone).unlink()
-    with pytest.raises(convert.CheckpointFormatError) as e:
+    with pytest.raises(safetensors_io.CheckpointFormatError) as e:
         convert.load_hf(sharded_copy)
     msg = str(e.value)
     assert gone in msg and "missing" in msg
@@ -148,7 +147,7 @@ def test_missing_shard_names_file_and_fix(sharded_copy):
 def test_truncated_shard_names_file_and_fix(sharded_copy):
     shard = sharded_copy / _shards(sharded_copy)[-1]
     shard.write_bytes(shard.read_bytes()[:-1000])
-    with pytest.raises(convert.CheckpointFormatError, match="truncated") as e:
+    with pytest.raises(safetensors_io.CheckpointFormatError, match="truncated") as e:
         convert.load_hf(sharded_copy)
     assert str(shard) in str(e.value) and "re-download" in str(e.value)
 
@@ -239,7 +238,7 @@ def test_hf_cache_snapshot_links_are_followed(tiny_llada_dir, tmp_path):
     (snap / "model.safetensors").symlink_to("../../blobs/sha")
     for name in ("config.json", "special_tokens.json"):
         shutil.copyfile(tiny_llada_dir / name, snap / name)
-    assert sorted(convert.scan_dir(snap)) == sorted(convert.scan_dir(tiny_llada_dir))
+    assert sorted(safetensors_io.scan_dir(snap)) == sorted(safetensors_io.scan_dir(tiny_llada_dir))
 
 
 def test_convert_output_is_marked_replaced_only_with_overwrite(places, capsys):
@@ -251,7 +250,7 @@ def test_convert_output_is_marked_replaced_only_with_overwrite(places, capsys):
     assert cli_main(["convert", "hf-to-orbax", str(src), str(old), "--overwrite"]) == 0
     assert (old / "checkpoints").is_dir() and not (old / "config.json").exists()
     assert json.loads((old / convert.EXPORT_MARKER).read_text())["direction"] == "hf-to-orbax"
-    assert checkpoint.load_params(old)[0] == convert.load_hf(src)[0]
+    assert params_checkpoint.load_params(old)[0] == convert.load_hf(src)[0]
     assert sorted(p.name for p in places["tmp"].iterdir()) == ["ckpt", "file.txt", "old", "run"]
 
 

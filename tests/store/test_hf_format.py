@@ -9,7 +9,7 @@ import store_fixtures
 
 from lladax.cli import main as cli_main
 from lladax.config import ConfigError
-from lladax.store import convert
+from lladax.store import convert, safetensors_io
 
 ckpt_copy = store_fixtures.ckpt_copy  # the shared fixture
 
@@ -26,7 +26,7 @@ def test_load_reads_config_and_special_ids(tiny_llada):
 
 
 def test_missing_config(tmp_path):
-    with pytest.raises(convert.CheckpointFormatError, match="no config.json"):
+    with pytest.raises(safetensors_io.CheckpointFormatError, match="no config.json"):
         convert.load_hf(tmp_path)
 
 
@@ -42,7 +42,9 @@ def test_vocab_mismatch(ckpt_copy):
     cfg = json.loads((ckpt_copy / "config.json").read_text())
     cfg["embedding_size"] = cfg["vocab_size"] = 400
     (ckpt_copy / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(convert.CheckpointFormatError, match=r"wte.weight has shape \(320, 64\)"):
+    with pytest.raises(
+        safetensors_io.CheckpointFormatError, match=r"wte.weight has shape \(320, 64\)"
+    ):
         convert.load_hf(ckpt_copy)
 
 
@@ -55,8 +57,8 @@ def test_name_and_shape_mismatch_lists_names(ckpt_copy):
         "model.transformer.blocks.1.q_proj.weight"
     )
     tensors["model.transformer.blocks.0.ff_out.weight"] = np.zeros((64, 100), np.float32)
-    convert.write_safetensors(file, tensors)
-    with pytest.raises(convert.CheckpointFormatError) as e:
+    safetensors_io.write_safetensors(file, tensors)
+    with pytest.raises(safetensors_io.CheckpointFormatError) as e:
         convert.load_hf(ckpt_copy)
     msg = str(e.value)
     assert "1 missing: model.transformer.blocks.1.q_proj.weight" in msg
@@ -79,7 +81,7 @@ def test_llama_config_is_rejected(ckpt_copy):
             }
         )
     )
-    with pytest.raises(convert.CheckpointFormatError) as e:
+    with pytest.raises(safetensors_io.CheckpointFormatError) as e:
         convert.load_hf(ckpt_copy)
     msg = str(e.value)
     assert str(ckpt_copy / "config.json") in msg and "'llama'" in msg

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from lladax.cli import main
-from lladax.store import checkpoint
+from lladax.store import checkpoint, layout, params_checkpoint
 from lladax.train import loop, trainer
-from lladax.train.run_config import model_config_from
+from lladax.train.run_config import TrainConfig, model_config_from
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, STOP_AT, POISON_AT = 12, 5, 8  # the 8th batch carries an id outside the vocabulary
@@ -77,11 +77,11 @@ def _recording(monkeypatch, seen, first=0, sigterm_at=None):
 
 
 def _state(run_dir):
-    _, meta = checkpoint.read_meta(run_dir)
+    _, meta = params_checkpoint.read_meta(run_dir)
     cfg = model_config_from(meta["run"]["model"])
-    tc = trainer.TrainConfig.from_config(meta["run"]["train"])
+    tc = TrainConfig.from_config(meta["run"]["train"])
     like = trainer.abstract_state(cfg, tc, trainer.make_optimizer(tc))
-    return checkpoint.restore(checkpoint.manager(run_dir, read_only=True), like, quarantine=False)
+    return checkpoint.restore(layout.manager(run_dir, read_only=True), like, quarantine=False)
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +130,8 @@ def test_poisoned_batch_skipped_and_logged(runs):
         assert records[-1]["step"] == STEPS and records[-1]["skipped"] == 1
         assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(state.params))
         assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(state.ema))
-    _, ema = checkpoint.load_params(resumed, use_ema=True)
-    _, params = checkpoint.load_params(resumed)
+    _, ema = params_checkpoint.load_params(resumed, use_ema=True)
+    _, params = params_checkpoint.load_params(resumed)
     assert ema["wte"].dtype == params["wte"].dtype
     assert not np.array_equal(np.asarray(ema["wte"]), np.asarray(params["wte"]))
 
@@ -190,8 +190,8 @@ def test_sft_run_starts_from_init_from_params(runs, tmp_path):
     )
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert np.isfinite(records[-1]["loss"]) and np.isfinite(records[-1]["eval_loss"])
-    _, got = checkpoint.load_params(tmp_path)
-    _, want = checkpoint.load_params(straight)
+    _, got = params_checkpoint.load_params(tmp_path)
+    _, want = params_checkpoint.load_params(straight)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -312,7 +312,10 @@ def test_zero_steps_saves_the_initial_params_and_says_so(runs, tmp_path, capsys)
     captured = capsys.readouterr()
     assert "train.steps=0: saving the initial params as step 0 without training" in captured.err
     assert json.loads(captured.out.splitlines()[0]) == {"step": 0, "stopped": None}
-    assert checkpoint.read_meta(run_dir)[0] == 0 and checkpoint.load_params(run_dir)[0].n_layers
+    assert (
+        params_checkpoint.read_meta(run_dir)[0] == 0
+        and params_checkpoint.load_params(run_dir)[0].n_layers
+    )
 
 
 def test_progress_bar_shows_dash_until_measured():
@@ -390,6 +393,9 @@ def test_sigterm_twice_during_final_save_keeps_the_run(runs, tmp_path):  # runs:
     assert child.returncode == 0, "".join(seen) + err
     assert "SIGTERM arrived during the final checkpoint save; the save completed (step 2)" in err
     assert json.loads(out.splitlines()[0])["stopped"] is None
-    assert checkpoint.read_meta(run_dir)[0] == 2 and checkpoint.load_params(run_dir)[0].n_layers
+    assert (
+        params_checkpoint.read_meta(run_dir)[0] == 2
+        and params_checkpoint.load_params(run_dir)[0].n_layers
+    )
     assert main(_args(run_dir)) == 0  # resumes from step 2 (with the program `runs` compiled)
-    assert checkpoint.manager(run_dir, read_only=True).latest_step() == STEPS
+    assert layout.manager(run_dir, read_only=True).latest_step() == STEPS

@@ -15,7 +15,7 @@ import pytest
 
 from lladax.cli import main
 from lladax.data import pipeline
-from lladax.store import checkpoint
+from lladax.store import layout, params_checkpoint
 from lladax.train import distributed, loop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,7 +197,7 @@ def test_two_processes_train_checkpoint_resume_like_one(tmp_path, monkeypatch):
     stops = [re.findall(r"stopped by preemption at step (\d+)", out) for out in outs]
     assert stops[0] == stops[1] and len(stops[0]) == 1, outs  # both hosts, the same step
     stop = int(stops[0][0])
-    assert checkpoint.manager(multi, read_only=True).latest_step() == stop
+    assert layout.manager(multi, read_only=True).latest_step() == stop
     assert sorted(
         p.name for p in (multi / "checkpoints" / str(stop) / "data").glob("process_*")
     ) == ["process_0-of-2.json", "process_1-of-2.json"]
@@ -238,7 +238,7 @@ def test_two_processes_train_checkpoint_resume_like_one(tmp_path, monkeypatch):
     )
     assert jax.device_count() == 8
     for use_ema in (False, True):
-        _, got = checkpoint.load_params(multi, use_ema=use_ema)
-        _, want = checkpoint.load_params(single, use_ema=use_ema)
+        _, got = params_checkpoint.load_params(multi, use_ema=use_ema)
+        _, want = params_checkpoint.load_params(single, use_ema=use_ema)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

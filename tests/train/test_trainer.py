@@ -12,11 +12,10 @@ from lladax.config import ConfigError, preset
 from lladax.diffusion import losses
 from lladax.model import sharding, transformer
 from lladax.train import stopping, trainer
+from lladax.train.run_config import TrainConfig
 
 CFG = preset("tiny")
-TC = trainer.TrainConfig(
-    steps=40, batch_size=8, grad_accum=1, lr=3e-3, warmup_steps=2, truncate_prob=0.0
-)
+TC = TrainConfig(steps=40, batch_size=8, grad_accum=1, lr=3e-3, warmup_steps=2, truncate_prob=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +51,7 @@ def _step(tc):
 
 
 # One config for the guard tests, so they share one compiled step.
-GUARDED = trainer.TrainConfig(
+GUARDED = TrainConfig(
     steps=10,
     batch_size=8,
     lr=1e-3,
@@ -99,7 +98,7 @@ def test_sharded_step_equals_single_device(tokens):
 
 
 def test_grad_accumulation_averages_micro_batches(tokens):
-    tc = trainer.TrainConfig(steps=10, batch_size=8, grad_accum=2, lr=1e-3, truncate_prob=0.0)
+    tc = TrainConfig(steps=10, batch_size=8, grad_accum=2, lr=1e-3, truncate_prob=0.0)
     state = _initial(TC)  # the same state layout
     _, metrics = _step(tc)(state, {"tokens": tokens})
     step_key = jax.random.fold_in(state.rng, 0)
@@ -148,9 +147,7 @@ def test_packed_batch_passes_segments_to_the_model(tokens):
 
 
 def test_wsd_schedule():
-    tc = trainer.TrainConfig(
-        steps=100, lr=1.0, warmup_steps=10, decay_fraction=0.2, final_lr_ratio=0.1
-    )
+    tc = TrainConfig(steps=100, lr=1.0, warmup_steps=10, decay_fraction=0.2, final_lr_ratio=0.1)
     sched = trainer.lr_schedule(tc)
     assert float(sched(0)) == 0.0 and float(sched(5)) == pytest.approx(0.5)
     assert float(sched(10)) == pytest.approx(1.0) and float(sched(79)) == pytest.approx(1.0)
@@ -158,7 +155,7 @@ def test_wsd_schedule():
 
 
 def test_weight_decay_skips_norms():
-    tc = trainer.TrainConfig(lr=0.0, weight_decay=0.5, warmup_steps=0)
+    tc = TrainConfig(lr=0.0, weight_decay=0.5, warmup_steps=0)
     opt = trainer.make_optimizer(tc)
     params = {"w": jnp.ones((2, 2)), "norm": jnp.ones((2,))}
     state = opt.init(params)
@@ -178,7 +175,7 @@ def test_weight_decay_skips_norms():
 )
 def test_bad_train_config(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        trainer.TrainConfig(**kwargs)
+        TrainConfig(**kwargs)
 
 
 # --- robustness ----------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from lladax.eval.experiments.common import (
     finish,
     mean_ci,
 )
-from lladax.store import checkpoint
+from lladax.store import params_checkpoint
 from lladax.train import loop
 from lladax.train.config_files import load_config_file
 
@@ -170,7 +170,7 @@ def run_one(
     out = loop.run(config)
     if out.get("stopped") not in (None, "stop_after"):  # the user's Ctrl-C / SIGTERM
         raise Stopped(out["stopped"], f"the {size} {kind} run of seed {seed}")
-    cfg, params = checkpoint.load_params(config.log.workdir)
+    cfg, params = params_checkpoint.load_params(config.log.workdir)
     tok = load_tokenizer("embedded", vocab_size=cfg.vocab_size)
     evals = pipeline.eval_batches(
         tok,
