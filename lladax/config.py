@@ -324,50 +324,21 @@ class ModelConfig:
         }
 
 
+# The presets, a row each: vocab_size, d_model, n_layers, n_heads (= n_kv_heads: all use plain
+# multi-head attention), mlp_hidden_size, max_seq_len, and the special ids of their tokenizer.
+_PRESET_ROWS: dict[str, tuple[int, int, int, int, int, int, dict[str, int]]] = {
+    # CI-sized; the special ids are the embedded tokenizer's reserved ids (lladax.data.tokenizer)
+    "tiny": (512, 64, 2, 4, 128, 128, EMBEDDED_SPECIAL_IDS),
+    # a few M params: learns visibly on a CPU in minutes
+    "small": (2048, 256, 4, 4, 768, 256, EMBEDDED_SPECIAL_IDS),
+    "llada_1b": (126464, 2048, 22, 16, 5632, 4096, LLADA_SPECIAL_IDS),
+    # exact LLaDA-8B shapes (8.02B params)
+    "llada_8b": (126464, 4096, 32, 32, 12288, 4096, LLADA_SPECIAL_IDS),
+}
+_PRESET_COLUMNS = ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_hidden_size", "max_seq_len")
 PRESETS: dict[str, dict[str, Any]] = {
-    # CI-sized; special ids match the embedded tokenizer's reserved ids (see tokenizer.py).
-    "tiny": dict(
-        vocab_size=512,
-        d_model=64,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=4,
-        mlp_hidden_size=128,
-        max_seq_len=128,
-        **EMBEDDED_SPECIAL_IDS,
-    ),
-    # A few M params: learns visibly on a CPU in minutes.
-    "small": dict(
-        vocab_size=2048,
-        d_model=256,
-        n_layers=4,
-        n_heads=4,
-        n_kv_heads=4,
-        mlp_hidden_size=768,
-        max_seq_len=256,
-        **EMBEDDED_SPECIAL_IDS,
-    ),
-    "llada_1b": dict(
-        vocab_size=126464,
-        d_model=2048,
-        n_layers=22,
-        n_heads=16,
-        n_kv_heads=16,
-        mlp_hidden_size=5632,
-        max_seq_len=4096,
-        **LLADA_SPECIAL_IDS,
-    ),
-    # Exact LLaDA-8B shapes (8.02B params).
-    "llada_8b": dict(
-        vocab_size=126464,
-        d_model=4096,
-        n_layers=32,
-        n_heads=32,
-        n_kv_heads=32,
-        mlp_hidden_size=12288,
-        max_seq_len=4096,
-        **LLADA_SPECIAL_IDS,
-    ),
+    name: {**dict(zip(_PRESET_COLUMNS, shape, strict=True)), "n_kv_heads": shape[3], **special_ids}
+    for name, (*shape, special_ids) in _PRESET_ROWS.items()
 }
 
 

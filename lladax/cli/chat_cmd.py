@@ -9,30 +9,19 @@ from __future__ import annotations
 
 import argparse
 
-from lladax.cli.common import (
-    add_model_args,
-    add_sampling_args,
-    generate,
-    rng_from_args,
-    sampler_config_from_args,
-)
+from lladax.cli import common
 from lladax.diffusion.sampler_config import SamplerConfig
 from lladax.store.loading import check_model_path, load_model
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(
-        name,
-        help="interactive multi-turn chat",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_model_args(p)
-    add_sampling_args(p, SamplerConfig(gen_length=128))  # chat replies run longer
+    p = common.command_parser(sub, name, "interactive multi-turn chat", __doc__)
+    common.add_model_args(p)
+    common.add_sampling_args(p, SamplerConfig(gen_length=128))  # chat replies run longer
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    sampler = sampler_config_from_args(args)  # before anything slow: a typo costs no load
+    sampler = common.sampler_config_from_args(args)  # before anything slow: a typo costs no load
     check_model_path(args.checkpoint, args.tokenizer)
     import numpy as np
 
@@ -41,7 +30,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from lladax.diffusion import sampling
 
     cfg, params, tokenizer = load_model(args.checkpoint, args.dtype, args.tokenizer)
-    rng = rng_from_args(args)
+    rng = common.rng_from_args(args)
     history: list[int] = []
     print("lladax chat: /reset clears the conversation, /quit exits.")
     while True:
@@ -60,7 +49,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
             continue
         turn = apply_chat_template(tokenizer, [{"role": "user", "content": message}])
         prompt = history + (turn[1:] if history and turn[:1] == [tokenizer.bos_id] else turn)
-        canvas = generate(params, cfg, np.asarray([prompt], np.int32), None, sampler, rng)
+        canvas = common.generate(params, cfg, np.asarray([prompt], np.int32), None, sampler, rng)
         answer = sampling.decode_answer(canvas[0], len(prompt), cfg)
         print(f"assistant> {render(tokenizer, answer, cfg.mask_token_id).strip()}")
         history = [int(t) for t in np.asarray(canvas[0]) if int(t) != cfg.eos_token_id]

@@ -1,5 +1,5 @@
-"""Shared CLI glue: the model and sampling flags of `sample` / `chat` (the model itself is loaded by
-`lladax.store.loading`).
+"""Shared CLI glue: how a subcommand registers its parser (`command_parser`), and the model and
+sampling flags of `sample` / `chat` (the model itself is loaded by `lladax.store.loading`).
 
 The sampling flags are `SamplerConfig`'s options (defaults and choices from it), and
 `sampler_config_from_args` checks them before anything slow starts (no weights read), each error
@@ -17,6 +17,16 @@ TOKENIZER_HELP = (
     "the model's tokenizer: a tokenizer.json / tokenizer.model file or a directory "
     "holding one (default: the one in --checkpoint)"
 )
+
+
+def command_parser(
+    sub: argparse._SubParsersAction, name: str, summary: str, doc: str | None
+) -> argparse.ArgumentParser:
+    """The parser of subcommand `name`: `summary` is its line in `lladax --help`, `doc` (the
+    command module's docstring) heads `lladax NAME --help`, laid out as written."""
+    return sub.add_parser(
+        name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

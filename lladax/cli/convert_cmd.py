@@ -26,17 +26,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lladax.cli.common import command_parser
+
 DIRECTIONS = ("hf-to-orbax", "orbax-to-hf")
 DEFAULT_SHARD_SIZE = "5GB"
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(
-        name,
-        help="convert Hugging Face LLaDA <-> Orbax checkpoints",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(sub, name, "convert Hugging Face LLaDA <-> Orbax checkpoints", __doc__)
     p.add_argument(
         "paths",
         nargs="+",

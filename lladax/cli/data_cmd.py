@@ -15,15 +15,14 @@ import signal
 import sys
 from collections.abc import Iterator
 
+from lladax.cli.common import command_parser
+
 DEFAULT_VOCAB = 2048
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(
-        name,
-        help="data tools: `prepare` pre-tokenises a corpus into shards",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        sub, name, "data tools: `prepare` pre-tokenises a corpus into shards", __doc__
     )
     tools = p.add_subparsers(dest="tool", required=True)
     prep = tools.add_parser("prepare", help="tokenise a text source into ArrayRecord shards")

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lladax.cli.common import TOKENIZER_HELP
+from lladax.cli.common import TOKENIZER_HELP, command_parser
 from lladax.eval.model_args import MODEL_ARGS, parse_arg_string, parse_model_args
 from lladax.files import atomic_write
 from lladax.store.loading import check_model_path
@@ -29,12 +29,11 @@ INSTALL_HINT = (
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(
+    p = command_parser(
+        sub,
         name,
-        help="run lm-evaluation-harness tasks (loglikelihood via the ELBO, "
-        "generation via the sampler)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "run lm-evaluation-harness tasks (loglikelihood via the ELBO, generation via the sampler)",
+        __doc__,
     )
     p.add_argument(
         "--checkpoint",

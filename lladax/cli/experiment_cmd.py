@@ -16,15 +16,13 @@ import importlib
 import signal
 import sys
 
+from lladax.cli.common import command_parser
 from lladax.eval.experiments import EXPERIMENTS
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(
-        name,
-        help="run a small-scale experiment (reversal, scaling, sampler)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        sub, name, "run a small-scale experiment (reversal, scaling, sampler)", __doc__
     )
     p.add_argument("name", choices=EXPERIMENTS)
     p.add_argument("options", nargs=argparse.REMAINDER, help="the experiment's own options")

@@ -1,21 +1,20 @@
-"""`lladax plan`: parameters, FLOPs/token, HBM per device and throughput of a run config."""
+"""`lladax plan`: parameters, FLOPs/token, HBM per device and throughput of a run config.
+
+Plan a run: parameter count, FLOPs per token, HBM per device (params, optimizer, gradients,
+activations) and tokens/s/chip at a stated MFU. --aot compiles the real train step for a TPU
+slice from this machine (needs libtpu: uv sync --extra tpu).
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from lladax.cli.common import command_parser
 from lladax.train.config_files import apply_overrides, load_config_file
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(
-        name,
-        help="estimate memory per device and throughput before a run",
-        description="Plan a run: parameter count, FLOPs per token, HBM per device "
-        "(params, optimizer, gradients, activations) and tokens/s/chip "
-        "at a stated MFU. --aot compiles the real train step for a TPU "
-        "slice from this machine (needs libtpu: uv sync --extra tpu).",
-    )
+    p = command_parser(sub, name, "estimate memory per device and throughput before a run", __doc__)
     p.add_argument("--config", required=True, help="configs/<name>.py[:hardware]")
     p.add_argument(
         "--hardware",

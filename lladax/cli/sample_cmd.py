@@ -22,6 +22,7 @@ from lladax.cli.common import (
     add_fast_args,
     add_model_args,
     add_sampling_args,
+    command_parser,
     generate,
     rng_from_args,
     sampler_config_from_args,
@@ -33,12 +34,7 @@ MASK_MARKER = re.compile(r"<mask(?::(\d+))?>")
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(
-        name,
-        help="sample text (or fill <mask> spans) from a model",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(sub, name, "sample text (or fill <mask> spans) from a model", __doc__)
     add_model_args(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
@@ -104,13 +100,11 @@ def read_prompt_file(name: str) -> list[str]:
     """The non-blank lines of --prompt-file; one-line errors for a missing, unreadable, binary
     or empty file."""
     path = Path(name).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(
-            f"--prompt-file {path} does not exist: pass a text file with one prompt per line"
-        )
     if not path.is_file():
-        raise ValueError(
-            f"--prompt-file {path} is not a file: pass a text file with one prompt per line"
+        missing = not path.exists()
+        raise (FileNotFoundError if missing else ValueError)(
+            f"--prompt-file {path} {'does not exist' if missing else 'is not a file'}: pass a "
+            "text file with one prompt per line"
         )
     from lladax.data.textio import decode_text
 
@@ -184,9 +178,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     tokens, attention_mask = left_pad(rows, cfg.pad_token_id)
     rng = rng_from_args(args)
     if sampler.fast:
-        from lladax.diffusion import fast_sampling
+        from lladax.diffusion import sampling
 
-        out, stats = fast_sampling.generate_with(
+        out, stats = sampling.generate_with(
             params, cfg, tokens, attention_mask, sampler, rng, return_stats=True
         )
         fast = {name: getattr(sampler, name) for name in SamplerConfig.FAST_OPTIONS}

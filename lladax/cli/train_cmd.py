@@ -1,4 +1,7 @@
-"""`lladax train`: train from a config file with `--config.x=y` overrides.
+"""`lladax train`: train from a config file with `--config.section.key=value` overrides.
+
+The config file is configs/<name>.py (any of its keys can be overridden; unknown keys are
+errors). Rerunning the same command resumes from the newest checkpoint in the workdir.
 
 Exit codes: 0 finished (or stopped by --stop-after; also when a signal arrives only during the
 final save, which completes), 2 bad input, 75 stopped by SIGTERM/SIGINT or a preemption notice
@@ -20,6 +23,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from lladax.cli.common import command_parser
 from lladax.train.config_files import apply_overrides, load_config_file
 
 EXIT_PREEMPTED = 75  # = loop.EXIT_PREEMPTED (EX_TEMPFAIL), duplicated to keep imports light
@@ -27,14 +31,8 @@ RUN_MARKERS = ("checkpoints", "metrics.jsonl")  # what every training workdir ho
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(
-        name,
-        help="train a model (pretraining or SFT loss) from a config file",
-        description="Train from configs/*.py; override any key with "
-        "--config.section.key=value (unknown keys are errors). "
-        "Rerunning the same command resumes from the newest "
-        "checkpoint in the workdir. Exit code 75: stopped by a "
-        "signal/preemption after saving (rerun to resume).",
+    p = command_parser(
+        sub, name, "train a model (pretraining or SFT loss) from a config file", __doc__
     )
     p.add_argument("--config", required=True, help="configs/<name>.py[:arg]")
     p.add_argument("--workdir", help="shortcut for --config.log.workdir (local path or gs://...)")

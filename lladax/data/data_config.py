@@ -2,13 +2,13 @@
 
 `DataConfig` is a typed section (`lladax.config_sections`): its defaults, types and ranges are
 written once, here; `lladax.train.run_config` composes it into the whole run config, and the
-pipeline (`pipeline.options_from_config`) and the SFT batches read its fields.
+pipeline (`pipeline.options_from_config`) and the SFT batches read its fields (`options`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from lladax.config import ConfigError
 from lladax.config_sections import Section, setting
@@ -50,3 +50,7 @@ class DataConfig(Section):
     def tokenizer_spec(self) -> str:
         """What `load_tokenizer` takes: `tokenizer`, or "embedded" for ""."""
         return self.tokenizer or "embedded"
+
+    def options(self, *names: str) -> dict[str, Any]:
+        """{name: value} of the named fields: the keyword arguments a reader takes from them."""
+        return {name: getattr(self, name) for name in names}

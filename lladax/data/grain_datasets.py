@@ -17,7 +17,7 @@ import numpy as np
 
 from lladax.data import prepared, sources
 from lladax.data.prepared import corpus_tokens
-from lladax.data.sources import DataError
+from lladax.data.sources import EMBEDDED, DataError
 
 if TYPE_CHECKING:
     import grain
@@ -132,21 +132,22 @@ def shard_options(process_index: int | None, process_count: int | None, shard: A
 
 
 # --- the dataset --------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DatasetOptions:
-    """The options of `build`: the arguments of `pipeline.make_batches` but the sharding."""
+    """What `build` reads and how it batches it: the keyword arguments of
+    `pipeline.make_batches` but the sharding (``seq_len`` and ``batch_size`` have no default)."""
 
-    source: str | Path
-    split: str
+    source: str | Path = EMBEDDED  # a source string of `lladax.data.sources`, or a path
+    split: str = "train"  # one of `sources.SPLITS`
     seq_len: int
-    batch_size: int
-    seed: int
-    num_epochs: int | None
-    add_eos: bool
-    field: str
-    pack: bool
-    workers: int
-    cache_dir: str | Path | None
+    batch_size: int  # rows per batch, per process
+    seed: int = 0  # of the shuffles (and of the packer)
+    num_epochs: int | None = None  # None: repeat forever
+    add_eos: bool = True  # EOS after every document
+    field: str = "text"  # the text field of .jsonl lines / TFDS records
+    pack: bool = False  # one document per segment (the pipeline's module doc)
+    workers: int = 0  # grain worker processes (0 = in-process)
+    cache_dir: str | Path | None = None  # where token streams are cached
 
     @property
     def where(self) -> str:

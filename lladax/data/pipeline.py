@@ -41,7 +41,6 @@ from lladax.data.prepared import token_stream
 from lladax.data.sources import EMBEDDED, DataError
 
 if TYPE_CHECKING:
-    import grain
     import jax
 
     from lladax.data.data_config import DataConfig
@@ -51,103 +50,45 @@ __all__ = [
     "eval_batches",
     "global_batch",
     "make_batches",
-    "make_dataset",
     "options_from_config",
     "pack_rows",
 ]
 
 
-def make_dataset(
+def make_batches(
     tokenizer: Tokenizer,
     *,
-    source: str | Path = EMBEDDED,
-    split: str = "train",
-    seq_len: int,
-    batch_size: int,
-    seed: int = 0,
-    num_epochs: int | None = None,
-    add_eos: bool = True,
     process_index: int | None = None,
     process_count: int | None = None,
-    cache_dir: str | Path | None = None,
-    field: str = "text",
-    pack: bool = False,
-    workers: int = 0,
     shard: Any = None,
-) -> grain.MapDataset | grain.IterDataset:
-    """The grain dataset behind `make_batches` (a `MapDataset` for the default unpacked layout of
-    a text source without workers, else an `IterDataset`).
+    **options: Any,
+) -> Any:
+    """A checkpointable iterator of batches of int32 ``[batch_size, seq_len]`` arrays:
+    ``{"tokens"}``, plus ``{"segment_ids", "positions"}`` when ``pack`` (see module doc).
+
+    ``options`` are the fields of `DatasetOptions` (where, what and how to batch), its defaults
+    applying: ``seq_len=`` and ``batch_size=`` are required, e.g. ``source=``, ``pack=`` not.
 
     Sharding: ``shard`` (a ``grain.sharding.ShardOptions``), or ``process_index`` /
     ``process_count``, or by default this JAX process's share (``ShardByJaxProcess``). Shards
     interleave (row ``i`` goes to process ``i % count``) and have equal length (the remainder is
     dropped); ``batch_size`` is per process.
-    """
-    sources.check_split(split)
-    opts = DatasetOptions(
-        source=source,
-        split=split,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        seed=seed,
-        num_epochs=num_epochs,
-        add_eos=add_eos,
-        field=field,
-        pack=pack,
-        workers=workers,
-        cache_dir=cache_dir,
-    )
-    return build(tokenizer, opts, shard_options(process_index, process_count, shard))[0]
-
-
-def make_batches(
-    tokenizer: Tokenizer,
-    *,
-    source: str | Path = EMBEDDED,
-    split: str = "train",
-    seq_len: int,
-    batch_size: int,
-    seed: int = 0,
-    num_epochs: int | None = None,
-    add_eos: bool = True,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    cache_dir: str | Path | None = None,
-    field: str = "text",
-    pack: bool = False,
-    workers: int = 0,
-    shard: Any = None,
-) -> Any:
-    """A checkpointable iterator of batches of int32 ``[batch_size, seq_len]`` arrays:
-    ``{"tokens"}``, plus ``{"segment_ids", "positions"}`` when ``pack`` (see module doc).
 
     ``it.get_state()`` is a JSON-able dict; ``it.set_state(state)`` on a freshly built iterator
     with the same arguments continues exactly where ``state`` was taken (also with ``workers``).
-    ``it.info`` holds counts (documents, documents_split, tokens). Arguments as `make_dataset`.
+    ``it.info`` holds counts (documents, documents_split, tokens).
     """
     import grain
 
-    sources.check_split(split)
+    opts = DatasetOptions(**options)
+    sources.check_split(opts.split)
     shard = shard_options(process_index, process_count, shard)
-    opts = DatasetOptions(
-        source=source,
-        split=split,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        seed=seed,
-        num_epochs=num_epochs,
-        add_eos=add_eos,
-        field=field,
-        pack=pack,
-        workers=workers,
-        cache_dir=cache_dir,
-    )
     ds, info = build(tokenizer, opts, shard)
-    if workers:
+    if opts.workers:
         _absl_flags_parsed()
     signature = {  # what a saved state must match (the cache directory may move)
         **{k: v for k, v in dataclasses.asdict(opts).items() if k != "cache_dir"},
-        "source": str(source),
+        "source": str(opts.source),
         "shard_index": shard.shard_index,
         "shard_count": shard.shard_count,
         "tokenizer": tokenizer.fingerprint,
@@ -159,14 +100,7 @@ def make_batches(
 
 def options_from_config(data: DataConfig) -> dict[str, Any]:
     """`make_batches` keyword arguments from a run config's typed ``data`` section."""
-    return dict(
-        source=data.source,
-        seq_len=data.seq_len,
-        seed=data.seed,
-        field=data.field,
-        pack=data.pack,
-        workers=data.workers,
-    )
+    return data.options("source", "seq_len", "seed", "field", "pack", "workers")
 
 
 def _absl_flags_parsed() -> None:
@@ -220,17 +154,18 @@ def _iterator_class() -> type:
 def eval_batches(
     tokenizer: Tokenizer,
     *,
-    source: str | Path = EMBEDDED,
-    split: str = "eval",
     seq_len: int,
     batch_size: int,
     max_batches: int | None = None,
+    source: str | Path = EMBEDDED,
+    split: str = "eval",
+    field: str = "text",
     add_eos: bool = True,
     cache_dir: str | Path | None = None,
-    field: str = "text",
 ) -> list[dict[str, np.ndarray]]:
     """The held-out split as a fixed list of ``{"tokens": np.int32 [batch_size, seq_len]}``
-    (continuous-stream rows, in order, no shuffle), at most ``max_batches``."""
+    (continuous-stream rows, in order, no shuffle), at most ``max_batches``. The token stream is
+    `prepared.token_stream`'s (its arguments after ``max_batches``)."""
     stream = token_stream(
         tokenizer, source=source, split=split, add_eos=add_eos, cache_dir=cache_dir, field=field
     )

@@ -68,21 +68,24 @@ def read_txt(path: Path) -> Iterator[str]:
             yield doc.strip("\n")
 
 
+def _expect_json(value: Any, kind: type, where: str, expected: str, fix: str) -> None:
+    """A one-line `DataError` unless the JSON ``value`` is a ``kind``:
+    ``{where}: {expected}, got a JSON {value's type}: {fix}``."""
+    if not isinstance(value, kind):
+        got = _JSON_TYPES.get(type(value), type(value).__name__)
+        raise DataError(f"{where}: {expected}, got a JSON {got}: {fix}")
+
+
 def jsonl_record(line: str, where: str, what: str) -> dict[str, Any]:
     """One jsonl line -> its JSON object; ``what`` names the expected content in the message."""
+    expected = f"expected a JSON object with {what}"
     try:
         record = json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(
-            f"{where}: expected a JSON object with {what} (JSONDecodeError: {e}): "
-            "fix the line (one JSON object per line)"
+            f"{where}: {expected} (JSONDecodeError: {e}): fix the line (one JSON object per line)"
         ) from None
-    if not isinstance(record, dict):
-        kind = _JSON_TYPES.get(type(record), type(record).__name__)
-        raise DataError(
-            f"{where}: expected a JSON object with {what}, got a JSON {kind}: "
-            "write one JSON object per line"
-        )
+    _expect_json(record, dict, where, expected, "write one JSON object per line")
     return record
 
 
@@ -96,12 +99,8 @@ def jsonl_text(line: str, field: str, where: str) -> str:
             "prepare --field`)"
         )
     text = record[field]
-    if not isinstance(text, str):
-        kind = _JSON_TYPES.get(type(text), type(text).__name__)
-        raise DataError(
-            f"{where}: {field!r} must be a string, got a JSON {kind}: fix the line "
-            "or set data.field to a text field"
-        )
+    fix = "fix the line or set data.field to a text field"
+    _expect_json(text, str, where, f"{field!r} must be a string", fix)
     return text
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +41,30 @@ _UNKNOWN_TEXT = " \u2047 "  # what sentencepiece prints for <unk>
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text else type(e).__name__
+
+
+def _parse_file[T](
+    path: Path,
+    parse: Callable[[str], T],
+    errors: tuple[type[Exception], ...],
+    *,
+    kind: str,
+    existing: str,
+    right: str,
+) -> T:
+    """``parse(str(path))`` of a tokenizer file, else a one-line error: the file is missing
+    (pass an ``existing`` one) or ``parse`` raised one of ``errors`` (not a ``kind``: pass
+    ``right``)."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{kind} {path} does not exist: pass an existing {existing}, or 'embedded'"
+        )
+    try:
+        return parse(str(path))
+    except errors as e:
+        raise ValueError(
+            f"{path} is not a {kind} ({_first_line(e)}): pass {right}, or 'embedded'"
+        ) from None
 
 
 class MissingTokenError(ValueError):
@@ -130,20 +154,15 @@ class SentencePieceTokenizer(Tokenizer):
         import sentencepiece as spm
 
         path = Path(model_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"sentencepiece model {path} does not exist: pass an existing "
-                ".model file, or 'embedded'"
-            )
         self.name = str(path)
-        try:
-            self._sp = spm.SentencePieceProcessor(model_file=str(path))
-        except (RuntimeError, OSError) as e:  # sentencepiece's multi-line parse errors
-            raise ValueError(
-                f"{path} is not a sentencepiece model ({_first_line(e)}): pass the "
-                "tokenizer.model it was trained as, or 'embedded'"
-            ) from None
-        sp = self._sp
+        self._sp = sp = _parse_file(
+            path,
+            lambda file: spm.SentencePieceProcessor(model_file=file),
+            (RuntimeError, OSError),  # sentencepiece's multi-line parse errors
+            kind="sentencepiece model",
+            existing=".model file",
+            right="the tokenizer.model it was trained as",
+        )
 
         def valid(i: int) -> int | None:
             return i if i >= 0 else None
@@ -211,19 +230,15 @@ class HFTokenizer(Tokenizer):
         path = Path(tokenizer_json_path).expanduser()
         if path.is_dir():
             path = path / "tokenizer.json"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"tokenizer file {path} does not exist: pass an existing "
-                "tokenizer.json, or 'embedded'"
-            )
         self.name = str(path)
-        try:
-            self._tok = _HF.from_file(str(path))
-        except Exception as e:  # tokenizers raises a bare Exception on bad JSON / unknown model
-            raise ValueError(
-                f"{path} is not a Hugging Face tokenizer.json ({_first_line(e)}): "
-                "pass the model's own tokenizer.json, or 'embedded'"
-            ) from None
+        self._tok = _parse_file(
+            path,
+            _HF.from_file,
+            (Exception,),  # tokenizers raises a bare Exception on bad JSON / unknown model
+            kind="Hugging Face tokenizer.json",
+            existing="tokenizer.json",
+            right="the model's own tokenizer.json",
+        )
         overrides = dict(special_tokens or {})
         unknown = sorted(set(overrides) - set(SPECIAL_ROLES))
         if unknown:

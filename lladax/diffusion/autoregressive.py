@@ -51,19 +51,9 @@ def target_mask(
     return valid
 
 
-def token_nll(
-    params: Any,
-    cfg: ModelConfig,
-    tokens: jax.Array,
-    attention_mask: jax.Array | None = None,
-    *,
-    segment_ids: jax.Array | None = None,
-    positions: jax.Array | None = None,
-) -> jax.Array:
-    """-log p(tokens[:, i + 1] | tokens[:, :i + 1]) for every i: [batch, seq - 1] float32."""
-    logits = transformer.apply(
-        params, cfg, tokens, attention_mask, segment_ids=segment_ids, positions=positions
-    )
+def token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """-log p(tokens[:, i + 1] | tokens[:, :i + 1]) for every i: [batch, seq - 1] float32, from
+    the causal model's logits [batch, seq, vocab] on tokens [batch, seq]."""
     return transformer.cross_entropy(logits[:, :-1], tokens[:, 1:])
 
 
@@ -73,19 +63,17 @@ def next_token_loss(
     tokens: jax.Array,
     attention_mask: jax.Array | None = None,
     *,
-    segment_ids: jax.Array | None = None,
-    positions: jax.Array | None = None,
+    packing: transformer.Packing = transformer.UNPACKED,
     prompt_lengths: jax.Array | None = None,
 ) -> jax.Array:
     """Mean next-token cross-entropy (nats per token) over the targets of `target_mask`.
 
-    tokens [batch, seq] int; the optional arrays as in `target_mask` / `transformer.apply`.
+    tokens [batch, seq] int; packed rows pass their `transformer.Packing`; attention_mask and
+    prompt_lengths as in `target_mask`.
     """
-    nll = token_nll(
-        params, cfg, tokens, attention_mask, segment_ids=segment_ids, positions=positions
-    )
+    nll = token_nll(transformer.apply(params, cfg, tokens, attention_mask, packing=packing), tokens)
     valid = target_mask(
-        tokens, attention_mask, segment_ids=segment_ids, prompt_lengths=prompt_lengths
+        tokens, attention_mask, segment_ids=packing.segment_ids, prompt_lengths=prompt_lengths
     )
     return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
@@ -104,7 +92,7 @@ def sequence_log_prob(
     real; left or right padding both work), prompt_lengths [batch] = index of the first answer
     token in the row (counting any left padding).
     """
-    nll = token_nll(params, cfg, tokens, attention_mask)
+    nll = token_nll(transformer.apply(params, cfg, tokens, attention_mask), tokens)
     valid = target_mask(tokens, attention_mask, prompt_lengths=prompt_lengths)
     return -jnp.sum(jnp.where(valid, nll, 0.0), axis=1)
 

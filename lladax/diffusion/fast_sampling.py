@@ -245,54 +245,42 @@ def generate(
 ):
     """Fast LLaDA sampling: prompt [B, P] -> canvas [B, P + gen_length] int32 (and stats).
 
-    The options are `SamplerConfig`'s (documented there); this is `generate_with` on
+    The options are `SamplerConfig`'s (documented there); this is `sampling.generate_with` on
     `SamplerConfig(cache=cache, ...)`. With cache="none" and neither threshold nor factor (or a
     threshold > 1) the output equals `sampling.generate`'s.
     """
-    sampler = SamplerConfig(
-        gen_length=gen_length,
-        steps=steps,
-        block_length=block_length,
-        temperature=temperature,
-        cfg_scale=cfg_scale,
-        remasking=remasking,
-        logits_eos_inf=logits_eos_inf,
-        confidence_eos_eot_inf=confidence_eos_eot_inf,
-        early_exit=early_exit,
-        cache=cache,
-        threshold=threshold,
-        factor=factor,
-    )
-    return generate_with(
-        params, cfg, prompt, attention_mask, sampler, rng, return_stats=return_stats
-    )
+    sampler = SamplerConfig.from_arguments(locals())  # first line: locals() = the arguments
+    check_kind(cfg, "diffusion", "fast_sampling.generate")
+    canvas, attn = denoise.prompt_canvas(cfg, prompt, attention_mask, sampler.gen_length)
+    return decode(params, cfg, canvas, attn, sampler, rng, return_stats=return_stats)
 
 
-def generate_with(
+def decode(
     params,
     cfg: ModelConfig,
-    prompt: Any,
-    attention_mask: Any,
+    canvas: jax.Array,
+    attn: jax.Array | None,
     sampler: SamplerConfig,
-    rng: jax.Array | None = None,
+    rng: jax.Array | None,
     *,
     return_stats: bool = False,
 ):
-    """`generate` with its options as a `SamplerConfig` (`sampler.cache` set: fast decoding).
+    """Fast decoding of a prompt canvas [B, P + gen_length] (`denoise.prompt_canvas`; attn its
+    [B, P + gen_length] mask or None) with `sampler.cache` set: canvas, or (canvas, stats).
 
-    The prompt may not contain the mask id (use `sampling.infill`). return_stats=True adds a
-    dict: nfe [B] (model evaluations while the row had work left: the paper's number of function
-    evaluations), evaluations (batch evaluations run), block_evaluations [n_blocks],
-    finished_early [B] (frozen by early exit). `model_flops(cfg, stats, ...)`: the compute spent.
+    `sampling.generate_with` calls this for a fast `SamplerConfig`. The prompt may not contain
+    the mask id (use `sampling.infill`). stats: nfe [B] (model evaluations while the row had
+    work left: the paper's number of function evaluations), evaluations (batch evaluations run),
+    block_evaluations [n_blocks], finished_early [B] (frozen by early exit).
+    `model_flops(cfg, stats, ...)`: the compute spent.
     """
-    check_kind(cfg, "diffusion", "fast_sampling.generate")
     if sampler.cache is None:
         raise ValueError(
             f"unknown cache mode None: use one of {CACHE_MODES} (cache=None is the exact "
             "sampler: sampling.generate_with)"
         )
-    canvas, attn = denoise.prompt_canvas(cfg, prompt, attention_mask, sampler.gen_length)
-    if (np.asarray(prompt) == cfg.mask_token_id).any():
+    prompt_len = canvas.shape[1] - sampler.gen_length
+    if (np.asarray(canvas[:, :prompt_len]) == cfg.mask_token_id).any():
         raise ValueError(
             f"prompt contains mask_token_id={cfg.mask_token_id}: fast decoding "
             "only fills the generated blocks; use sampling.infill for inner masks"

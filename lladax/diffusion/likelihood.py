@@ -23,7 +23,7 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +32,6 @@ import numpy as np
 from lladax.batching import bucket_length
 from lladax.config import ModelConfig, check_kind
 from lladax.model import transformer
-
-# Traces (= compilations) of the Monte-Carlo program per static signature; tests read it.
 
 
 def _logits(
@@ -206,7 +204,15 @@ def _check_pair(
     return prompt.astype(np.int32), answer.astype(np.int32)
 
 
-def _check_mc(mc_num: int, batch_size: int, cfg_scale: float, rng: Any) -> int:
+class _MonteCarlo(NamedTuple):
+    """The estimator's settings: n_iter iterations of batch_size rows per pair, CFG scale."""
+
+    n_iter: int
+    batch_size: int
+    cfg_scale: float
+
+
+def _check_mc(mc_num: int, batch_size: int, cfg_scale: float, rng: Any) -> _MonteCarlo:
     if batch_size < 1 or mc_num < batch_size or mc_num % batch_size:
         raise ValueError(
             f"mc_num={mc_num} must be a positive multiple of batch_size="
@@ -216,7 +222,7 @@ def _check_mc(mc_num: int, batch_size: int, cfg_scale: float, rng: Any) -> int:
         raise ValueError(f"cfg_scale={cfg_scale} must be >= 0 (0 disables guidance)")
     if rng is None:
         raise ValueError("log_likelihood draws random masks: pass rng=jax.random.key(seed)")
-    return mc_num // batch_size
+    return _MonteCarlo(mc_num // batch_size, batch_size, cfg_scale)
 
 
 def _summarise(row_losses: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -236,6 +242,25 @@ def _summarise(row_losses: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.
     else:
         se = np.full_like(est, np.nan)
     return est, se
+
+
+def _estimate(params, cfg, tokens, prompt_lens, lengths, keys, mc: _MonteCarlo, *, padded: bool):
+    """tokens [N, L] int32 (right padded when `padded`), prompt_lens and lengths [N], keys [N]
+    -> (estimate [N], standard error [N]) float64: the Monte-Carlo program, then `_summarise`."""
+    losses = _mc_row_losses(
+        params,
+        jnp.asarray(tokens),
+        jnp.asarray(prompt_lens, jnp.int32),
+        jnp.asarray(lengths, jnp.int32),
+        keys,
+        jnp.float32(mc.cfg_scale),
+        cfg=cfg,
+        n_iter=mc.n_iter,
+        batch_size=mc.batch_size,
+        guided=mc.cfg_scale > 0,
+        padded=padded,
+    )
+    return _summarise(np.asarray(losses, np.float64), mc.batch_size)
 
 
 def log_likelihood_batch(
@@ -267,7 +292,7 @@ def log_likelihood_batch(
         raise ValueError(
             f"{len(prompts)} prompts but {len(answers)} answers: pass one of each per pair"
         )
-    n_iter = _check_mc(mc_num, batch_size, cfg_scale, rng)
+    mc = _check_mc(mc_num, batch_size, cfg_scale, rng)
     if pairs_per_call is not None and pairs_per_call < 1:
         raise ValueError(
             f"pairs_per_call={pairs_per_call} must be >= 1 (or None: "
@@ -302,20 +327,17 @@ def log_likelihood_batch(
             tokens = np.full((size, L), cfg.pad_token_id, np.int32)
             for r, i in enumerate(idx):
                 tokens[r, : lengths[i]] = np.concatenate(pairs[i])
-            losses = _mc_row_losses(
+            prompt_lens = [len(pairs[i][0]) for i in idx]
+            e, s = _estimate(
                 params,
-                jnp.asarray(tokens),
-                jnp.asarray([len(pairs[i][0]) for i in idx], jnp.int32),
-                jnp.asarray(lengths[idx], jnp.int32),
+                cfg,
+                tokens,
+                prompt_lens,
+                lengths[idx],
                 keys[np.asarray(idx)],
-                jnp.float32(cfg_scale),
-                cfg=cfg,
-                n_iter=n_iter,
-                batch_size=batch_size,
-                guided=cfg_scale > 0,
+                mc,
                 padded=True,
             )
-            e, s = _summarise(np.asarray(losses, np.float64), batch_size)
             est[chunk], se[chunk] = e[: len(chunk)], s[: len(chunk)]
     return (est, se) if return_stderr else est
 
@@ -339,21 +361,10 @@ def log_likelihood(
     [batch_size, P+T] forward). Returns a float (and its standard error with return_stderr=True;
     see `_summarise`).
     """
-    n_iter = _check_mc(mc_num, batch_size, cfg_scale, rng)
+    mc = _check_mc(mc_num, batch_size, cfg_scale, rng)
     prompt, answer = _check_pair(cfg, prompt, answer)
     seq = np.concatenate([prompt, answer])[None, :]
-    losses = _mc_row_losses(
-        params,
-        jnp.asarray(seq),
-        jnp.asarray([len(prompt)], jnp.int32),
-        jnp.asarray([seq.shape[1]], jnp.int32),
-        rng[None],
-        jnp.float32(cfg_scale),
-        cfg=cfg,
-        n_iter=n_iter,
-        batch_size=batch_size,
-        guided=cfg_scale > 0,
-        padded=False,
+    est, se = _estimate(
+        params, cfg, seq, [len(prompt)], [seq.shape[1]], rng[None], mc, padded=False
     )
-    est, se = _summarise(np.asarray(losses, np.float64), batch_size)
     return (float(est[0]), float(se[0])) if return_stderr else float(est[0])

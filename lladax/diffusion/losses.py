@@ -69,32 +69,14 @@ def truncation_mask(key: jax.Array, batch: int, seq_len: int, prob: float) -> ja
 def weighted_token_loss(
     logits: jax.Array, clean: jax.Array, noisy: jax.Array, p_mask: jax.Array, mask_id: int
 ) -> jax.Array:
-    """CE(logits, clean) / p_mask on masked positions, 0 elsewhere: [batch, seq] f32."""
+    """The per-position loss: CE(logits, clean) / p_mask on masked positions, 0 elsewhere.
+
+    logits [batch, seq, vocab] (the model on `noisy`), clean / noisy [batch, seq] int, p_mask
+    [batch] -> [batch, seq] f32.
+    """
     masked = noisy == mask_id
     ce = transformer.cross_entropy(logits, clean)
     return jnp.where(masked, ce / p_mask[:, None], 0.0)
-
-
-def pretrain_token_loss(
-    params: Any,
-    cfg: ModelConfig,
-    clean: jax.Array,
-    noisy: jax.Array,
-    p_mask: jax.Array,
-    attention_mask: jax.Array | None = None,
-    *,
-    segment_ids: jax.Array | None = None,
-    positions: jax.Array | None = None,
-) -> jax.Array:
-    """Per-position pretraining loss [batch, seq] (see `weighted_token_loss`); packed rows pass
-    `segment_ids`/`positions` [batch, seq] through to `transformer.apply`."""
-    logits = transformer.apply(
-        params, cfg, noisy, attention_mask, segment_ids=segment_ids, positions=positions
-    )
-    token_loss = weighted_token_loss(logits, clean, noisy, p_mask, cfg.mask_token_id)
-    if attention_mask is not None:
-        token_loss = jnp.where(attention_mask.astype(bool), token_loss, 0.0)
-    return token_loss
 
 
 def pretrain_loss(
@@ -114,20 +96,13 @@ def pretrain_loss(
     e.g. from `truncation_mask`, or `segment_ids > 0` for packed rows) excludes positions from
     attention, loss and normaliser; segment_ids/positions [batch, seq] describe packed documents.
     """
-    token_loss = pretrain_token_loss(
-        params,
-        cfg,
-        clean,
-        noisy,
-        p_mask,
-        attention_mask,
-        segment_ids=segment_ids,
-        positions=positions,
-    )
-    n_positions = (
-        clean.size if attention_mask is None else jnp.sum(attention_mask.astype(jnp.float32))
-    )
-    return jnp.sum(token_loss) / n_positions
+    packing = transformer.Packing(segment_ids, positions)
+    logits = transformer.apply(params, cfg, noisy, attention_mask, packing=packing)
+    token_loss = weighted_token_loss(logits, clean, noisy, p_mask, cfg.mask_token_id)
+    if attention_mask is None:
+        return jnp.sum(token_loss) / clean.size
+    token_loss = jnp.where(attention_mask.astype(bool), token_loss, 0.0)
+    return jnp.sum(token_loss) / jnp.sum(attention_mask.astype(jnp.float32))
 
 
 def sft_loss(

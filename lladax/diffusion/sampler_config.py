@@ -159,6 +159,15 @@ class SamplerConfig:
         unchecked.check(spelling)
         return cls(**merged)
 
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> SamplerConfig:
+        """The options among a keyword face's arguments: `sampling.generate(..., steps=...)` and
+        `fast_sampling.generate` pass their `locals()`, so each option is named once, in their
+        signature. Other names (params, rng, ...) are ignored; options a face does not take keep
+        their defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in arguments.items() if name in names})
+
     def resolved(self) -> SamplerConfig:
         """steps and block_length filled in (None -> gen_length)."""
         steps, _, block_length = _lengths(self)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lladax.config import ModelConfig, check_kind
+from lladax.diffusion import fast_sampling
 from lladax.diffusion.denoise import (
     answer_final,
     decide,
@@ -181,17 +182,7 @@ def generate(
     left padding = 0 (None: all ones). `rng` (a `jax.random` key) is required when sampling is
     random; every row gets independent noise. return_history / return_stats: see `generate_with`.
     """
-    sampler = SamplerConfig(
-        gen_length=gen_length,
-        steps=steps,
-        block_length=block_length,
-        temperature=temperature,
-        cfg_scale=cfg_scale,
-        remasking=remasking,
-        logits_eos_inf=logits_eos_inf,
-        confidence_eos_eot_inf=confidence_eos_eot_inf,
-        early_exit=early_exit,
-    )
+    sampler = SamplerConfig.from_arguments(locals())  # first line: locals() = the arguments
     return generate_with(
         params,
         cfg,
@@ -218,18 +209,20 @@ def generate_with(
 ):
     """`generate` with its options as a `SamplerConfig`: canvas [B, P + gen_length] int32.
 
-    return_history=True adds history [steps, B, P + gen_length] (the canvas after each global
-    step; with early exit it shows a frozen row's tail as masks, the canvas as EOS).
+    A fast `sampler` (`cache` set) runs `fast_sampling.decode` (its stats; no history); otherwise
+    the exact sampler below. return_history=True adds history [steps, B, P + gen_length] (the
+    canvas after each global step; with early exit it shows a frozen row's tail as masks, the
+    canvas as EOS).
     return_stats=True appends a dict: forward_passes, window_passes (forwards that took the
     block-window path), steps, steps_saved (scalars), done_step [B] (the step at which each row
     froze; `steps` if never). window=False runs every forward on the whole canvas (same tokens).
     Returns canvas, (canvas, history), (canvas, stats) or (canvas, history, stats).
     """
     check_kind(cfg, "diffusion", "sampling.generate")
-    if sampler.fast:
+    if sampler.fast and return_history:
         raise ValueError(
-            f"this SamplerConfig asks for fast decoding (cache={sampler.cache!r}): use "
-            "fast_sampling.generate_with, or cache=None for the exact sampler"
+            f"return_history shows the exact sampler's canvas at every step; fast decoding "
+            f"(cache={sampler.cache!r}) keeps none: drop return_history, or set cache=None"
         )
     canvas, attn = prompt_canvas(cfg, prompt, attention_mask, sampler.gen_length)
     if canvas.shape[1] > cfg.max_seq_len:
@@ -239,6 +232,10 @@ def generate_with(
             f"exceeds the model's max_seq_len {cfg.max_seq_len}: quality may degrade "
             "beyond the trained context",
             stacklevel=2,
+        )
+    if sampler.fast:
+        return fast_sampling.decode(
+            params, cfg, canvas, attn, sampler, rng, return_stats=return_stats
         )
     o = sampler.static(return_history=return_history, window=window)
     x, history, stats = _run(

@@ -54,21 +54,22 @@ def attention(
     v: jax.Array,
     key_mask: jax.Array | None = None,
     *,
+    causal: bool = False,
+    q_offset: jax.Array | int = 0,
     q_segment_ids: jax.Array | None = None,
     kv_segment_ids: jax.Array | None = None,
     impl: str = "xla",
-    causal: bool = False,
-    q_offset: jax.Array | int = 0,
 ) -> jax.Array:
     """Scaled dot-product attention, bidirectional unless `causal`.
 
     q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim] (kv_heads
-    divides heads: grouped-query attention repeats them). key_mask: [batch, kv_len] bool, True for
-    real tokens; masked keys get an additive float32-min bias exactly as the reference, so a row
-    whose keys are all masked still produces finite values. q_segment_ids [batch, q_len] and
-    kv_segment_ids [batch, kv_len] (both or neither) restrict each query to keys of its own
-    segment. `causal`: query i is at position i + q_offset of the keys (a window or a cached
-    decode step) and sees keys up to it. Returns [batch, q_len, heads, head_dim].
+    divides heads: grouped-query attention repeats them). Which keys a query sees: key_mask
+    [batch, kv_len] bool, True for real tokens (masked keys get an additive float32-min bias
+    exactly as the reference, so a row whose keys are all masked still produces finite values);
+    `causal`: query i is at position i + q_offset of the keys (a window or a cached decode step)
+    and sees keys up to it; q_segment_ids [batch, q_len] and kv_segment_ids [batch, kv_len] (both
+    or neither) restrict each query to keys of its own segment. `impl` picks the kernel (`IMPLS`).
+    Returns [batch, q_len, heads, head_dim].
     """
     if (q_segment_ids is None) != (kv_segment_ids is None):
         raise ValueError("pass both q_segment_ids and kv_segment_ids, or neither")
@@ -154,15 +155,9 @@ def _splash(q, k, v, key_mask, q_segment_ids, kv_segment_ids, *, causal: bool, i
     # [batch, heads, len, head_dim]; the kernel does not scale the scores itself.
     q, k, v = (x.swapaxes(1, 2) for x in (q * head_dim**-0.5, k, v))
     bq, bkv = _block(q_len), _block(kv_len)
+    # (query, key) tiles of the forward, dkv and dq kernels; each compute tile is its key tile
     sizes = kernel_lib.BlockSizes(
-        block_q=bq,
-        block_kv=bkv,
-        block_kv_compute=bkv,
-        block_q_dkv=bq,
-        block_kv_dkv=bkv,
-        block_kv_dkv_compute=bkv,
-        block_q_dq=bq,
-        block_kv_dq=bkv,
+        block_q=bq, block_kv=bkv, block_q_dkv=bq, block_kv_dkv=bkv, block_q_dq=bq, block_kv_dq=bkv
     )
 
     def local(q, k, v, q_seg, kv_seg):  # shapes are per shard: heads may be split over tensor

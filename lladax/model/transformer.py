@@ -49,19 +49,29 @@ class KVCache(NamedTuple):
     v: jax.Array
 
 
+class Packing(NamedTuple):
+    """How documents sit in token rows [batch, len] (the data pipeline's `pack=True` batches).
+
+    segment_ids [batch, len] int: a token attends only to tokens with the same id (0 = padding);
+    None: one document per row. positions [batch, len] int: RoPE positions, restarting at 0 in
+    each document; None: 0, 1, ... along the row (from `cache_start` in a cached forward).
+    """
+
+    segment_ids: jax.Array | None = None
+    positions: jax.Array | None = None
+
+
+UNPACKED = Packing()  # one document per row
+
+
 class LLaDA(nnx.Module):
     """Embedding -> n_layers Blocks (stacked on a leading [layers] axis) -> RMSNorm -> untied LM
     head. The definition only: `apply` runs it."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.wte = make_param(
-            normal_init(cfg.init_std),
-            rngs.params(),
-            (cfg.vocab_size, cfg.d_model),
-            cfg.weight_dtype,
-            ("vocab", "embed"),
-        )
+        v, d, w, init = cfg.vocab_size, cfg.d_model, cfg.weight_dtype, normal_init(cfg.init_std)
+        self.wte = make_param(init, rngs.params(), (v, d), w, ("vocab", "embed"))
 
         @nnx.split_rngs(splits=cfg.n_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -70,13 +80,7 @@ class LLaDA(nnx.Module):
 
         self.blocks = make_blocks(rngs)
         self.ln_f = RMSNorm(cfg, rngs=rngs)
-        self.lm_head = make_param(
-            normal_init(cfg.init_std),
-            rngs.params(),
-            (cfg.d_model, cfg.vocab_size),
-            cfg.weight_dtype,
-            ("embed", "vocab"),
-        )
+        self.lm_head = make_param(init, rngs.params(), (d, v), w, ("embed", "vocab"))
 
 
 @functools.lru_cache(maxsize=32)
@@ -160,8 +164,7 @@ def apply(
     tokens: jax.Array,
     attention_mask: jax.Array | None = None,
     *,
-    segment_ids: jax.Array | None = None,
-    positions: jax.Array | None = None,
+    packing: Packing = UNPACKED,
     query_start: jax.Array | int = 0,
     query_size: int | None = None,
     cache: KVCache | None = None,
@@ -170,12 +173,11 @@ def apply(
 ):
     """Traceable forward pass: tokens [batch, len] int -> logits [batch, len, vocab] float32.
 
-    `attention_mask` [batch, len] (1 = real token) masks padded keys. Packed rows pass
-    `segment_ids` [batch, len] (a token attends only to tokens with the same id; 0 = padding) and
-    `positions` [batch, len] (RoPE positions, restarting at 0 in each document); the logits of
-    each document then equal those of the document run alone. With `query_size`, logits are only
-    computed for positions [query_start, query_size + query_start) of `tokens`
-    ([batch, query_size, vocab]); the result equals the same slice of the full forward.
+    `attention_mask` [batch, len] (1 = real token) masks padded keys. Packed rows pass their
+    `packing` (segment ids and restarting positions); the logits of each document then equal
+    those of the document run alone. With `query_size`, logits are only computed for positions
+    [query_start, query_size + query_start) of `tokens` ([batch, query_size, vocab]); the result
+    equals the same slice of the full forward.
 
     KV caching (the fast sampler): `return_cache=True` also returns a `KVCache` of the whole
     sequence, (logits, cache). Given `cache` [layers, batch, kv_len, ...], `tokens` [batch, len]
@@ -189,6 +191,7 @@ def apply(
 
     `cfg.kind == "autoregressive"` makes every layer causal (the baseline of `autoregressive.py`).
     """
+    segment_ids, positions = packing
     if cache is not None and segment_ids is not None:
         raise ValueError("a cached forward takes no segment_ids")
     model = nnx.merge(graphdef(cfg), params)
@@ -221,8 +224,8 @@ def apply(
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _forward_jit(params, cfg, tokens, attention_mask, segment_ids, positions):
-    return apply(params, cfg, tokens, attention_mask, segment_ids=segment_ids, positions=positions)
+def _forward_jit(params, cfg, tokens, attention_mask, packing):
+    return apply(params, cfg, tokens, attention_mask, packing=packing)
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -261,7 +264,8 @@ def forward(
 ) -> jax.Array:
     """Jitted forward pass with input validation: [batch, len] -> logits [batch, len, vocab] f32.
 
-    `attention_mask`, `segment_ids` and `positions` are optional [batch, len] arrays (see `apply`).
+    `attention_mask`, `segment_ids` and `positions` are optional [batch, len] arrays (see `apply`
+    and `Packing`).
     """
     check_tokens(tokens, cfg)
     tokens = jnp.asarray(tokens, jnp.int32)
@@ -274,6 +278,5 @@ def forward(
                     f"{name} shape {extras[name].shape} != tokens shape "
                     f"{tokens.shape}: pass one entry per token"
                 )
-    return _forward_jit(
-        params, cfg, tokens, extras["attention_mask"], extras["segment_ids"], extras["positions"]
-    )
+    packing = Packing(extras["segment_ids"], extras["positions"])
+    return _forward_jit(params, cfg, tokens, extras["attention_mask"], packing)

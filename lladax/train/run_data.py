@@ -16,21 +16,14 @@ import numpy as np
 
 from lladax.config import ModelConfig
 from lladax.data import pipeline, sft
-from lladax.data.data_config import DataConfig
 from lladax.train.run_config import RunConfig
 from lladax.train.trainer import eval_loss
 
 EVAL_SEED = 12345  # the held-out loss draws the same noise at every evaluation
 
 
-def _chat_options(d: DataConfig) -> dict[str, Any]:
-    """`sft.make_sft_batches` options of a config's `data` section (train and eval alike)."""
-    return dict(
-        source=d.source,
-        seq_len=d.seq_len,
-        min_answer_len=d.min_answer_len,
-        random_offset=d.random_offset,
-    )
+# The `data` fields that `sft.make_sft_batches` takes (train and eval alike).
+_CHAT_OPTIONS = ("source", "seq_len", "min_answer_len", "random_offset")
 
 
 def train_batches(run: RunConfig, tok: Any, batch_size: int) -> Any:
@@ -41,7 +34,7 @@ def train_batches(run: RunConfig, tok: Any, batch_size: int) -> Any:
     if d.format == "chat":
         return iter(
             sft.make_sft_batches(
-                tok, batch_size=batch_size, seed=d.seed, **where, **_chat_options(d)
+                tok, batch_size=batch_size, seed=d.seed, **where, **d.options(*_CHAT_OPTIONS)
             )
         )
     return pipeline.make_batches(
@@ -58,17 +51,15 @@ def eval_set(run: RunConfig, tok: Any) -> list[dict[str, np.ndarray]]:
     if d.format == "chat":
         batches = iter(
             sft.make_sft_batches(
-                tok, batch_size=e.batch_size, seed=0, split="eval", **_chat_options(d)
+                tok, batch_size=e.batch_size, seed=0, split="eval", **d.options(*_CHAT_OPTIONS)
             )
         )
         return [next(batches) for _ in range(e.batches)]
     return pipeline.eval_batches(
         tok,
-        source=d.source,
-        seq_len=d.seq_len,
         batch_size=e.batch_size,
         max_batches=e.batches,
-        field=d.field,
+        **d.options("source", "seq_len", "field"),
     )
 
 

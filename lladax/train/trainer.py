@@ -196,7 +196,12 @@ def loss_fn(
         attention_mask = cut if attention_mask is None else attention_mask & cut
     if cfg.causal:  # the autoregressive baseline: same batches, exact next-token NLL
         return autoregressive.next_token_loss(
-            params, cfg, tokens, attention_mask, prompt_lengths=prompt_lengths, **packed
+            params,
+            cfg,
+            tokens,
+            attention_mask,
+            packing=transformer.Packing(**packed),
+            prompt_lengths=prompt_lengths,
         )
     noisy, p_mask, _ = losses.mask_tokens(
         mask_key,

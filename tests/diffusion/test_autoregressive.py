@@ -78,10 +78,12 @@ def test_packed_rows_never_predict_across_documents(params):
         AR,
         jnp.asarray(row),
         jnp.asarray(seg > 0),
-        segment_ids=jnp.asarray(seg),
-        positions=jnp.asarray(pos),
+        packing=transformer.Packing(jnp.asarray(seg), jnp.asarray(pos)),
     )
-    alone = [autoregressive.token_nll(params, AR, jnp.asarray(d[None]))[0] for d in (doc_a, doc_b)]
+    alone = [
+        autoregressive.token_nll(transformer.apply(params, AR, x), x)[0]
+        for x in (jnp.asarray(d[None]) for d in (doc_a, doc_b))
+    ]
     np.testing.assert_allclose(got, np.mean(np.concatenate(alone)), rtol=1e-5)
 
 

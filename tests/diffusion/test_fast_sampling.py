@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from lladax.diffusion import fast_sampling, sampling
+from lladax.diffusion.sampler_config import SamplerConfig
 from lladax.model import transformer
 from lladax.model.sharding import make_mesh, named_sharding, tree_shardings
 
@@ -157,6 +158,15 @@ def test_threshold_zero_finishes_every_block_in_one_step(tiny_llada, prompt):
         np.testing.assert_array_equal(stats["nfe"], [2] * 3)
         np.testing.assert_array_equal(stats["block_evaluations"], [1, 1])
         outs.append(np.asarray(out))
+        # one entry point for any SamplerConfig: a fast one runs this same program
+        sampler = SamplerConfig(cache=cache, threshold=0.0, **KW)
+        same, same_stats = sampling.generate_with(
+            params, cfg, prompt, None, sampler, return_stats=True
+        )
+        np.testing.assert_array_equal(same, out)
+        np.testing.assert_array_equal(same_stats["nfe"], stats["nfe"])
+        with pytest.raises(ValueError, match="fast decoding .* keeps none: drop return_history"):
+            sampling.generate_with(params, cfg, prompt, None, sampler, return_history=True)
     # each block is decoded entirely by its block-start forward, which is exact in every mode
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])

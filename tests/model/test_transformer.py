@@ -65,8 +65,7 @@ def test_packed_documents_do_not_see_each_other(tiny_llada):
         params,
         cfg,
         jnp.asarray(tokens),
-        segment_ids=jnp.asarray(segment_ids),
-        positions=jnp.asarray(positions),
+        packing=transformer.Packing(jnp.asarray(segment_ids), jnp.asarray(positions)),
         query_start=7,
         query_size=12,
     )

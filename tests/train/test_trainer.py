@@ -140,7 +140,9 @@ def test_packed_batch_passes_segments_to_the_model(tokens):
     _, metrics = _step(TC)(state, batch)
     mask_key, _ = jax.random.split(jax.random.fold_in(jax.random.fold_in(state.rng, 0), 0))
     noisy, p_mask, _ = losses.mask_tokens(mask_key, tokens, CFG.mask_token_id)
-    logits = transformer.apply(state.params, CFG, noisy, seg > 0, segment_ids=seg, positions=pos)
+    logits = transformer.apply(
+        state.params, CFG, noisy, seg > 0, packing=transformer.Packing(seg, pos)
+    )
     per_token = losses.weighted_token_loss(logits, tokens, noisy, p_mask, CFG.mask_token_id)
     expected = jnp.sum(jnp.where(seg > 0, per_token, 0.0)) / jnp.sum(seg > 0)
     np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)

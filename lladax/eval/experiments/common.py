@@ -70,6 +70,16 @@ def mean_ci(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(x.mean()), "ci95": float(half), "n": int(x.size)}
 
 
+def experiment_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of `lladax experiment NAME`, headed by the experiment's docstring as written;
+    the experiment adds its own options, then `add_common_options`."""
+    return argparse.ArgumentParser(
+        prog=f"lladax experiment {name}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def add_common_options(ap: argparse.ArgumentParser, seeds: list[int]) -> None:
     """--seeds (alias --seed), --out, --overwrite, --no-plot: the options every experiment has."""
     ap.add_argument(

@@ -40,6 +40,7 @@ from lladax.eval.experiments.common import (
     add_common_options,
     check_at_least,
     check_common,
+    experiment_parser,
     mean_ci,
     run_seeds,
     train_rows,
@@ -235,11 +236,7 @@ def plot(result: dict[str, Any]):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The options, checked: every refusal happens here, before any model is built."""
-    ap = argparse.ArgumentParser(
-        prog="lladax experiment reversal",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = experiment_parser("reversal", __doc__)
     ap.add_argument("--pairs", type=int, default=64, help="knowledge pairs (half held out)")
     ap.add_argument("--entities", type=int, default=16, help="entity tokens (x, y: 2 each)")
     ap.add_argument("--steps", type=int, default=4000)

@@ -29,14 +29,7 @@ import numpy as np
 from lladax.config import ModelConfig, preset
 from lladax.diffusion import autoregressive, sampling
 from lladax.diffusion.sampler_config import SamplerConfig
-from lladax.eval.experiments.common import (
-    add_common_options,
-    check_at_least,
-    check_common,
-    mean_ci,
-    run_seeds,
-    train_rows,
-)
+from lladax.eval.experiments import common
 from lladax.train.run_config import TrainConfig
 
 BOS, EOS = 1, 2
@@ -120,7 +113,7 @@ def run_seed(seed: int, args: argparse.Namespace, log=print) -> dict[str, Any]:
     trained = {}
     for kind in ("diffusion", "autoregressive"):
         cfg = model_config(kind, args.modulus, args.length)
-        trained[kind] = (cfg, train_rows(cfg, tc, sample, seed=seed, log=log)[0])
+        trained[kind] = (cfg, common.train_rows(cfg, tc, sample, seed=seed, log=log)[0])
     cfg, params = trained["diffusion"]
     out: dict[str, Any] = {"seed": seed, "steps": {}, "blocks": []}
     one_block = SamplerConfig(gen_length=args.length)  # greedy; steps, block_length: the sweeps
@@ -172,7 +165,7 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
             remasking: [
                 {
                     "steps": row["steps"],
-                    "valid": mean_ci([s["steps"][remasking][i]["valid"] for s in per_seed]),
+                    "valid": common.mean_ci([s["steps"][remasking][i]["valid"] for s in per_seed]),
                 }
                 for i, row in enumerate(rows)
             ]
@@ -181,11 +174,11 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         "blocks": [
             {
                 "block_length": row["block_length"],
-                "valid": mean_ci([s["blocks"][i]["valid"] for s in per_seed]),
+                "valid": common.mean_ci([s["blocks"][i]["valid"] for s in per_seed]),
             }
             for i, row in enumerate(first["blocks"])
         ],
-        "autoregressive_valid": mean_ci([s["autoregressive_valid"] for s in per_seed]),
+        "autoregressive_valid": common.mean_ci([s["autoregressive_valid"] for s in per_seed]),
     }
 
 
@@ -252,20 +245,16 @@ def plot(result: dict[str, Any]):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The options, checked: every refusal happens here, before any model is built."""
-    ap = argparse.ArgumentParser(
-        prog="lladax experiment sampler",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = common.experiment_parser("sampler", __doc__)
     ap.add_argument("--length", type=int, default=16, help="tokens after <bos> a (incl. <eos>)")
     ap.add_argument("--modulus", type=int, default=64)
     ap.add_argument("--max-step", type=int, default=8)
     ap.add_argument("--steps", type=int, default=2000, help="training steps")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--queries", type=int, default=256)
-    add_common_options(ap, seeds=[0, 1, 2])
+    common.add_common_options(ap, seeds=[0, 1, 2])
     args = ap.parse_args(argv)
-    check_at_least(args, length=2, modulus=2, max_step=1, steps=1, batch_size=1, queries=1)
+    common.check_at_least(args, length=2, modulus=2, max_step=1, steps=1, batch_size=1, queries=1)
     if args.length & (args.length - 1):
         raise ValueError(
             f"--length {args.length} must be a power of two (the step and block "
@@ -276,9 +265,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"--max-step {args.max_step} must be below --modulus {args.modulus} "
             "(a step of M or more wraps onto a smaller one): lower --max-step"
         )
-    check_common(args, "sampler")
+    common.check_common(args, "sampler")
     return args
 
 
 def main(argv: list[str] | None = None, log=print) -> dict[str, Any]:
-    return run_seeds("sampler", argv, parse_args(argv), run_seed, summarize, plot, log)
+    return common.run_seeds("sampler", argv, parse_args(argv), run_seed, summarize, plot, log)

@@ -35,6 +35,7 @@ from lladax.eval.experiments.common import (
     add_common_options,
     check_at_least,
     check_common,
+    experiment_parser,
     finish,
     mean_ci,
 )
@@ -262,11 +263,7 @@ def plot(result: dict[str, Any]):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The options, checked: every refusal happens here, before any model is built."""
-    ap = argparse.ArgumentParser(
-        prog="lladax experiment scaling",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = experiment_parser("scaling", __doc__)
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--steps", type=int, default=300, help="configs/small.py's default")
     ap.add_argument("--eval-batches", type=int, default=8)
