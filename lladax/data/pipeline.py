@@ -51,7 +51,6 @@ __all__ = [
     "global_batch",
     "make_batches",
     "options_from_config",
-    "pack_rows",
 ]
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import write_txt
 
-from lladax.data import corpus, pipeline, prepared, sources
+from lladax.data import corpus, grain_datasets, pipeline, prepared, sources
 
 
 # --- embedded corpus and sources ------------------------------------------------------------------
@@ -106,7 +106,7 @@ def test_iterator_state_resumes_exactly(tok, cache_dir):
 def test_epochs_reshuffle_and_finite(tok, tmp_path, cache_dir):
     write_txt(tmp_path / "a.txt", n=40)
     kwargs = dict(source=tmp_path / "a.txt", split="all", seq_len=16, cache_dir=cache_dir)
-    rows = pipeline.pack_rows(
+    rows = grain_datasets.pack_rows(
         prepared.token_stream(tok, source=tmp_path / "a.txt", split="all", cache_dir=cache_dir), 16
     )
     one = list(pipeline.make_batches(tok, batch_size=1, num_epochs=1, **kwargs))
@@ -145,7 +145,7 @@ def test_eval_batches_fixed(tok, cache_dir):
     for x, y in zip(a, b, strict=True):
         assert x["tokens"].shape == (4, 64) and x["tokens"].dtype == np.int32
         np.testing.assert_array_equal(x["tokens"], y["tokens"])
-    train_rows = pipeline.pack_rows(
+    train_rows = grain_datasets.pack_rows(
         prepared.token_stream(tok, split="train", cache_dir=cache_dir), 64
     )
     assert not {bytes(r) for r in a[0]["tokens"]} & {bytes(r) for r in train_rows[:2000]}
