@@ -36,7 +36,6 @@ from lladax.train.guard import all_finite, new_guard, update_guard
 from lladax.train.run_config import TrainConfig
 
 __all__ = [
-    "TrainConfig",
     "TrainState",
     "abstract_state",
     "eval_loss",
