@@ -23,8 +23,11 @@ REMAT_POLICIES = (
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "splash_interpret")
 DTYPES = ("float32", "bfloat16", "float16")
 # "diffusion": LLaDA's bidirectional mask predictor; "autoregressive": the same network with causal
-# attention and the next-token loss, the like-for-like baseline (lladax.diffusion.autoregressive).
-MODEL_KINDS = ("diffusion", "autoregressive")
+# attention and the next-token loss, the like-for-like baseline (lladax.diffusion.autoregressive);
+# "block_diffusion": attention causal across blocks of `block_size` positions and bidirectional
+# within one, each block denoised given the clean earlier blocks (BD3-LM, LLaDA 2.x:
+# lladax.diffusion.block_sampling).
+MODEL_KINDS = ("diffusion", "autoregressive", "block_diffusion")
 
 
 class ConfigError(ValueError):
@@ -74,6 +77,7 @@ class ModelConfig:
     attention_impl: str = "xla"
     init_std: float = 0.02
     kind: str = "diffusion"
+    block_size: int | None = None  # kind="block_diffusion" only: positions per block
 
     def __post_init__(self) -> None:
         for name in (
@@ -131,10 +135,33 @@ class ModelConfig:
                 raise ConfigError(
                     f"ModelConfig.{name}={getattr(self, name)!r} is unknown; use one of {allowed}"
                 )
+        self._check_block_size()
+
+    def _check_block_size(self) -> None:
+        if self.kind != "block_diffusion":
+            if self.block_size is not None:
+                raise ConfigError(
+                    f"ModelConfig.block_size={self.block_size!r} only applies to "
+                    f"kind='block_diffusion', not kind={self.kind!r}: unset it or set the kind"
+                )
+            return
+        size = self.block_size
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ConfigError(
+                f"ModelConfig.block_size={size!r} must be a positive int for "
+                "kind='block_diffusion' (e.g. 32, LLaDA 2.0's)"
+            )
 
     @property
     def causal(self) -> bool:
         return self.kind == "autoregressive"
+
+    @property
+    def attention_block(self) -> int | None:
+        """The block-causal span of the attention: a query sees every key whose block (position
+        // span) is not after its own. None: bidirectional (LLaDA); 1: causal (the autoregressive
+        baseline); block_size for block diffusion."""
+        return {"diffusion": None, "autoregressive": 1}.get(self.kind, self.block_size)
 
     @property
     def head_dim(self) -> int:
@@ -167,11 +194,15 @@ class ModelConfig:
         gather) plus attention scores and values: 6 · 2 · n_layers · seq_len · d_model — the
         attention is bidirectional, so every query sees all `seq_len` keys (no causal halving).
         The autoregressive baseline counts half the attention, as MaxText does for causal models.
+        Block diffusion trains on the noisy and the clean copy side by side (2 × seq_len rows
+        through every matmul); their block-structured mask sees about as many query-key pairs as
+        one bidirectional pass over seq_len.
         """
         d = self.d_model
         matmul_params = self.param_count(embeddings=False) + self.vocab_size * d
         attention = 2 * self.n_layers * seq_len * d / (2 if self.causal else 1)
-        return 6.0 * (matmul_params + attention)
+        copies = 2 if self.kind == "block_diffusion" else 1
+        return 6.0 * (copies * matmul_params + attention)
 
     def forward_flops(self, seq_len: int, query_len: int | None = None) -> float:
         """Matmul FLOPs of one inference forward over one sequence of `seq_len` positions.
@@ -342,17 +373,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def check_kind(cfg: ModelConfig, expected: str, what: str) -> None:
+# Where each kind is served: the one-line refusal of a kind-specific function points there.
+_SERVED_BY = {
+    "diffusion": "lladax.sampling / lladax.likelihood",
+    "autoregressive": "lladax.diffusion.autoregressive",
+    "block_diffusion": "lladax.sampling.generate / lladax.likelihood (block diffusion)",
+}
+
+
+def check_kind(cfg: ModelConfig, expected: str | tuple[str, ...], what: str) -> None:
     """One-line error when a model of the wrong kind reaches a kind-specific function."""
-    if cfg.kind != expected:
-        use = (
-            "lladax.diffusion.autoregressive"
-            if cfg.kind == "autoregressive"
-            else "lladax.sampling / lladax.likelihood"
-        )
+    allowed = (expected,) if isinstance(expected, str) else expected
+    if cfg.kind not in allowed:
         raise ValueError(
-            f"{what} needs a {expected} model but this checkpoint is "
-            f"kind={cfg.kind!r}: use {use} for it"
+            f"{what} needs a {' or '.join(allowed)} model but this checkpoint is "
+            f"kind={cfg.kind!r}: use {_SERVED_BY[cfg.kind]} for it"
         )
 
 

@@ -1,7 +1,11 @@
 """Multi-head attention, one function with interchangeable implementations.
 
-LLaDA's mask predictor attends bidirectionally; `causal=True` (the autoregressive baseline,
-`ModelConfig.kind="autoregressive"`) lets query i see keys <= i + q_offset only.
+LLaDA's mask predictor attends bidirectionally. `block=n` makes the attention block-causal: a
+query sees every key whose block (position // n) is not after its own — `block=1` is causal (the
+autoregressive baseline), `block=ModelConfig.block_size` is block diffusion. `twin=True` is block
+diffusion's training layout (BD3-LM): the keys are a noisy copy of the sequence followed by the
+clean one, and a noisy query sees its own noisy block and the clean blocks before it, a clean
+query the clean blocks up to its own (`block_visible`).
 
 `xla` is the reference (dense einsum, float32 softmax) and runs everywhere; `cudnn` dispatches to
 `jax.nn.dot_product_attention(implementation="cudnn")` (GPU, bf16/fp16 only); `splash` is the
@@ -13,6 +17,8 @@ and give the same result up to rounding.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -21,12 +27,34 @@ from lladax.model.sharding import logical_to_spec
 IMPLS = ("auto", "xla", "cudnn", "splash", "splash_interpret")
 
 
+def block_visible(q_pos, kv_pos, *, block: int, twin: bool = False, half: int = 0):
+    """Whether query position q_pos may see key position kv_pos (broadcasting int arrays, numpy
+    or jax: the splash kernel evaluates it on tiles).
+
+    Block-causal: kv_pos // block <= q_pos // block. twin: positions [0, half) are the noisy copy
+    and [half, 2·half) the clean copy of one sequence; with b(p) = (p mod half) // block, a noisy
+    query sees noisy keys of its block and clean keys of earlier blocks, a clean query clean keys
+    of blocks up to its own, never a noisy key.
+    """
+    if not twin:
+        return kv_pos // block <= q_pos // block
+    q_block, kv_block = (q_pos % half) // block, (kv_pos % half) // block
+    q_clean, kv_clean = q_pos >= half, kv_pos >= half
+    same = q_block == kv_block
+    return (
+        (kv_clean & (kv_block < q_block))
+        | (kv_clean & q_clean & same)
+        | (~q_clean & ~kv_clean & same)
+    )
+
+
 def allowed_keys(
     key_mask: jax.Array | None,
     q_segment_ids: jax.Array | None,
     kv_segment_ids: jax.Array | None,
     *,
-    causal: bool = False,
+    block: int | None = None,
+    twin: bool = False,
     q_len: int = 0,
     kv_len: int = 0,
     q_offset: jax.Array | int = 0,
@@ -36,15 +64,18 @@ def allowed_keys(
 
     key_mask: [batch, kv_len] (True = real token); segment ids: [batch, q_len] / [batch, kv_len]
     ints, equal ids = same document (padding has its own id, 0, so it never mixes with text).
-    causal: query i (absolute position i + q_offset in the key sequence) sees keys <= it.
+    block / twin: `block_visible`, query i being at position i + q_offset of the keys.
     """
     mask = None if key_mask is None else key_mask.astype(bool)[:, None, None, :]
     if q_segment_ids is not None:
         same = q_segment_ids[:, None, :, None] == kv_segment_ids[:, None, None, :]
         mask = same if mask is None else mask & same
-    if causal:
-        lower = (jnp.arange(kv_len)[None, :] <= jnp.arange(q_len)[:, None] + q_offset)[None, None]
-        mask = lower if mask is None else mask & lower
+    if block is not None:
+        q_pos = jnp.arange(q_len)[:, None] + q_offset
+        seen = block_visible(
+            q_pos, jnp.arange(kv_len)[None, :], block=block, twin=twin, half=kv_len // 2
+        )
+        mask = seen[None, None] if mask is None else mask & seen[None, None]
     return mask
 
 
@@ -54,22 +85,24 @@ def attention(
     v: jax.Array,
     key_mask: jax.Array | None = None,
     *,
-    causal: bool = False,
+    block: int | None = None,
+    twin: bool = False,
     q_offset: jax.Array | int = 0,
     q_segment_ids: jax.Array | None = None,
     kv_segment_ids: jax.Array | None = None,
     impl: str = "xla",
 ) -> jax.Array:
-    """Scaled dot-product attention, bidirectional unless `causal`.
+    """Scaled dot-product attention, bidirectional unless `block` is set.
 
     q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim] (kv_heads
     divides heads: grouped-query attention repeats them). Which keys a query sees: key_mask
     [batch, kv_len] bool, True for real tokens (masked keys get an additive float32-min bias
     exactly as the reference, so a row whose keys are all masked still produces finite values);
-    `causal`: query i is at position i + q_offset of the keys (a window or a cached decode step)
-    and sees keys up to it; q_segment_ids [batch, q_len] and kv_segment_ids [batch, kv_len] (both
-    or neither) restrict each query to keys of its own segment. `impl` picks the kernel (`IMPLS`).
-    Returns [batch, q_len, heads, head_dim].
+    `block` (block-causal span, 1 = causal) and `twin` (block diffusion's [noisy | clean]
+    training layout): `block_visible`, query i being at position i + q_offset of the keys (a
+    window or a cached decode step); q_segment_ids [batch, q_len] and kv_segment_ids
+    [batch, kv_len] (both or neither) restrict each query to keys of its own segment. `impl`
+    picks the kernel (`IMPLS`). Returns [batch, q_len, heads, head_dim].
     """
     if (q_segment_ids is None) != (kv_segment_ids is None):
         raise ValueError("pass both q_segment_ids and kv_segment_ids, or neither")
@@ -77,7 +110,8 @@ def attention(
         key_mask,
         q_segment_ids,
         kv_segment_ids,
-        causal=causal,
+        block=block,
+        twin=twin,
         q_len=q.shape[1],
         kv_len=k.shape[1],
         q_offset=q_offset,
@@ -100,10 +134,10 @@ def attention(
                 f"of 128, got {q.shape[1]} and {k.shape[1]}: pad the sequence or "
                 "use attention_impl='auto'"
             )
-        if causal and (q.shape[1] != k.shape[1] or not isinstance(q_offset, int) or q_offset):
+        if block is not None and (not isinstance(q_offset, int) or q_offset):
             raise ValueError(
-                "causal splash attention needs queries over the whole key sequence "
-                "(no window or cache): use attention_impl='xla' for decoding"
+                "block-causal splash attention needs queries that start at key 0 "
+                "(no cache): use attention_impl='xla' for decoding"
             )
         return _splash(
             q,
@@ -112,7 +146,8 @@ def attention(
             key_mask,
             q_segment_ids,
             kv_segment_ids,
-            causal=causal,
+            block=block,
+            twin=twin,
             interpret=impl == "splash_interpret",
         )
     if impl == "cudnn":
@@ -134,7 +169,44 @@ def _block(length: int) -> int:
     return next(size for size in (512, 256, 128) if length % size == 0)
 
 
-def _splash(q, k, v, key_mask, q_segment_ids, kv_segment_ids, *, causal: bool, interpret: bool):
+def _splash_shape_mask(q_len: int, kv_len: int, block: int | None, twin: bool):
+    """The splash kernel's mask over one head: full, causal, or `block_visible` computed on
+    tiles inside the kernel (never materialised)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as mask_lib,
+    )
+
+    if block is None:
+        return mask_lib.FullMask((q_len, kv_len))
+    if block == 1 and not twin:
+        return mask_lib.CausalMask((q_len, kv_len))
+
+    class BlockMask(mask_lib._ComputableMask):  # jax ships no block-causal mask
+        def __init__(self):
+            visible = functools.partial(block_visible, block=block, twin=twin, half=kv_len // 2)
+            super().__init__(shape=(q_len, kv_len), mask_function=visible)
+
+        def __eq__(self, other: object) -> bool:
+            return type(other) is type(self) and self.shape == other.shape
+
+        def __hash__(self) -> int:
+            return hash((self.shape, block, twin))
+
+    return BlockMask()
+
+
+def _splash(
+    q,
+    k,
+    v,
+    key_mask,
+    q_segment_ids,
+    kv_segment_ids,
+    *,
+    block: int | None,
+    twin: bool,
+    interpret: bool,
+):
     """Splash attention: padding and documents become segment ids (keys outside a query's
     segment, or padded, are skipped); a query with no visible key at all is undefined here,
     unlike `xla` which averages all values for it. Runs per shard under the current mesh."""
@@ -161,9 +233,7 @@ def _splash(q, k, v, key_mask, q_segment_ids, kv_segment_ids, *, causal: bool, i
     )
 
     def local(q, k, v, q_seg, kv_seg):  # shapes are per shard: heads may be split over tensor
-        shape_mask = (
-            mask_lib.CausalMask((q_len, kv_len)) if causal else mask_lib.FullMask((q_len, kv_len))
-        )
+        shape_mask = _splash_shape_mask(q_len, kv_len, block, twin)
         mask = mask_lib.MultiHeadMask([shape_mask] * q.shape[1])
         splash = kernel_lib.make_splash_mha(
             mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret

@@ -1,6 +1,6 @@
 """The building blocks of the mask predictor in Flax NNX: RMSNorm, rotate-half RoPE and the
-pre-norm transformer `Block` (non-causal attention, SwiGLU MLP), plus the remat policies that
-name what a scanned block keeps for the backward pass. `transformer` stacks the blocks.
+pre-norm transformer `Block` (attention masked as the model kind says, SwiGLU MLP), plus the remat
+policies that name what a scanned block keeps for the backward pass. `transformer` stacks them.
 
 Every parameter is created by `make_param` with its logical axis names (`sharding.RULES`).
 """
@@ -69,7 +69,8 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 class Block(nnx.Module):
-    """Pre-norm transformer block with non-causal attention and a SwiGLU MLP."""
+    """Pre-norm transformer block: attention masked as `cfg.attention_block` says (bidirectional,
+    causal or block-causal) and a SwiGLU MLP."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, h, kv, hd, f = (
@@ -102,6 +103,7 @@ class Block(nnx.Module):
         *,
         cache: tuple[jax.Array, jax.Array] | None = None,
         cache_start: jax.Array | int = 0,
+        twin: bool = False,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """x [batch, len, embed] -> (out [batch, len, embed], (k, v) [batch, kv_len, kv_heads, hd]).
 
@@ -111,7 +113,8 @@ class Block(nnx.Module):
         With `cache` (this layer's k, v [batch, kv_len, ...]), x holds only the positions
         [cache_start, cache_start + len) of a kv_len-long sequence: their fresh keys and values
         overwrite the cache there (the write mask) and the queries attend to the whole result.
-        The returned (k, v) are the keys/values every query saw (RoPE applied to k).
+        The returned (k, v) are the keys/values every query saw (RoPE applied to k). `twin`: x is
+        block diffusion's [noisy | clean] training layout (`attention.block_visible`).
         """
         dt = self.cfg.compute_dtype
         cos, sin = rope
@@ -136,7 +139,7 @@ class Block(nnx.Module):
         q = jnp.einsum("bld,dhk->blhk", n_q, self.q_proj[...].astype(dt))
         q = constrain(apply_rope(q, cos_q, sin_q), ("batch", "length", "act_heads", None))
         q = checkpoint_name(q, "q_proj")
-        # Causal (autoregressive baseline): query j sits at q_offset + j of the key sequence.
+        # Causal / block-causal masks: query j sits at q_offset + j of the key sequence.
         q_offset = (0 if cache is None else cache_start) + (
             0 if query_size is None else query_start
         )
@@ -148,7 +151,8 @@ class Block(nnx.Module):
             q_segment_ids=seg_q,
             kv_segment_ids=segment_ids,
             impl=self.cfg.attention_impl,
-            causal=self.cfg.causal,
+            block=self.cfg.attention_block,
+            twin=twin,
             q_offset=q_offset,
         )
         a = checkpoint_name(a, "attn_out")

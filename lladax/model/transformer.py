@@ -147,12 +147,9 @@ def _scan_layers(
         return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), stacked)
 
     h, kv = jax.lax.scan(lambda x, i: scan_body(x, inputs(i)), h, jnp.arange(cfg.n_layers - 1))
-    h, kv_last = layer(
-        h,
-        *inputs(cfg.n_layers - 1),
-        query_start=jnp.asarray(query_start, jnp.int32),
-        query_size=query_size,
-    )
+    if not isinstance(query_start, int):  # a Python int stays static (splash needs that)
+        query_start = jnp.asarray(query_start, jnp.int32)
+    h, kv_last = layer(h, *inputs(cfg.n_layers - 1), query_start=query_start, query_size=query_size)
     if return_cache:
         kv = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), kv, kv_last)
     return h, kv
@@ -170,6 +167,7 @@ def apply(
     cache: KVCache | None = None,
     cache_start: jax.Array | int = 0,
     return_cache: bool = False,
+    twin: bool = False,
 ):
     """Traceable forward pass: tokens [batch, len] int -> logits [batch, len, vocab] float32.
 
@@ -189,11 +187,19 @@ def apply(
     sequence, the logits equal the same slice of the uncached forward. Both together return the
     cache with those positions written (the autoregressive decoder's step).
 
-    `cfg.kind == "autoregressive"` makes every layer causal (the baseline of `autoregressive.py`).
+    `cfg.kind == "autoregressive"` makes every layer causal (the baseline of `autoregressive.py`),
+    `"block_diffusion"` block-causal (`cfg.block_size`). `twin=True` (block diffusion training,
+    `losses`): tokens [batch, 2L] are a noisy sequence followed by its clean copy, attending as
+    `attention.block_visible` says; positions default to 0..L-1 for each copy and `packing`,
+    `attention_mask` cover all 2L columns.
     """
     segment_ids, positions = packing
     if cache is not None and segment_ids is not None:
         raise ValueError("a cached forward takes no segment_ids")
+    if twin and (cache is not None or cfg.attention_block is None):
+        raise ValueError("twin=True is block diffusion's uncached training forward")
+    if twin and positions is None:
+        positions = (jnp.arange(tokens.shape[1]) % (tokens.shape[1] // 2))[None, :]
     model = nnx.merge(graphdef(cfg), params)
     h = jnp.take(model.wte[...], tokens, axis=0).astype(cfg.compute_dtype)
     h = constrain(h, ("batch", "length", "act_embed"))
@@ -205,7 +211,14 @@ def apply(
 
     def layer(x, state, layer_cache, **window):
         out, kv = nnx.merge(block_def, state)(
-            x, rope, key_mask, segment_ids, cache=layer_cache, cache_start=cache_start, **window
+            x,
+            rope,
+            key_mask,
+            segment_ids,
+            cache=layer_cache,
+            cache_start=cache_start,
+            twin=twin,
+            **window,
         )
         return out, (kv if return_cache else None)
 

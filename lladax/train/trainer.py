@@ -209,6 +209,7 @@ def loss_fn(
         tc.mask_eps,
         prompt_lengths=prompt_lengths,
         stratified=tc.stratified_t,
+        block_size=cfg.block_size,
     )
     if prompt_lengths is not None:
         return losses.sft_loss(params, cfg, tokens, noisy, p_mask, prompt_lengths)
@@ -338,7 +339,7 @@ def eval_loss(
     if cfg.causal:
         return autoregressive.next_token_loss(params, cfg, tokens, prompt_lengths=prompt_lengths)
     noisy, p_mask, _ = losses.mask_tokens(
-        key, tokens, cfg.mask_token_id, prompt_lengths=prompt_lengths
+        key, tokens, cfg.mask_token_id, prompt_lengths=prompt_lengths, block_size=cfg.block_size
     )
     if prompt_lengths is not None:
         return losses.sft_loss(params, cfg, tokens, noisy, p_mask, prompt_lengths)

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lladax.config import preset
 from lladax.diffusion import losses
 from lladax.model import transformer
 
@@ -137,3 +138,84 @@ def test_packed_loss_equals_per_document_losses(tiny_llada):
         )
         start += len(doc)
     np.testing.assert_allclose(float(packed), total / 23, rtol=1e-5)
+
+
+def _block_noise(cfg, tokens, key, prompt_lengths=None):
+    return losses.mask_tokens(
+        key, tokens, cfg.mask_token_id, prompt_lengths=prompt_lengths, block_size=cfg.block_size
+    )
+
+
+def test_block_noise_is_per_block():
+    cfg = preset("tiny", kind="block_diffusion", block_size=4)
+    tokens = jnp.full((64, 16), 7, jnp.int32)
+    noisy, p_mask, masked = _block_noise(cfg, tokens, jax.random.key(0))
+    p = np.asarray(p_mask)
+    assert p.shape == (64, 16)
+    blocks = p.reshape(64, 4, 4)
+    assert (blocks == blocks[..., :1]).all()  # constant within a block ...
+    assert len(np.unique(blocks[..., 0])) > 200  # ... drawn per (row, block)
+    np.testing.assert_array_equal(np.asarray(noisy) == cfg.mask_token_id, np.asarray(masked))
+
+
+def _slow_block_loss(params, cfg, clean, noisy, p_mask, normaliser):
+    """(b) Block by block: block b's logits from the clean prefix followed by noisy block b, run
+    as a sequence of its own."""
+    bs, total = cfg.block_size, 0.0
+    llada = cfg.replace(kind="diffusion", block_size=None)  # one (partial) block: bidirectional
+    for start in range(0, clean.shape[1], bs):
+        rows = jnp.concatenate([clean[:, :start], noisy[:, start : start + bs]], axis=1)
+        prefix_cfg = cfg if start else llada
+        logits = transformer.apply(params, prefix_cfg, rows)[:, start:]
+        total += float(
+            jnp.sum(
+                losses.weighted_token_loss(
+                    logits,
+                    clean[:, start : start + bs],
+                    noisy[:, start : start + bs],
+                    p_mask[:, start : start + bs],
+                    cfg.mask_token_id,
+                )
+            )
+        )
+    return total / normaliser
+
+
+def test_block_loss_equals_a_loop_over_blocks():
+    cfg = preset("tiny", kind="block_diffusion", block_size=4)
+    params = transformer.init_params(cfg, jax.random.key(0))
+    clean = jax.random.randint(jax.random.key(1), (3, 14), 5, cfg.vocab_size)  # a partial block
+    noisy, p_mask, _ = _block_noise(cfg, clean, jax.random.key(2))
+    fast = float(losses.pretrain_loss(params, cfg, clean, noisy, p_mask))
+    slow = _slow_block_loss(params, cfg, clean, noisy, p_mask, clean.size)
+    assert abs(fast - slow) <= 1e-5 * abs(slow)
+    # SFT: the prompt stays clean, each row normalised by its answer length
+    prompt_lengths = jnp.asarray([3, 6, 9])
+    noisy, p_mask, _ = _block_noise(cfg, clean, jax.random.key(3), prompt_lengths)
+    assert not (np.asarray(noisy)[0, :3] == cfg.mask_token_id).any()
+    sft = float(losses.sft_loss(params, cfg, clean, noisy, p_mask, prompt_lengths))
+    slow = sum(
+        _slow_block_loss(params, cfg, clean[i : i + 1], noisy[i : i + 1], p_mask[i : i + 1], 1)
+        / (14 - int(prompt_lengths[i]))
+        for i in range(3)
+    )
+    assert abs(sft - slow / 3) <= 1e-5 * abs(slow / 3)
+
+
+def test_one_block_is_llada_loss_exactly():
+    """(c) block_size = seq_len: the same noise as LLaDA's and the same loss, bit for bit; the
+    two-copy forward (forced by a longer sequence's mask) agrees to float rounding."""
+    bd = preset("tiny", kind="block_diffusion", block_size=16)
+    llada = preset("tiny")
+    params = transformer.init_params(llada, jax.random.key(0))
+    clean = jax.random.randint(jax.random.key(1), (4, 16), 5, llada.vocab_size)
+    key = jax.random.key(5)
+    noisy, p_tok, _ = losses.mask_tokens(key, clean, bd.mask_token_id, block_size=16)
+    noisy_ref, p_row, _ = losses.mask_tokens(key, clean, llada.mask_token_id)
+    np.testing.assert_array_equal(np.asarray(noisy), np.asarray(noisy_ref))
+    np.testing.assert_array_equal(np.asarray(p_tok), np.repeat(np.asarray(p_row)[:, None], 16, 1))
+    ref = float(losses.pretrain_loss(params, llada, clean, noisy, p_row))
+    assert float(losses.pretrain_loss(params, bd, clean, noisy, p_tok)) == ref
+    plain = transformer.apply(params, llada, noisy)
+    twin = transformer.apply(params, bd, jnp.concatenate([noisy, clean], axis=1), twin=True)
+    np.testing.assert_allclose(np.asarray(twin[:, :16]), np.asarray(plain), atol=2e-5)

@@ -83,3 +83,43 @@ def test_cudnn_matches_dense(qkv):
         ref = attention(q, k, v, impl="xla", **kwargs).astype(jnp.float32)
         out = attention(q, k, v, impl="cudnn", **kwargs).astype(jnp.float32)
         np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-2)
+
+
+def _visible_by_rule(q_len: int, kv_len: int, block: int, twin: bool) -> np.ndarray:
+    """The block diffusion masks written out position by position (an independent spelling)."""
+    out = np.zeros((q_len, kv_len), bool)
+    half = kv_len // 2
+    for i in range(q_len):
+        for j in range(kv_len):
+            if not twin:
+                out[i, j] = j // block <= i // block
+                continue
+            qi_clean, kj_clean = i >= half, j >= half
+            bi, bj = (i - half * qi_clean) // block, (j - half * kj_clean) // block
+            if qi_clean:
+                out[i, j] = kj_clean and bj <= bi
+            else:
+                out[i, j] = (kj_clean and bj < bi) or (not kj_clean and bj == bi)
+    return out
+
+
+@pytest.mark.parametrize(("block", "twin"), [(1, False), (3, False), (16, False), (4, True)])
+def test_block_masks_follow_the_rule(block, twin):
+    from lladax.model.attention import allowed_keys
+
+    mask = allowed_keys(None, None, None, block=block, twin=twin, q_len=24, kv_len=24)
+    np.testing.assert_array_equal(np.asarray(mask[0, 0]), _visible_by_rule(24, 24, block, twin))
+    # a query window (the cached sampler's block) sees the same rows of the mask
+    window = allowed_keys(None, None, None, block=block, q_len=8, kv_len=24, q_offset=8)
+    if not twin:
+        np.testing.assert_array_equal(
+            np.asarray(window[0, 0]), _visible_by_rule(24, 24, block, 0)[8:16]
+        )
+
+
+@pytest.mark.parametrize(("block", "twin"), [(32, False), (1, False), (16, True)])
+def test_block_causal_splash_matches_dense(qkv, block, twin):
+    kwargs = masks()["segments"]
+    ref = attention(*qkv, impl="xla", block=block, twin=twin, **kwargs)
+    out = attention(*qkv, impl="splash_interpret", block=block, twin=twin, **kwargs)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lladax.config import preset
+from lladax.config import ConfigError, preset
 from lladax.model import sharding, transformer
 from lladax.store import convert
 
@@ -133,3 +133,34 @@ def test_token_ids_outside_vocab_rejected(tiny_llada):
         transformer.forward(params, cfg, np.array([[-1, 2]]))
     with pytest.raises(ValueError, match="attention_mask shape"):
         transformer.forward(params, cfg, np.array([[1, 2]]), np.ones((1, 3)))
+
+
+def test_block_diffusion_forward_is_block_causal():
+    """(a) Logits of block b do not move when later blocks change; one block spanning the
+    sequence is LLaDA's bidirectional forward exactly."""
+    cfg = preset("tiny", kind="block_diffusion", block_size=4)
+    params = transformer.init_params(cfg, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 16), 5, cfg.vocab_size)
+    base = np.asarray(transformer.forward(params, cfg, tokens))
+    for block in range(4):
+        later = np.asarray(tokens).copy()
+        later[:, (block + 1) * 4 :] = (later[:, (block + 1) * 4 :] + 7) % cfg.vocab_size
+        out = np.asarray(transformer.forward(params, cfg, later))
+        np.testing.assert_array_equal(out[:, : (block + 1) * 4], base[:, : (block + 1) * 4])
+        if block < 3:  # the changed blocks themselves do see the change
+            assert not np.allclose(out[:, (block + 1) * 4 :], base[:, (block + 1) * 4 :])
+    llada = cfg.replace(kind="diffusion", block_size=None)
+    whole = cfg.replace(block_size=16)
+    np.testing.assert_array_equal(
+        np.asarray(transformer.forward(params, whole, tokens)),
+        np.asarray(transformer.forward(params, llada, tokens)),
+    )
+
+
+def test_block_size_is_checked():
+    with pytest.raises(ConfigError, match="block_size=0 must be a positive int"):
+        preset("tiny", kind="block_diffusion", block_size=0)
+    with pytest.raises(ConfigError, match="block_size"):
+        preset("tiny", kind="block_diffusion")
+    with pytest.raises(ConfigError, match="only applies to kind='block_diffusion'"):
+        preset("tiny", block_size=8)
