@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lladax import config
-from lladax.diffusion import likelihood
+from lladax.diffusion import block_likelihood, likelihood
 from lladax.model import transformer
 
 
@@ -35,9 +35,9 @@ def loop_estimate(params, cfg, prompt, answer, *, mc_num, batch_size, rng) -> fl
 
     @functools.partial(jax.jit, static_argnums=(1,))
     def draw(u, b):
-        return likelihood._draw_masks(u, jnp.int32(T), is_answer, b)
+        return block_likelihood.draw_masks(u, jnp.int32(T), is_answer, b)
 
-    noise = likelihood._uniforms(rng, L, n_iter, b)  # the same noise as (b)
+    noise = block_likelihood.uniforms(rng, L, n_iter, b)  # the same noise as (b)
     clean = np.repeat(seq[None], b, axis=0)
     losses = []
     for i in range(n_iter):

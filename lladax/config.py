@@ -11,6 +11,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+# the names of `lladax.model.layers.CHECKPOINT_POLICIES`, "none" for no rematerialisation
 REMAT_POLICIES = (
     "none",
     "full",
@@ -80,15 +81,8 @@ class ModelConfig:
     block_size: int | None = None  # kind="block_diffusion" only: positions per block
 
     def __post_init__(self) -> None:
-        for name in (
-            "vocab_size",
-            "d_model",
-            "n_layers",
-            "n_heads",
-            "n_kv_heads",
-            "mlp_hidden_size",
-            "max_seq_len",
-        ):
+        shapes = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size")
+        for name in (*shapes, "max_seq_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"ModelConfig.{name} must be a positive int, got {value!r}")
@@ -103,13 +97,7 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even for rotary embeddings")
-        for name in (
-            "mask_token_id",
-            "bos_token_id",
-            "eos_token_id",
-            "pad_token_id",
-            "eot_token_id",
-        ):
+        for name in LLADA_SPECIAL_IDS:  # every special id field
             value = getattr(self, name)
             if value is not None and not 0 <= value < self.vocab_size:
                 raise ConfigError(
@@ -290,12 +278,14 @@ class ModelConfig:
             pad_token_id=token("pad_token_id", eos),
             eot_token_id=token("eot_token_id", None),
         )
+        if "lladax_kind" in hf:  # a lladax export of another kind than LLaDA's (`to_hf_dict`)
+            kwargs.update(kind=hf["lladax_kind"], block_size=hf.get("block_size"))
         kwargs.update(overrides)
         return cls(**kwargs)
 
     def to_hf_dict(self) -> dict[str, Any]:
         """A `config.json` dict the LLaDA Hugging Face remote code loads."""
-        return {
+        hf = {
             "activation_type": "silu",
             "alibi": False,
             "alibi_bias_max": 8.0,
@@ -344,6 +334,9 @@ class ModelConfig:
             "vocab_size": self.vocab_size,
             "weight_tying": False,
         }
+        if self.kind != "diffusion":  # keys LLaDA's remote code ignores: only lladax reads them
+            hf.update(lladax_kind=self.kind, block_size=self.block_size)
+        return hf
 
     def special_tokens(self) -> dict[str, int | None]:
         return {

@@ -31,6 +31,22 @@ def test_hf_dict_round_trip(tiny_llada_dir):
         assert cfg.to_hf_dict()[key] == hf[key]
 
 
+def test_hf_dict_carries_the_kind_of_other_models_only(tiny_llada_dir):
+    """LLaDA's config.json has no lladax keys; a block-diffusion (or autoregressive) model's
+    kind and block_size survive the round trip, and a bad recorded kind is one line."""
+    hf = json.loads((tiny_llada_dir / "config.json").read_text())
+    llada = ModelConfig.from_hf_dict(hf)
+    assert not {"lladax_kind", "block_size"} & set(llada.to_hf_dict())
+    for kind, block_size in (("block_diffusion", 4), ("autoregressive", None)):
+        other = llada.replace(kind=kind, block_size=block_size)
+        written = other.to_hf_dict()
+        assert (written["lladax_kind"], written["block_size"]) == (kind, block_size)
+        assert written == llada.to_hf_dict() | {"lladax_kind": kind, "block_size": block_size}
+        assert ModelConfig.from_hf_dict(written) == other
+    with pytest.raises(ConfigError, match="block_size=0 must be a positive int"):
+        ModelConfig.from_hf_dict(hf | {"lladax_kind": "block_diffusion", "block_size": 0})
+
+
 def test_llada_8b_preset_shapes():
     cfg = preset("llada_8b")
     assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.mlp_hidden_size, cfg.vocab_size) == (

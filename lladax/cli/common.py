@@ -76,9 +76,10 @@ def add_sampling_args(p: argparse.ArgumentParser, defaults: SamplerConfig | None
     )
     g.add_argument(
         "--early-exit",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=defaults.early_exit,
-        help="skip blocks once a row has finished with EOS (same tokens)",
+        help="skip the rest once a row has finished with EOS (default: the model kind's; LLaDA: "
+        "off, same tokens either way; block diffusion: on, a row stops at its EOS block)",
     )
     g.add_argument("--seed", type=int, default=0)
 
@@ -150,17 +151,19 @@ def generate(
     rng: Any,
     *,
     return_history: bool = False,
+    return_stats: bool = False,
 ) -> Any:
-    """Decode with the sampler of the model's kind: the exact diffusion sampler, or left to right
-    for an autoregressive baseline (gen_length, temperature and rng only)."""
+    """Decode with the sampler of the model's kind: LLaDA's (exact or fast) and block diffusion's
+    (`block_sampling`) through `sampling.generate_with` (return_stats: its stats too), or left
+    to right for an autoregressive baseline (gen_length, temperature and rng only)."""
+    if return_history and cfg.kind != "diffusion":
+        raise ValueError(
+            "--show-steps shows the LLaDA sampler's canvas step by step; this model is "
+            f"{cfg.kind.replace('_', ' ')} (kind={cfg.kind!r}): drop --show-steps"
+        )
     if cfg.causal:
         from lladax.diffusion import autoregressive
 
-        if return_history:
-            raise ValueError(
-                "--show-steps shows the diffusion sampler's canvas; this model is "
-                "autoregressive (kind='autoregressive'): drop --show-steps"
-            )
         return autoregressive.generate(
             params,
             cfg,
@@ -173,5 +176,12 @@ def generate(
     from lladax.diffusion import sampling
 
     return sampling.generate_with(
-        params, cfg, tokens, attention_mask, sampler, rng, return_history=return_history
+        params,
+        cfg,
+        tokens,
+        attention_mask,
+        sampler,
+        rng,
+        return_history=return_history,
+        return_stats=return_stats,
     )

@@ -4,6 +4,8 @@
   lladax convert orbax-to-hf SRC DST [--max-shard-size 5GB] [--dtype float32] [--mesh ...]
   lladax convert SRC DST [--dtype ...] [--max-shard-size ...]   (HF -> HF re-export)
 
+LLaDA and block-diffusion models convert both ways (config.json records a block-diffusion model's
+kind and block_size); the autoregressive baseline stays a `lladax train` run.
 hf-to-orbax writes DST/checkpoints/0/{params,meta} (what `lladax sample/chat --checkpoint DST`
 and `params_checkpoint.load_params` read) and copies the tokenizer files. Loading validates every
 tensor against config.json (names, shapes, truncation), so a conversion is also a download check.
@@ -189,11 +191,13 @@ def _check_source(direction: str, src: Path) -> Any:
             "workdir or an hf-to-orbax output (for a HF directory omit the "
             "direction: `lladax convert SRC DST`)"
         )
+    from lladax.store.convert import HF_KINDS
+
     cfg = cfg_of(src)
-    if cfg.kind != "diffusion":
+    if cfg.kind not in HF_KINDS:
         raise ValueError(
-            f"SRC {src} is a kind={cfg.kind!r} model: only LLaDA (diffusion) models "
-            "export to the Hugging Face LLaDA format"
+            f"SRC {src} is a kind={cfg.kind!r} model: only LLaDA (diffusion) and block-diffusion "
+            "models export to the Hugging Face LLaDA format"
         )
     return cfg
 

@@ -7,6 +7,10 @@
 
 `<mask>` expands to `--mask-span` mask tokens, `<mask:N>` to N. Infilling uses the bidirectional
 model's native strength: the masks inside the text are filled by the same reverse process.
+A block-diffusion checkpoint (kind='block_diffusion') decodes its own blocks with an exact KV
+cache and stops each prompt at its EOS block (--no-early-exit runs every block); --threshold /
+--factor commit confident tokens in parallel; model evaluations and lengths go to stderr
+(docs/fast_decoding.md, "Block diffusion decoding"). --infill and --show-steps are LLaDA's.
 """
 
 from __future__ import annotations
@@ -127,7 +131,7 @@ def check_infill_args(args: argparse.Namespace) -> None:
             ("--chat", args.chat),
             ("--block-length", args.block_length is not None),
             ("--cfg-scale", args.cfg_scale != 0),
-            ("--early-exit", args.early_exit),
+            ("--early-exit" if args.early_exit else "--no-early-exit", args.early_exit is not None),
         )
         if given
     ]
@@ -167,6 +171,12 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
             "--infill and fast decoding need a diffusion model; this checkpoint is "
             "the autoregressive baseline (kind='autoregressive'): use --prompt"
         )
+    if cfg.kind == "block_diffusion" and args.infill is not None:
+        raise ValueError(
+            "--infill fills masks anywhere in a text, which needs LLaDA's bidirectional model; "
+            "this checkpoint is block diffusion (kind='block_diffusion'), decoded block by "
+            "block: use --prompt"
+        )
     if args.infill is not None:
         return _infill(args, cfg, params, tokenizer, sampler)
     if args.chat:
@@ -177,25 +187,52 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         rows = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
     tokens, attention_mask = left_pad(rows, cfg.pad_token_id)
     rng = rng_from_args(args)
-    if sampler.fast:
-        from lladax.diffusion import sampling
-
-        out, stats = sampling.generate_with(
-            params, cfg, tokens, attention_mask, sampler, rng, return_stats=True
-        )
-        fast = {name: getattr(sampler, name) for name in SamplerConfig.FAST_OPTIONS}
-        print(
-            f"fast decoding ({fast}): model evaluations per prompt "
-            f"{[int(n) for n in stats['nfe']]}, plain decoding would use "
-            f"{sampler.resolved().steps}",
-            file=sys.stderr,
-        )
+    if sampler.fast or cfg.kind == "block_diffusion":
+        out = _decode_with_stats(args, cfg, params, tokens, attention_mask, sampler, rng)
     else:
         out = generate(
             params, cfg, tokens, attention_mask, sampler, rng, return_history=args.show_steps
         )
     _print_answers(args, cfg, tokenizer, prompts, tokens.shape[1], out)
     return 0
+
+
+def _decode_with_stats(
+    args: argparse.Namespace,
+    cfg: Any,
+    params: Any,
+    tokens: Any,
+    attention_mask: Any,
+    sampler: SamplerConfig,
+    rng: Any,
+) -> Any:
+    """Fast decoding or block diffusion: the canvas; the model evaluations per prompt (and, for
+    block diffusion, the generated lengths) on stderr."""
+    out, stats = generate(
+        params,
+        cfg,
+        tokens,
+        attention_mask,
+        sampler,
+        rng,
+        return_history=args.show_steps,
+        return_stats=True,
+    )
+    nfe = [int(n) for n in stats["nfe"]]
+    if cfg.kind == "block_diffusion":
+        print(
+            f"block diffusion (block_size {cfg.block_size}): model evaluations per prompt "
+            f"{nfe}, tokens before EOS {[int(n) for n in stats['lengths']]}",
+            file=sys.stderr,
+        )
+        return out
+    fast = {name: getattr(sampler, name) for name in SamplerConfig.FAST_OPTIONS}
+    print(
+        f"fast decoding ({fast}): model evaluations per prompt {nfe}, plain decoding would use "
+        f"{sampler.resolved().steps}",
+        file=sys.stderr,
+    )
+    return out
 
 
 def _infill(

@@ -1,9 +1,11 @@
-"""One reverse-diffusion step's decisions, shared by `sampling` and `fast_sampling`.
+"""One reverse-diffusion step's decisions, shared by `sampling`, `fast_sampling` and
+`block_sampling`.
 
 Given the model's logits at some canvas positions: which token each masked position would take
 (argmax, or a Gumbel-max sample of softmax(logits / T)), how confident it is (low-confidence
 remasking) or a uniform score (random remasking), which positions to commit this step
-(`rank_by_confidence` against the step's budget, `transfer_schedule`), classifier-free guidance
+(`rank_by_confidence` against the step's budget, `transfer_schedule`; with the threshold /
+factor rules, `commit_step`), classifier-free guidance
 (`guided_logits`), and when a row's answer can no longer change (`answer_final`, early exit).
 Noise is keyed per canvas position (`fold_in`), so a window of positions draws exactly what the
 full canvas would draw there. `prompt_canvas` builds the canvas both samplers start from; their
@@ -148,6 +150,38 @@ def rank_by_confidence(conf: jax.Array) -> jax.Array:
     return jnp.argsort(jnp.argsort(-conf, axis=1, stable=True), axis=1)
 
 
+def commit_step(
+    x: jax.Array,
+    start: jax.Array | int,
+    logits: jax.Array,
+    live: jax.Array,
+    m: jax.Array,
+    i: jax.Array,
+    steps_per_block: int,
+    key: jax.Array | None,
+    cfg: ModelConfig,
+    o: StaticOptions,
+    dyn: dict[str, jax.Array],
+) -> tuple[jax.Array, jax.Array]:
+    """Step i of a block of the fast and block-diffusion samplers: commit the schedule's top-k
+    (k >= 1) and every mask passing the threshold / factor rule (`dyn`), in `live` rows only.
+
+    x [B, N]; logits [B, W, V] of the block's W positions [start, start + W); live [B] bool;
+    m [B]: masks at block start (counted here at i == 0). -> (x [B, N], m [B]).
+    """
+    size = logits.shape[1]
+    x0, conf = decide(logits, start + jnp.arange(size), key, cfg, o, dyn)
+    x_w = jax.lax.dynamic_slice_in_dim(x, start, size, axis=1)
+    eligible = (x_w == cfg.mask_token_id) & live[:, None]
+    m = jnp.where(i == 0, eligible.sum(axis=1), m)  # masks at block start: the schedule
+    k = jnp.maximum(step_budget(m, steps_per_block, i), 1)
+    conf = jnp.where(eligible, conf, -jnp.inf)
+    rank = rank_by_confidence(conf)
+    extra = (conf >= dyn["threshold"]) | (conf >= 1.0 - dyn["factor"] / (rank + 2.0))
+    commit = eligible & ((rank < k[:, None]) | extra)
+    return jax.lax.dynamic_update_slice_in_dim(x, jnp.where(commit, x0, x_w), start, axis=1), m
+
+
 def eos_fill_frozen(x: jax.Array, done: jax.Array, cfg: ModelConfig, prompt_len: int):
     """Rows frozen by early exit never decoded the masks after their answer: show them as EOS."""
     _, stop_at = first_stop(x, cfg, prompt_len)
@@ -210,6 +244,7 @@ def prompt_canvas(
 
 __all__ = [
     "answer_final",
+    "commit_step",
     "decide",
     "eos_fill_frozen",
     "first_stop",

@@ -147,19 +147,10 @@ def _decode_step(state, b, i, logits, *, rng, cfg: ModelConfig, dyn, o: StaticOp
     x, done, nfe, m = state
     live, done = _live_rows(x, b, done, cfg=cfg, dyn=dyn, o=o)
     logits, aux = logits(x)
-    bl, s = o.block_length, o.steps // (o.gen_length // o.block_length)
-    start = x.shape[1] - o.gen_length + b * bl
+    s = o.steps // (o.gen_length // o.block_length)
+    start = x.shape[1] - o.gen_length + b * o.block_length
     key = None if rng is None else jax.random.fold_in(rng, b * s + i)
-    x0, conf = denoise.decide(logits, start + jnp.arange(bl), key, cfg, o, dyn)
-    x_w = jax.lax.dynamic_slice_in_dim(x, start, bl, axis=1)
-    eligible = (x_w == cfg.mask_token_id) & live[:, None]
-    m = jnp.where(i == 0, eligible.sum(axis=1), m)  # masks at block start: the schedule
-    k = jnp.maximum(denoise.step_budget(m, s, i), 1)
-    conf = jnp.where(eligible, conf, -jnp.inf)
-    rank = denoise.rank_by_confidence(conf)
-    extra = (conf >= dyn["threshold"]) | (conf >= 1.0 - dyn["factor"] / (rank + 2.0))
-    commit = eligible & ((rank < k[:, None]) | extra)
-    x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(commit, x0, x_w), start, axis=1)
+    x, m = denoise.commit_step(x, start, logits, live, m, i, s, key, cfg, o, dyn)
     return (constrain(x, ("batch", None)), done, nfe + live, m), aux
 
 

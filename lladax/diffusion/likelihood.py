@@ -2,18 +2,25 @@
 
 LLaDA scores `log p(answer | prompt)` with the lower-variance form of its ELBO (paper, App. B):
 mask exactly l ~ U{1..T} of the T answer tokens (never the prompt), predict them all at once and
-weight the cross-entropy by T/l. Per Monte-Carlo iteration a batch of b rows uses the stratified
-counts round_half_even(linspace(k, k + (b−1)·T/b, b)) wrapped into 1..T with one k ~ U{1..T}, each
-row masking that many answer positions chosen by a random permutation; p_mask = count/T. The
-iteration loss is Σ_masked CE/p_mask ÷ b and the estimate is −mean over mc_num/b iterations.
+weight the cross-entropy by T/l (stratified counts over the b rows of an iteration:
+`block_likelihood`). The iteration loss is Σ_masked CE/p_mask ÷ b and the estimate is −mean over
+mc_num/b iterations.
+
+A block-diffusion model (`kind="block_diffusion"`) factorises over blocks of `block_size` aligned
+from position 0 of prompt + answer, as in training, so what is estimated is its block ELBO:
+log p(answer | prompt) >= Σ over blocks of the block's masked-diffusion ELBO given the clean
+earlier blocks, each block with LLaDA's estimator on its own answer tokens (l_b ~ U{1..T_b}, weight
+T_b/l_b; blocks without answer tokens contribute nothing). All blocks of a row are predicted in
+ONE forward over [noisy | clean] (`losses.denoiser_logits`). With block_size >= the sequence it
+is LLaDA's estimate, number for number on the same key.
 
 Everything for one call — all iterations, all pairs of a bucket — is ONE jitted program: a
 `lax.scan` over the iterations whose body runs the model on [pairs·b (×2 with CFG), L]. Pairs of
 different lengths are right-padded to a bucket length and the pads are key-masked and excluded
 from the loss. Right padding keeps every real token at its own position (RoPE sees the same
-positions) and the mask bias makes pad keys contribute exactly zero, so a padded pair's estimate
-equals the unpadded one up to float rounding. The noise of a pair depends only on its key and on
-(iteration, row, position), never on the padded shape.
+positions, blocks stay aligned) and the mask bias makes pad keys contribute exactly zero, so a
+padded pair's estimate equals the unpadded one up to float rounding. The noise of a pair depends
+only on its key and on (iteration, row, position or block), never on the padded shape.
 """
 
 from __future__ import annotations
@@ -31,34 +38,44 @@ import numpy as np
 
 from lladax.batching import bucket_length
 from lladax.config import ModelConfig, check_kind
+from lladax.diffusion import block_likelihood, losses
 from lladax.model import transformer
+
+KINDS = ("diffusion", "block_diffusion")  # the models whose likelihood this module estimates
 
 
 def _logits(
     params: Any,
     cfg: ModelConfig,
+    clean: jax.Array,
     noisy: jax.Array,
     prompt_mask: jax.Array,
     attention_mask: jax.Array | None,
     cfg_scale: jax.Array,
     guided: bool,
 ) -> jax.Array:
-    """noisy [R, L] -> logits [R, L, V] f32; with CFG the batch is doubled by a copy whose prompt
-    positions are mask ids and the halves combine as u + (cfg_scale + 1)·(c − u)."""
+    """clean, noisy [R, L] -> the mask predictor's logits [R, L, V] f32 for noisy (block
+    diffusion also sees the clean earlier blocks). With CFG the batch is doubled by a copy whose
+    prompt positions are mask ids (in both of block diffusion's copies) and the halves combine as
+    u + (cfg_scale + 1)·(c − u)."""
     if not guided:
-        return transformer.apply(params, cfg, noisy, attention_mask)
-    uncond = jnp.where(prompt_mask, cfg.mask_token_id, noisy)
+        return losses.denoiser_logits(params, cfg, clean, noisy, attention_mask)
+
+    def with_uncond(a: jax.Array) -> jax.Array:
+        return jnp.concatenate([a, jnp.where(prompt_mask, cfg.mask_token_id, a)])
+
     am = None if attention_mask is None else jnp.concatenate([attention_mask, attention_mask])
-    cond, un = jnp.split(transformer.apply(params, cfg, jnp.concatenate([noisy, uncond]), am), 2)
+    both = losses.denoiser_logits(params, cfg, with_uncond(clean), with_uncond(noisy), am)
+    cond, un = jnp.split(both, 2)
     return un + (cfg_scale + 1.0) * (cond - un)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "guided"))
 def _batch_elbo(params, clean, noisy, p_mask, prompt_len, cfg_scale, *, cfg, guided):
     prompt_mask = jnp.arange(clean.shape[1])[None, :] < prompt_len[:, None]
-    logits = _logits(params, cfg, noisy, prompt_mask, None, cfg_scale, guided)
-    masked = noisy == cfg.mask_token_id  # as upstream: every mask id in the input is a target
-    token = jnp.where(masked, transformer.cross_entropy(logits, clean) / p_mask[:, None], 0.0)
+    logits = _logits(params, cfg, clean, noisy, prompt_mask, None, cfg_scale, guided)
+    # as upstream: every mask id in the input is a target
+    token = losses.weighted_token_loss(logits, clean, noisy, p_mask, cfg.mask_token_id)
     return jnp.sum(token) / clean.shape[0]
 
 
@@ -73,16 +90,23 @@ def batch_elbo(
 ) -> jax.Array:
     """Loss of one fixed noisy batch (the inner step of upstream `get_log_likelihood`).
 
-    clean, noisy [b, L] int; p_mask [b] float; prompt_len int or [b] (prompt positions are the
-    ones CFG masks in its unconditional copy). Returns Σ_{noisy == mask} CE/p_mask ÷ b, a scalar
-    f32 (the log-likelihood estimate is its negative). No attention mask: rows are unpadded.
+    clean, noisy [b, L] int; p_mask [b] float (block diffusion: [b, L], each token its block's);
+    prompt_len int or [b] (prompt positions are the ones CFG masks in its unconditional copy).
+    Returns Σ_{noisy == mask} CE/p_mask ÷ b, a scalar f32 (the log-likelihood estimate is its
+    negative). No attention mask: rows are unpadded.
     """
-    check_kind(cfg, "diffusion", "likelihood.batch_elbo")
+    check_kind(cfg, KINDS, "likelihood.batch_elbo")
     transformer.check_tokens(clean, cfg, "clean")
     transformer.check_tokens(noisy, cfg, "noisy")
     clean, noisy = jnp.asarray(clean, jnp.int32), jnp.asarray(noisy, jnp.int32)
+    p_mask = jnp.asarray(p_mask, jnp.float32)
     if clean.shape != noisy.shape:
         raise ValueError(f"clean {clean.shape} and noisy {noisy.shape} must have the same shape")
+    if p_mask.shape not in (clean.shape[:1], clean.shape):
+        raise ValueError(
+            f"p_mask {p_mask.shape} must be [b] = {clean.shape[:1]} (one per row) or "
+            f"[b, L] = {clean.shape} (per token, block diffusion)"
+        )
     if not cfg_scale >= 0:  # also refuses NaN, which would poison every estimate
         raise ValueError(f"cfg_scale={cfg_scale} must be >= 0 (0 disables guidance)")
     prompt_len = jnp.broadcast_to(jnp.asarray(prompt_len, jnp.int32), (clean.shape[0],))
@@ -90,70 +114,12 @@ def batch_elbo(
         params,
         clean,
         noisy,
-        jnp.asarray(p_mask, jnp.float32),
+        p_mask,
         prompt_len,
         jnp.float32(cfg_scale),
         cfg=cfg,
         guided=cfg_scale > 0,
     )
-
-
-def _stratified_counts(k: jax.Array, T: jax.Array, b: int) -> jax.Array:
-    """Upstream's mask counts [b] int32 in 1..T: round(linspace(k, k + (b−1)·T/b, b)), wrapped.
-
-    linspace's i-th value is k + i·T/b; it is rounded half-to-even here in exact integer
-    arithmetic ((k·b + i·T) / b), which is what torch's float32 linspace gives whenever its
-    float math is exact — always for power-of-two b (the reference's 16). Float code would not
-    do: XLA may turn the division by b−1 into a reciprocal multiply and flip .5 ties.
-    """
-    num = k.astype(jnp.int32) * b + jnp.arange(b, dtype=jnp.int32) * T.astype(jnp.int32)
-    q, r = num // b, num % b
-    up = (2 * r > b) | ((2 * r == b) & (q % 2 == 1))
-    counts = q + up.astype(jnp.int32)
-    return (counts - 1) % T + 1
-
-
-def _draw_masks(
-    u: jax.Array, T: jax.Array, is_answer: jax.Array, b: int
-) -> tuple[jax.Array, jax.Array]:
-    """One iteration's noise for one pair: u [1 + L, b] uniforms -> (masked [b, L] bool,
-    p_mask [b] f32).
-
-    u[0, 0] draws k ~ U{1..T}; row j masks exactly counts[j] answer positions: those whose score
-    u[1 + p, j] ranks lowest among the answer positions (a uniformly random subset, like
-    upstream's randperm). Non-answer positions never rank low enough to be chosen.
-    """
-    k = 1 + jnp.minimum(jnp.floor(u[0, 0] * T).astype(jnp.int32), T - 1)
-    counts = _stratified_counts(k, T, b)
-    scores = jnp.where(is_answer[None, :], u[1:].T, 2.0)
-    rank = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)
-    masked = (rank < counts[:, None]) & is_answer[None, :]
-    return masked, counts.astype(jnp.float32) / T.astype(jnp.float32)
-
-
-def _mix32(x: jax.Array) -> jax.Array:
-    """Wellons' `lowbias32` integer hash: a bijection of uint32 with near-ideal avalanche."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def _uniforms(key: jax.Array, L: int, n_iter: int, b: int) -> jax.Array:
-    """[1 + L, n_iter, b] uniforms in [0, 1) for one pair: a counter-based hash of the pair's
-    key and each element's flat index.
-
-    The layout — position outermost — makes an element's flat index, hence its value,
-    independent of L, so the noise of a position does not depend on padding. A hash rather
-    than `jax.random.uniform`: threefry over this shape costs ~3 s of XLA compile per program
-    on CPU, the hash almost nothing. The key's 64 bits seed it, so keys still decide all noise.
-    """
-    seed = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
-    idx = jnp.arange((1 + L) * n_iter * b, dtype=jnp.uint32).reshape(1 + L, n_iter, b)
-    h = _mix32(_mix32(idx ^ _mix32(seed[0])) + seed[-1])
-    h = _mix32(h ^ jnp.uint32(0x9E3779B9))
-    return (h >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "n_iter", "batch_size", "guided", "padded"))
@@ -164,31 +130,39 @@ def _mc_row_losses(
     each row's Σ_masked CE/p_mask for every Monte-Carlo iteration (one `lax.scan`)."""
     N, L = tokens.shape
     b = batch_size
+    span = min(cfg.block_size or L, L)  # positions per ELBO block: LLaDA's sequence is one
     pos = jnp.arange(L)[None, :]
     valid = pos < length[:, None]
     is_prompt = pos < prompt_len[:, None]
     is_answer = valid & ~is_prompt
-    T = length - prompt_len
 
     def rows(a: jax.Array) -> jax.Array:  # [N, ...] -> [N·b, ...]: b rows per pair
         return jnp.repeat(a, b, axis=0)
 
     attention_mask = rows(valid).astype(jnp.int32) if padded else None
+    clean = rows(tokens)
+    noise = jax.vmap(block_likelihood.uniforms, in_axes=(0, None, None, None))(keys, L, n_iter, b)
+    block_noise = jax.vmap(block_likelihood.block_uniforms, in_axes=(0, None, None))(
+        keys, -(-L // span), n_iter
+    )
+    draw = jax.vmap(block_likelihood.draw_block_masks, in_axes=(0, 0, 0, None, None))
 
-    noise = jax.vmap(_uniforms, in_axes=(0, None, None, None))(keys, L, n_iter, b)
-
-    def one_iteration(carry, u):  # u [N, 1 + L, b]: this iteration's noise for every pair
-        masked, p_mask = jax.vmap(_draw_masks, in_axes=(0, 0, 0, None))(u, T, is_answer, b)
-        masked, p_mask = masked.reshape(N * b, L), p_mask.reshape(N * b)
-        clean = rows(tokens)
+    def one_iteration(carry, u):  # u: this iteration's noise, [N, 1 + L, b] and [N, n_blocks]
+        masked, p_mask = draw(*u, is_answer, b, span)
+        masked, p_mask = masked.reshape(N * b, L), p_mask.reshape(N * b, L)
+        if span == L:  # one block: a p_mask per row, LLaDA's numbers bit for bit
+            p_mask = p_mask[:, 0]
         noisy = jnp.where(masked, cfg.mask_token_id, clean)
-        logits = _logits(params, cfg, noisy, rows(is_prompt), attention_mask, cfg_scale, guided)
-        targets = (noisy == cfg.mask_token_id) & rows(valid)
-        token = jnp.where(targets, transformer.cross_entropy(logits, clean) / p_mask[:, None], 0.0)
+        logits = _logits(
+            params, cfg, clean, noisy, rows(is_prompt), attention_mask, cfg_scale, guided
+        )
+        # as upstream every mask id in the input is a target; pads hold pad_token_id, never one
+        token = losses.weighted_token_loss(logits, clean, noisy, p_mask, cfg.mask_token_id)
         return carry, jnp.sum(token, axis=-1).reshape(N, b)
 
-    _, losses = jax.lax.scan(one_iteration, None, jnp.moveaxis(noise, 2, 0))
-    return losses
+    u = (jnp.moveaxis(noise, 2, 0), jnp.moveaxis(block_noise, 2, 0))
+    _, row_losses = jax.lax.scan(one_iteration, None, u)
+    return row_losses
 
 
 def _check_pair(
@@ -287,7 +261,7 @@ def log_likelihood_batch(
     for batch 16); the last group is filled with copies so a bucket compiles once.
     Returns estimates [n] float64 (and standard errors [n] with return_stderr=True).
     """
-    check_kind(cfg, "diffusion", "likelihood.log_likelihood_batch")
+    check_kind(cfg, KINDS, "likelihood.log_likelihood_batch")
     if len(prompts) != len(answers):
         raise ValueError(
             f"{len(prompts)} prompts but {len(answers)} answers: pass one of each per pair"
@@ -359,8 +333,9 @@ def log_likelihood(
     prompt [P], answer [T] (T ≥ 1) token ids. Runs the single unpadded sequence with no attention
     mask, exactly as the reference, in one jitted program (mc_num/batch_size scan iterations of a
     [batch_size, P+T] forward). Returns a float (and its standard error with return_stderr=True;
-    see `_summarise`).
+    see `_summarise`). A block-diffusion cfg estimates its block ELBO (the module doc).
     """
+    check_kind(cfg, KINDS, "likelihood.log_likelihood")
     mc = _check_mc(mc_num, batch_size, cfg_scale, rng)
     prompt, answer = _check_pair(cfg, prompt, answer)
     seq = np.concatenate([prompt, answer])[None, :]

@@ -90,17 +90,21 @@ class SamplerConfig:
     early_exit    freeze a row once its answer is final (an EOS/EoT in the generated region with
                   no mask before it: committed tokens never change) and run no forward once every
                   row is frozen. The canvas through the first EOS/EoT is the full run's; masks
-                  left after it come back as EOS.
+                  left after it come back as EOS. None: the model kind's default
+                  (`EARLY_EXIT_BY_KIND`; block diffusion stops a row at its first completed block
+                  holding an EOS/EoT, `block_sampling`)
     cache         None: the exact sampler (`sampling`). Fast decoding (`fast_sampling`,
                   Fast-dLLM) with "none" (exact forwards), "prefix" or "dual": keys/values of the
                   block start's forward serve what is left of (prefix), or also right of (dual),
-                  the block for its other steps (stale within a block)
-    threshold     fast decoding: also commit every block mask with confidence >= threshold
-                  (Fast-dLLM: 0.9; above 1 never)
-    factor        fast decoding: Fast-dLLM's factor rule instead (rank n, 1-based, commits if
+                  the block for its other steps (stale within a block). Block diffusion's cache
+                  is exact: "none" runs its uncached reference, any other value the cache
+    threshold     fast decoding and block diffusion: also commit every block mask with
+                  confidence >= threshold (Fast-dLLM: 0.9; above 1 never)
+    factor        Fast-dLLM's factor rule instead (rank n, 1-based, commits if
                   (n + 1)(1 - c_n) < factor)
 
-    Building one checks it (`check`): a SamplerConfig is always valid.
+    Building one checks it (`check`): a SamplerConfig is always valid for some model kind;
+    `for_kind` resolves the kind's defaults and checks the rules that depend on it.
     """
 
     gen_length: int = 64
@@ -111,7 +115,7 @@ class SamplerConfig:
     remasking: str = "low_confidence"
     logits_eos_inf: bool = False
     confidence_eos_eot_inf: bool = False
-    early_exit: bool = False
+    early_exit: bool | None = None
     cache: str | None = None
     threshold: float | None = None
     factor: float | None = None
@@ -122,6 +126,12 @@ class SamplerConfig:
     # Fast-dLLM's setting, what `--fast` alone means: the dual cache and threshold 0.9
     FAST_CACHE: typing.ClassVar[str] = "dual"
     FAST_THRESHOLD: typing.ClassVar[float] = 0.9
+    # early_exit=None: LLaDA keeps the reference's canvas token for token (off); block diffusion
+    # generates variable lengths, a row stopping at its EOS block (on).
+    EARLY_EXIT_BY_KIND: typing.ClassVar[dict[str, bool]] = {
+        "diffusion": False,
+        "block_diffusion": True,
+    }
 
     def __post_init__(self) -> None:
         self.check(KEYWORDS)
@@ -173,6 +183,16 @@ class SamplerConfig:
         steps, _, block_length = _lengths(self)
         return dataclasses.replace(self, steps=steps, block_length=block_length)
 
+    def for_kind(self, kind: str, spelling: Spelling = KEYWORDS) -> SamplerConfig:
+        """This config for a model of `kind`: early_exit None -> the kind's default
+        (`EARLY_EXIT_BY_KIND`), and the rules that depend on the kind checked (LLaDA's exact
+        sampler has no threshold / factor rule: only fast decoding has)."""
+        if kind == "diffusion" and self.cache is None:
+            _check_parallel_commits_need_cache(self, spelling)
+        if self.early_exit is not None:
+            return self
+        return dataclasses.replace(self, early_exit=self.EARLY_EXIT_BY_KIND.get(kind, False))
+
     @property
     def fast(self) -> bool:
         """Fast decoding (`fast_sampling`) rather than the exact sampler (`sampling`)."""
@@ -211,14 +231,18 @@ class SamplerConfig:
         """The traced part: float32 / bool scalars, so other values reuse the compiled program.
 
         fill_masks (infilling) never proposes the mask id; a disabled threshold / factor rule
-        compares against +inf, so nothing passes it.
+        compares against +inf, so nothing passes it. early_exit None (not resolved by
+        `for_kind`) is LLaDA's default.
         """
+        early_exit = self.early_exit
+        if early_exit is None:
+            early_exit = self.EARLY_EXIT_BY_KIND["diffusion"]
         return {
             "temperature": np.float32(self.temperature),
             "cfg_scale": np.float32(self.cfg_scale),
             "logits_eos_inf": np.bool_(self.logits_eos_inf),
             "confidence_eos_eot_inf": np.bool_(self.confidence_eos_eot_inf),
-            "early_exit": np.bool_(self.early_exit),
+            "early_exit": np.bool_(early_exit),
             "logits_mask_inf": np.bool_(fill_masks),
             "threshold": np.float32(np.inf if self.threshold is None else self.threshold),
             "factor": np.float32(-np.inf if self.factor is None else self.factor),
@@ -307,8 +331,7 @@ def _check_real(s: Spelling, name: str, value: Any, op: str, fix: str) -> None:
 
 
 def _check_fast(c: SamplerConfig, s: Spelling) -> None:
-    """The fast-decoding options: a known cache mode; threshold or factor, not both, and only
-    with fast decoding."""
+    """The fast-decoding options: a known cache mode; threshold or factor, not both."""
     if c.cache is not None and c.cache not in c.CACHE_MODES:
         raise ValueError(f"unknown {s.name('cache')} mode {c.cache!r}: use one of {c.CACHE_MODES}")
     if c.threshold is not None:
@@ -321,10 +344,14 @@ def _check_fast(c: SamplerConfig, s: Spelling) -> None:
             f"{threshold} and {factor} are two rules for the same choice ({factor} replaces the "
             f"fixed {threshold} by Fast-dLLM's rank-dependent one): pass one of them, not both"
         )
-    if c.cache is None and (c.threshold is not None or c.factor is not None):
+
+
+def _check_parallel_commits_need_cache(c: SamplerConfig, s: Spelling) -> None:
+    """LLaDA: threshold and factor only with fast decoding (block diffusion always has them)."""
+    if c.threshold is not None or c.factor is not None:
         raise ValueError(
-            f"{threshold} and {factor} are fast-decoding rules: also set {s.name('cache')} "
-            f"(one of {c.CACHE_MODES})"
+            f"{s.name('threshold')} and {s.name('factor')} are fast-decoding rules: also set "
+            f"{s.name('cache')} (one of {c.CACHE_MODES})"
         )
 
 

@@ -16,7 +16,9 @@ window and full paths see the same noise and skipped steps shift nothing. `infil
 program over a canvas whose masks sit anywhere. What one step decides (proposal, confidence,
 guidance, early exit) is `lladax.diffusion.denoise`, shared with `fast_sampling`. The options are
 a `SamplerConfig` (`generate_with` takes one; `generate` builds one from its keywords), split
-into the program's static options and its traced scalars.
+into the program's static options and its traced scalars. A block-diffusion model
+(`ModelConfig.kind="block_diffusion"`) takes the same entry points and runs
+`block_sampling` (exact KV cache, variable length).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lladax.config import ModelConfig, check_kind
-from lladax.diffusion import fast_sampling
+from lladax.diffusion import block_sampling, fast_sampling
 from lladax.diffusion.denoise import (
     answer_final,
     decide,
@@ -172,8 +174,11 @@ def generate(
     confidence_eos_eot_inf: bool = False,
     rng: jax.Array | None = None,
     return_history: bool = False,
-    early_exit: bool = False,
+    early_exit: bool | None = None,
     return_stats: bool = False,
+    threshold: float | None = None,
+    factor: float | None = None,
+    cache: str | None = None,
 ):
     """LLaDA sampling (upstream `generate.py`): prompt [B, P] -> canvas [B, P + gen_length] int32.
 
@@ -181,8 +186,14 @@ def generate(
     `SamplerConfig(steps=..., gen_length=..., ...)`. attention_mask [B, P]: 1 = real token,
     left padding = 0 (None: all ones). `rng` (a `jax.random` key) is required when sampling is
     random; every row gets independent noise. return_history / return_stats: see `generate_with`.
+    A block-diffusion model decodes its own blocks (`block_sampling`): block_length None or
+    cfg.block_size, any gen_length and steps (None: one token per step).
     """
-    sampler = SamplerConfig.from_arguments(locals())  # first line: locals() = the arguments
+    arguments = dict(locals())  # first line: the arguments
+    if cfg.kind == "block_diffusion":  # its blocks need not tile gen_length: the model's own
+        block_sampling.check_block_length(cfg, block_length)
+        arguments["block_length"] = None
+    sampler = SamplerConfig.from_arguments(arguments)
     return generate_with(
         params,
         cfg,
@@ -209,20 +220,25 @@ def generate_with(
 ):
     """`generate` with its options as a `SamplerConfig`: canvas [B, P + gen_length] int32.
 
-    A fast `sampler` (`cache` set) runs `fast_sampling.decode` (its stats; no history); otherwise
-    the exact sampler below. return_history=True adds history [steps, B, P + gen_length] (the
-    canvas after each global step; with early exit it shows a frozen row's tail as masks, the
-    canvas as EOS).
+    The sampler is resolved for the model's kind (`SamplerConfig.for_kind`: early_exit None is
+    the kind's default). A block-diffusion model runs `block_sampling.decode` (its stats; no
+    history). A fast `sampler` (`cache` set) runs `fast_sampling.decode` (its stats; no
+    history); otherwise the exact sampler below. return_history=True adds history [steps, B,
+    P + gen_length] (the canvas after each global step; with early exit it shows a frozen row's
+    tail as masks, the canvas as EOS).
     return_stats=True appends a dict: forward_passes, window_passes (forwards that took the
     block-window path), steps, steps_saved (scalars), done_step [B] (the step at which each row
     froze; `steps` if never). window=False runs every forward on the whole canvas (same tokens).
     Returns canvas, (canvas, history), (canvas, stats) or (canvas, history, stats).
     """
-    check_kind(cfg, "diffusion", "sampling.generate")
-    if sampler.fast and return_history:
+    check_kind(cfg, ("diffusion", "block_diffusion"), "sampling.generate")
+    sampler = sampler.for_kind(cfg.kind)
+    block = cfg.kind == "block_diffusion"
+    if (sampler.fast or block) and return_history:
+        what = "block diffusion" if block else f"fast decoding (cache={sampler.cache!r})"
         raise ValueError(
-            f"return_history shows the exact sampler's canvas at every step; fast decoding "
-            f"(cache={sampler.cache!r}) keeps none: drop return_history, or set cache=None"
+            f"return_history shows the exact sampler's canvas at every step; {what} keeps "
+            f"none: drop return_history{'' if block else ', or set cache=None'}"
         )
     canvas, attn = prompt_canvas(cfg, prompt, attention_mask, sampler.gen_length)
     if canvas.shape[1] > cfg.max_seq_len:
@@ -232,6 +248,10 @@ def generate_with(
             f"exceeds the model's max_seq_len {cfg.max_seq_len}: quality may degrade "
             "beyond the trained context",
             stacklevel=2,
+        )
+    if block:
+        return block_sampling.decode(
+            params, cfg, canvas, attn, sampler, rng, return_stats=return_stats
         )
     if sampler.fast:
         return fast_sampling.decode(

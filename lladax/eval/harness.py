@@ -5,6 +5,10 @@
   generate_until     `sampling.generate_with` (batch > 1, left padding), text cut at stop strings
   loglikelihood_rolling  not supported: raises NotImplementedError (no perplexity tasks)
 
+LLaDA and block-diffusion checkpoints are served (a block-diffusion model's loglikelihood is its
+block ELBO, its generation the block sampler: both chosen by the model's kind); the autoregressive
+baseline is refused in one line.
+
 Model args come in lm-eval's `key=value,...` form (`lladax.eval.model_args`: the adapter's own and
 the sampler's, `SamplerConfig`); unknown keys are errors. This module imports lm_eval (the optional
 extra `lladax[eval]`); nothing else in the core does.
@@ -24,9 +28,12 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from lladax.batching import bucket_length, left_pad
+from lladax.config import check_kind
 from lladax.diffusion import likelihood, sampling
 from lladax.eval.model_args import parse_arg_string, parse_model_args, recorded
 from lladax.store.loading import load_model
+
+SERVED_KINDS = ("diffusion", "block_diffusion")  # the kinds both request types serve
 
 
 def split_context(context: str, continuation: str) -> tuple[str, str]:
@@ -51,6 +58,7 @@ class LLaDAEval(LM):
             self.opts["tokenizer"],
             flag="--tokenizer (model arg tokenizer=)",
         )
+        check_kind(self.cfg, SERVED_KINDS, "the lm-eval adapter (lladax eval)")
         self.max_length = self.opts["max_length"] or self.cfg.max_seq_len
 
     @property

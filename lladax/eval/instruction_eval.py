@@ -34,7 +34,9 @@ def generate_replies(
     applied).
 
     Prompts are left-padded (pad id, attention mask 0) to ONE length for the whole list and the
-    last batch is filled with copies, so the sampler compiles a single program.
+    last batch is filled with copies, so the sampler compiles a single program. Any diffusion
+    kind: a block-diffusion model decodes its own blocks (`block_sampling`; block_length None
+    is its block_size) and, by default, stops each reply at its EOS block.
     """
     prompts = [apply_chat_template(tokenizer, ex.messages(with_answer=False)) for ex in items]
     if not prompts:

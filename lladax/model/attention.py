@@ -123,10 +123,13 @@ def attention(
     tiled = q.shape[1] % 128 == 0 and k.shape[1] % 128 == 0  # the splash kernel's tiling
     if impl == "auto":
         impl = {"tpu": "splash", "gpu": "cudnn"}.get(jax.default_backend(), "xla")
+        windowed = block is not None and (not isinstance(q_offset, int) or q_offset != 0)
         if (impl == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16)) or (
-            impl == "splash" and not tiled
+            impl == "splash" and (windowed or not tiled)
         ):
-            impl = "xla"  # cuDNN is half precision only; splash tiles are 128 positions
+            # cuDNN is half precision only; splash tiles are 128 positions and its block mask
+            # is static, so a cached decoding window (traced offset) takes the dense path
+            impl = "xla"
     if impl in ("splash", "splash_interpret"):
         if not tiled:
             raise ValueError(

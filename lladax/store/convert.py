@@ -63,6 +63,9 @@ Progress = Callable[[int], None]  # called with the bytes of each tensor done
 # converted model, so a later convert may replace it (with --overwrite) and nothing else.
 # Loaders ignore it (HF loaders read config.json and the safetensors; load_hf reads the same).
 EXPORT_MARKER = "lladax_export.json"
+# The kinds the format carries: LLaDA's, and block diffusion's with config.json's "lladax_kind"
+# and "block_size" (`ModelConfig.to_hf_dict`; LLaDA's remote code ignores them, lladax reads them).
+HF_KINDS = ("diffusion", "block_diffusion")
 
 
 # --- device placement --------------------------------------------------------------------------
@@ -211,19 +214,20 @@ def save_hf(
     dtype: Any = None,
     progress: Progress | None = None,
 ) -> None:
-    """Write a HF LLaDA directory: config.json (hub keys, architectures, auto_map),
-    special_tokens.json and safetensors, sharded with an index above `max_shard_size`.
+    """Write a HF LLaDA directory: config.json (hub keys, architectures, auto_map; the kind of a
+    block-diffusion model), special_tokens.json and safetensors, sharded with an index above
+    `max_shard_size`.
 
     max_shard_size: HF-style ("5GB" = 5·10⁹ bytes, "2GiB") or bytes; `max_shard_bytes` is the
       older spelling and wins when given. dtype: tensors' dtype in the files (default: the params').
     Each file is written to a temporary name and renamed when complete; host memory is about one
     tensor (the shard is streamed, its header written from the planned shapes).
     """
-    if cfg.kind != "diffusion":
+    if cfg.kind not in HF_KINDS:
         raise ValueError(
-            f"only LLaDA (diffusion) models export to the Hugging Face LLaDA format; "
-            f"this one is kind={cfg.kind!r} (the autoregressive baseline, whose "
-            "causal attention LLaDA's remote code would not apply)"
+            f"only LLaDA (diffusion) and block-diffusion models export to the Hugging Face LLaDA "
+            f"format; this one is kind={cfg.kind!r} (the autoregressive baseline, whose causal "
+            "attention the format cannot express): keep it as a `lladax train` run"
         )
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lladax.diffusion import likelihood
+from lladax.diffusion import block_likelihood, likelihood, losses
+from lladax.model import transformer
 
 FIXTURES = Path(
     os.environ.get("LLADAX_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures")
@@ -68,10 +69,10 @@ def test_stratified_counts_and_masks(T, b):
     L, P = T + 7, 4  # prompt 4, answer T, 3 pads
     is_answer = (np.arange(L) >= P) & (np.arange(L) < P + T)
     ks = np.arange(1, T + 1)
-    got = jax.jit(jax.vmap(lambda k: likelihood._stratified_counts(k, jnp.int32(T), b)))(ks)
+    got = jax.jit(jax.vmap(lambda k: block_likelihood.stratified_counts(k, jnp.int32(T), b)))(ks)
     np.testing.assert_array_equal(np.asarray(got), [_torch_counts(k, T, b) for k in ks])
-    u = likelihood._uniforms(jax.random.key(3), L, 1, b)[:, 0]
-    masked, p_mask = jax.jit(likelihood._draw_masks, static_argnums=3)(
+    u = block_likelihood.uniforms(jax.random.key(3), L, 1, b)[:, 0]
+    masked, p_mask = jax.jit(block_likelihood.draw_masks, static_argnums=3)(
         u, jnp.int32(T), jnp.asarray(is_answer), b
     )
     masked, p_mask = np.asarray(masked), np.asarray(p_mask)
@@ -120,10 +121,12 @@ def test_scan_equals_loop_over_batch_elbo(tiny_llada):
         params, cfg, prompt, answer, mc_num=b * n_iter, batch_size=b, cfg_scale=cfg_scale, rng=rng
     )
     is_answer = jnp.arange(len(seq)) >= len(prompt)
-    noise = likelihood._uniforms(rng, len(seq), n_iter, b)
+    noise = block_likelihood.uniforms(rng, len(seq), n_iter, b)
     losses = []
     for i in range(n_iter):
-        masked, p_mask = likelihood._draw_masks(noise[:, i], jnp.int32(len(answer)), is_answer, b)
+        masked, p_mask = block_likelihood.draw_masks(
+            noise[:, i], jnp.int32(len(answer)), is_answer, b
+        )
         clean = np.repeat(seq[None], b, axis=0)
         noisy = np.where(np.asarray(masked), cfg.mask_token_id, clean)
         losses.append(
@@ -212,6 +215,121 @@ def test_bad_inputs_one_line_error(tiny_llada, kwargs, message):
         likelihood.batch_elbo(
             params, cfg, np.ones((2, 4), int), np.ones((2, 5), int), np.ones(2), 1
         )
+
+
+# --- block diffusion (issue 23): the block ELBO -------------------------------------------------
+PAIRS = [(3, 9), (10, 6), (0, 16), (15, 1)]  # (prompt, answer) lengths: totals 12 and 16
+
+
+def _pairs(seed: int = 0):
+    r = np.random.default_rng(seed)
+    return [(r.integers(5, 300, p), r.integers(5, 300, a)) for p, a in PAIRS]
+
+
+def test_one_block_is_llada_exactly(tiny_llada):
+    """block_size >= the sequence: the same noise and the same numbers as LLaDA's estimate."""
+    cfg, params = tiny_llada
+    bd = cfg.replace(kind="block_diffusion", block_size=32)
+    pairs, rng = _pairs(), jax.random.key(11)
+    opts = dict(mc_num=16, batch_size=8, rng=rng, pairs_per_call=4, return_stderr=True)
+    prompts, answers = [p for p, _ in pairs], [a for _, a in pairs]
+    want = likelihood.log_likelihood_batch(params, cfg, prompts, answers, **opts)
+    got = likelihood.log_likelihood_batch(params, bd, prompts, answers, **opts)
+    np.testing.assert_array_equal(got, want)
+
+
+_forward = jax.jit(transformer.apply, static_argnums=1)
+
+
+def _slow_block_losses(params, cfg, clean, noisy, p_mask, prompt_len, cfg_scale):
+    """Each row's Σ_masked CE/p_mask, block by block: block b's logits from the plain
+    (block-causal) forward over the clean prefix followed by noisy block b (the later blocks,
+    which block b cannot see, are left noisy); with CFG the unconditional copy has the prompt
+    masked in both."""
+    bs, pos, total = cfg.block_size, np.arange(clean.shape[1]), 0.0
+    uncond = lambda a: np.where(pos < prompt_len, cfg.mask_token_id, a)
+    for start in range(0, clean.shape[1], bs):
+        window = slice(start, start + bs)
+        cond = _forward(params, cfg, np.where(pos < start, clean, noisy))[:, window]
+        if cfg_scale:
+            un = _forward(params, cfg, np.where(pos < start, uncond(clean), uncond(noisy)))
+            cond = un[:, window] + (cfg_scale + 1) * (cond - un[:, window])
+        token = losses.weighted_token_loss(
+            cond, clean[:, window], noisy[:, window], p_mask[:, window], cfg.mask_token_id
+        )
+        total += np.asarray(token).sum(axis=1)
+    return total
+
+
+def test_block_elbo_equals_a_loop_over_blocks(tiny_llada):
+    """On fixed noise, the one-program estimate (one twin forward per row) equals the block ELBO
+    computed block by block, and batch_elbo takes the per-token p_mask. The masks are LLaDA's in
+    every block: 1..T_b of its answer tokens, p_mask = count/T_b, nothing in prompt-only blocks."""
+    cfg, params = tiny_llada
+    bd = cfg.replace(kind="block_diffusion", block_size=4)
+    (prompt, answer), cfg_scale = _pairs()[1], 0.5  # prompt 10, answer 6: blocks 0-1 prompt only
+    seq = np.concatenate([prompt, answer])
+    P, L, b, n_iter, rng = len(prompt), len(seq), 8, 2, jax.random.key(7)
+    est = likelihood.log_likelihood(
+        params, bd, prompt, answer, mc_num=16, batch_size=b, cfg_scale=cfg_scale, rng=rng
+    )
+    u = jax.jit(block_likelihood.uniforms, static_argnums=(1, 2, 3))(rng, L, n_iter, b)
+    u_blocks = jax.jit(block_likelihood.block_uniforms, static_argnums=(1, 2))(rng, 4, n_iter)
+    draw = jax.jit(block_likelihood.draw_block_masks, static_argnums=(3, 4))
+    clean = np.repeat(seq[None], b, axis=0)
+    iteration_losses = []
+    for i in range(n_iter):
+        masked, p_mask = draw(u[:, i], u_blocks[:, i], jnp.arange(L) >= P, b, 4)
+        masked, p_mask = np.asarray(masked), np.asarray(p_mask)
+        per_block = masked.reshape(b, 4, 4).sum(axis=2)
+        assert not per_block[:, :2].any() and (per_block[:, 2:] >= 1).all()
+        T_b = np.array([0, 0, 2, 4])  # answer tokens per block
+        np.testing.assert_allclose(p_mask[:, 8::4], per_block[:, 2:] / T_b[2:], rtol=1e-7)
+        noisy = np.where(masked, cfg.mask_token_id, clean)
+        slow = _slow_block_losses(params, bd, clean, noisy, p_mask, P, cfg_scale)
+        fast = float(likelihood.batch_elbo(params, bd, clean, noisy, p_mask, P, cfg_scale))
+        np.testing.assert_allclose(fast, slow.sum() / b, rtol=1e-5)
+        iteration_losses.append(slow.sum() / b)
+    np.testing.assert_allclose(est, -np.mean(iteration_losses), rtol=1e-5)
+
+
+def test_block_elbo_padding_does_not_change_estimates(tiny_llada):
+    """As LLaDA's: pairs batched with right padding give what each gives alone, unpadded."""
+    cfg, params = tiny_llada
+    bd = cfg.replace(kind="block_diffusion", block_size=4)
+    pairs, rng, opts = _pairs(), jax.random.key(3), dict(mc_num=16, batch_size=8)
+    batched, se = likelihood.log_likelihood_batch(
+        params,
+        bd,
+        [p for p, _ in pairs],
+        [a for _, a in pairs],
+        rng=rng,
+        pairs_per_call=4,
+        return_stderr=True,
+        **opts,
+    )
+    keys = jax.random.split(rng, len(pairs))
+    alone = [
+        likelihood.log_likelihood(params, bd, p, a, rng=keys[i], **opts)
+        for i, (p, a) in enumerate(pairs)
+    ]
+    np.testing.assert_allclose(batched, alone, rtol=1e-5)
+    assert np.isfinite(se).all() and (se[:3] > 0).all() and se[3] == 0  # one answer token
+
+
+def test_autoregressive_model_is_refused_in_one_line(tiny_llada):
+    cfg, params = tiny_llada
+    ar = cfg.replace(kind="autoregressive")
+    for call in (
+        lambda: likelihood.log_likelihood(params, ar, [5], [6], rng=jax.random.key(0)),
+        lambda: likelihood.log_likelihood_batch(params, ar, [[5]], [[6]], rng=jax.random.key(0)),
+        lambda: likelihood.batch_elbo(params, ar, [[5, 6]], [[5, 6]], [1.0], 1),
+    ):
+        with pytest.raises(ValueError, match="kind='autoregressive'") as e:
+            call()
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=r"p_mask \(3,\) must be \[b\] = \(2,\)"):
+        likelihood.batch_elbo(params, cfg, np.ones((2, 4), int), np.ones((2, 4), int), [1] * 3, 1)
 
 
 def _markov_rows(

@@ -108,7 +108,6 @@ def test_traced_part_is_a_pytree_of_scalars():
         ),
         (dict(cache="dual", threshold=0.9, factor=1.0), "not both", "pass one of them", "both"),
         (dict(cache="paged"), "unknown cache mode 'paged'", "'paged'", "'paged'"),
-        (dict(threshold=0.9), "also set cache", "also set --cache", "also set cache"),
         (dict(bogus=1), "unknown sampler option 'bogus'", "'--bogus'", "'bogus'"),
     ],
 )
@@ -120,6 +119,35 @@ def test_one_rule_set_worded_per_surface(values, keyword, flag, model_arg):
     if "bogus" not in values:  # construction checks too, in the API's words
         with pytest.raises(ValueError, match=keyword):
             SamplerConfig(**values)
+
+
+@pytest.mark.parametrize(
+    "values, keyword, flag, model_arg",
+    [(dict(threshold=0.9), "also set cache", "also set --cache", "also set cache")],
+)
+def test_rules_of_the_model_kind_worded_per_surface(values, keyword, flag, model_arg):
+    """Threshold / factor without a cache mode: LLaDA's exact sampler has no such rule (fast
+    decoding has), block diffusion's sampler always has. `for_kind` checks what depends on the
+    kind, in the surface's words."""
+    for spelling, words in ((KEYWORDS, keyword), (FLAGS, flag), (MODEL_ARG, model_arg)):
+        sampler = SamplerConfig.parse(values, spelling)
+        with pytest.raises(ValueError) as e:
+            sampler.for_kind("diffusion", spelling)
+        assert words in str(e.value) and "\n" not in str(e.value), (spelling, str(e.value))
+    with pytest.raises(ValueError, match=keyword):
+        SamplerConfig(**values).for_kind("diffusion")
+    assert SamplerConfig(**values).for_kind("block_diffusion").threshold == 0.9
+
+
+def test_early_exit_default_is_the_kinds():
+    """None: off for LLaDA (the reference's canvas), on for block diffusion (variable length);
+    an explicit value is kept. The traced flag of an unresolved config is LLaDA's."""
+    c = SamplerConfig()
+    assert c.early_exit is None and not c.traced()["early_exit"]
+    assert c.for_kind("diffusion").early_exit is False
+    assert c.for_kind("block_diffusion").early_exit is True
+    assert SamplerConfig(early_exit=False).for_kind("block_diffusion").early_exit is False
+    assert c.for_kind("block_diffusion").static() == c.static()  # a traced flag: one program
 
 
 def test_parse_takes_the_rest_from_a_base():

@@ -201,6 +201,11 @@ def test_eval_cli_end_to_end_offline(run_dir, offline_tasks, tmp_path, capsys):
     assert json.loads(out.read_text()) == results and not list(tmp_path.glob(".*tmp"))
 
 
+class Req:  # a request: the only field the adapter reads
+    def __init__(self, *args):
+        self.args = args
+
+
 def test_adapter_api(run_dir):
     from lladax.eval import harness
 
@@ -211,10 +216,6 @@ def test_adapter_api(run_dir):
     assert harness.split_context("a b  ", "c") == ("a b", "  c")
     ctx, cont = lm.encode_pair("the list holds ", "items")
     assert ctx == lm.tokenizer.encode("the list holds", add_bos=True) and cont
-
-    class Req:  # the only field the adapter reads
-        def __init__(self, *args):
-            self.args = args
 
     reqs = [Req("the list holds", " items"), Req("the list holds", " stops"), Req("we", " can")]
     out = lm.loglikelihood(reqs)
@@ -323,67 +324,40 @@ def test_ranking_real_beats_shuffled(run_dir):
     assert np.mean(real > shuf) >= 0.9, (np.mean(real > shuf), real - shuf)
 
 
-# --- issue 21: every eval flag and model arg is refused before the model loads -----------------
-@pytest.fixture
-def eval_places(tmp_path):
-    run = tmp_path / "run"  # shaped like a run; refusals come before any weight is read
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "tokenizer.model").write_bytes(b"not read")
-    (tmp_path / "notes.json").write_text('{"mine": true}')
-    (tmp_path / "old.json").write_text(json.dumps({"results": {}, "lladax_eval": {}}))
-    (tmp_path / "file.txt").write_text("x")
-    (tmp_path / "tasks").mkdir()
-    return tmp_path
+# --- block diffusion (issue 23): its checkpoints are served, the autoregressive baseline refused --
+def _random_run(directory: Path, tok, **kind) -> Path:
+    """A random-init tiny model of `kind` saved as a run with the embedded tokenizer: enough to
+    load and score, not to be good."""
+    import shutil
+
+    from lladax.config import preset
+    from lladax.model import transformer
+    from lladax.store import params_checkpoint
+
+    cfg = preset("tiny", **kind)
+    params_checkpoint.save_params(directory, cfg, transformer.init_params(cfg, jax.random.key(0)))
+    shutil.copyfile(tok.name, directory / "tokenizer.model")
+    return directory
 
 
-EVAL_REFUSALS = [
-    (["--output", "{d}"], "is a directory: pass a file path"),
-    (["--output", "{d}/notes.json"], "exists and is not a `lladax eval` result"),
-    (["--output", "{d}/notes.json", "--overwrite"], "refusing to overwrite it"),
-    (
-        ["--output", "{d}/old.json"],
-        "already holds a `lladax eval` result: pass a new path, or --overwrite",
-    ),
-    (["--output", "{d}/file.txt/r.json"], "is a file, not a directory"),
-    (["--limit", "0"], "--limit 0 must be a whole number of examples >= 1 or a fraction"),
-    (["--limit", "2.5"], "--limit 2.5 must be a whole number"),
-    (["--num-fewshot", "-1"], "--num-fewshot -1 must be >= 0"),
-    (["--include-path", "{d}/absent"], "is not a directory"),
-    (["--only-include-path"], "--only-include-path needs --include-path DIR"),
-    (["--tokenizer", "{d}/absent.json"], "--tokenizer {d}/absent.json does not exist"),
-    (["--model-args", "mc_num"], "model arg 'mc_num' is not key=value"),
-    (["--model-args", "mc_num=0"], "model arg mc_num=0 must be >= 1"),
-    (["--model-args", "mc_num=4.5"], "model arg mc_num='4.5' must be int"),
-    (["--model-args", "steps=0"], "model arg steps=0 must be >= 1"),
-    (["--model-args", "pair_batch=0"], "model arg pair_batch=0 must be >= 1"),
-    (["--model-args", "seed=-1"], "model arg seed=-1 must be >= 0"),
-    (["--model-args", "gen_length=8,block_length=4,steps=3"], "steps=3 is not a multiple of"),
-    (["--model-args", "cfg_scale=nan"], "model arg cfg_scale='nan' must be a finite number"),
-    (["--model-args", "temperature=-1"], "temperature=-1.0 must be >= 0"),
-    (["--model-args", "remasking=best"], "unknown remasking 'best'"),
-    (["--model-args", "add_bos=maybe"], "add_bos='maybe' must be true or false"),
-    (["--model-args", "dtype=float16"], "model arg dtype='float16': use one of float32"),
-    (["--model-args", "bogus=1"], "unknown model arg 'bogus'"),
-    (
-        ["--tasks", "nope", "--include-path", "{d}/tasks", "--only-include-path"],
-        "unknown lm-eval task(s) ['nope']",
-    ),
-    (["--tasks", "a,,b"], "has an empty task name"),
-]
+def test_block_diffusion_checkpoint_is_served(tok, offline_tasks, tmp_path, cli_error):
+    from lladax.eval import harness
 
-
-@pytest.mark.parametrize("extra, words", EVAL_REFUSALS)
-def test_eval_refusals_before_loading(eval_places, cli_error, extra, words):
-    d = str(eval_places)
-    argv = [
-        "eval",
-        "--checkpoint",
-        eval_places / "run",
-        "--tasks",
-        "x",
-        "--output",
-        eval_places / "r.json",
-    ]
-    line = cli_error(argv + [a.replace("{d}", d) for a in extra], untouched=[eval_places])
-    assert words.replace("{d}", d) in line
-    assert not (eval_places / "r.json").exists()
+    bd = _random_run(tmp_path / "bd", tok, kind="block_diffusion", block_size=4)
+    lm = harness.LLaDAEval.create_from_arg_string(f"checkpoint={bd},{MODEL_ARGS}")
+    assert lm.cfg.kind == "block_diffusion"
+    reqs = [Req("the list holds", " items"), Req("the list holds", " stops"), Req("we", " can")]
+    out = lm.loglikelihood(reqs)  # the block ELBO: finite, negative, keyed by context
+    assert all(np.isfinite(ll) and ll < 0 and not greedy for ll, greedy in out), out
+    assert lm.loglikelihood(reqs[::-1])[::-1] == out
+    texts = lm.generate_until([Req("the list", {"until": ["."]}), Req("we can", {"until": "zz"})])
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts) and "." not in texts[0]
+    results = tmp_path / "results.json"
+    argv = ["eval", "--checkpoint", bd, "--tasks", "lladax_mc,lladax_gen", "--model-args"]
+    argv += [MODEL_ARGS, "--include-path", offline_tasks, "--only-include-path"]
+    assert main([str(a) for a in [*argv, "--output", results]]) == 0
+    assert 0.0 <= json.loads(results.read_text())["results"]["lladax_mc"]["acc,none"] <= 1.0
+    ar = _random_run(tmp_path / "ar", tok, kind="autoregressive")
+    line = cli_error([*argv[:2], ar, *argv[3:], "--output", tmp_path / "ar.json"])
+    assert "needs a diffusion or block_diffusion model but this checkpoint is " in line
+    assert "kind='autoregressive'" in line and not (tmp_path / "ar.json").exists()

@@ -60,6 +60,33 @@ def test_corrupt_safetensors(ckpt_copy, cut):
         convert.load_hf(ckpt_copy)
 
 
+def test_block_diffusion_round_trip_keeps_kind_and_block_size(tiny_llada, tmp_path, cli_error):
+    """save_hf / load_hf and `lladax convert` both ways carry a block-diffusion model (its
+    config.json adds lladax_kind and block_size); the autoregressive baseline is refused in one
+    line naming its kind, by save_hf and by orbax-to-hf."""
+    cfg, params = tiny_llada
+    bd = cfg.replace(kind="block_diffusion", block_size=8)
+    convert.save_hf(tmp_path / "hf", bd, params)
+    written = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (written["lladax_kind"], written["block_size"]) == ("block_diffusion", 8)
+    back, params2 = convert.load_hf(tmp_path / "hf")
+    assert back == bd and _same(params, params2)
+    orb, hf2 = tmp_path / "orbax", tmp_path / "hf2"
+    assert (
+        cli_main(["convert", "hf-to-orbax", str(tmp_path / "hf"), str(orb), "--no-progress"]) == 0
+    )
+    assert params_checkpoint.load_params(orb)[0] == bd
+    assert cli_main(["convert", "orbax-to-hf", str(orb), str(hf2), "--no-progress"]) == 0
+    assert convert.load_hf(hf2)[0] == bd
+    ar = cfg.replace(kind="autoregressive")
+    with pytest.raises(ValueError, match="this one is kind='autoregressive'") as e:
+        convert.save_hf(tmp_path / "ar_hf", ar, params)
+    assert "\n" not in str(e.value) and not (tmp_path / "ar_hf").exists()
+    params_checkpoint.save_params(tmp_path / "ar", ar, params)
+    line = cli_error(["convert", "orbax-to-hf", tmp_path / "ar", tmp_path / "out"])
+    assert "is a kind='autoregressive' model: only LLaDA (diffusion) and block-diffusion" in line
+
+
 # --- streaming conversion, meshes, the CLI, and the errors a real download can hit --------------
 from lladax.cli import main as cli_main  # noqa: E402
 from lladax.model import sharding, transformer  # noqa: E402
