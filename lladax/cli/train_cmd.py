@@ -3,6 +3,11 @@
 The config file is configs/<name>.py (any of its keys can be overridden; unknown keys are
 errors). Rerunning the same command resumes from the newest checkpoint in the workdir.
 
+Block diffusion (docs/block_diffusion.md): configs/bd_small.py, configs/llada_8b_bd.py;
+`--config.train.block_curriculum=1:200,4:200,2048:400,32` changes the block size over training
+(the last size = model.block_size), `--config.checkpoint.init_from=RUN` starts a new run from an
+autoregressive or LLaDA run of the same shapes.
+
 Exit codes: 0 finished (or stopped by --stop-after; also when a signal arrives only during the
 final save, which completes), 2 bad input, 75 stopped by SIGTERM/SIGINT or a preemption notice
 after saving a checkpoint (rerun the same command to resume).

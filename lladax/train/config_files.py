@@ -89,8 +89,14 @@ def _parse_value(text: str, current: Any) -> Any:
         if text.lower() in ("false", "0", "no"):
             return False
         raise ConfigFileError(f"expected true/false, got {text!r}")
-    if isinstance(current, str) or current is None:
+    if isinstance(current, str):
         return text
+    if current is None:  # an optional field (model.block_size, eot_token_id): a number or text
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+        return value if value is None or isinstance(value, int | float) else text
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):

@@ -3,7 +3,8 @@
     lladax.train.loop.run(config)        # `lladax train` calls it
 
 The checks and the start state come from `run_setup`, the batches from `run_data`; this module
-runs the steps, logs, evaluates, saves and stops.
+runs the steps, logs (block diffusion: the block size each logged step trained, which a
+`train.block_curriculum` changes over the run), evaluates, saves and stops.
 
 One process or many (after `lladax.train.distributed.initialize`): every process runs this same loop
 on its share of each global batch; only process 0 writes metrics and the progress bar.
@@ -101,6 +102,7 @@ def _postfix(
         "tok_s": f"{speed['tokens_per_s']:,.0f}" if timed else "-",
         "mfu": f"{speed['mfu']:.1%}" if timed else "-",
         **({"hbm": f"{record['hbm_peak_gib']:.1f}G"} if "hbm_peak_gib" in record else {}),
+        **({"block": str(record["block_size"])} if "block_size" in record else {}),
     }
 
 
@@ -191,6 +193,7 @@ def _train(
                 "skipped": m["skipped"],
                 "spikes": m["spikes"],
                 "lr_scale": m["lr_scale"],
+                **({"block_size": m["block_size"]} if "block_size" in m else {}),
                 **(speed if speed["step_s"] > 0 else {}),  # none timed yet: no fake 0
                 **device_memory_gib(),
             }

@@ -8,7 +8,9 @@ The HBM estimate counts, per device: parameters, AdamW moments and the float32 g
 accumulator (all sharded over fsdp × tensor, replicated over data), the optional EMA copy, and
 activations of one micro-batch (`batch / grad_accum / (data · fsdp)` sequences): the residual
 stream saved at each scanned layer, what the remat policy keeps inside each layer, one layer's
-working set while it is recomputed, and the float32 logits. It is an estimate to choose a
+working set while it is recomputed, and the float32 logits. Block diffusion trains on the noisy
+and the clean copy side by side: every layer sees twice the rows (`twin_forward`), the logits
+stay those of one copy. It is an estimate to choose a
 mesh/remat/accumulation before compiling; `aot_compile` prints the compiler's numbers beside it.
 """
 
@@ -22,7 +24,7 @@ import jax.numpy as jnp
 
 from lladax.config import ModelConfig
 from lladax.model import sharding
-from lladax.train import trainer
+from lladax.train import curriculum, trainer
 from lladax.train.run_config import MeshConfig, TrainConfig, model_config_from
 
 GiB = 1024**3
@@ -100,6 +102,7 @@ class Plan:
     tokens_per_s_per_chip: float  # at `mfu`
     step_seconds: float
     mfu: float
+    objective: str = ""  # what the train step computes when it is not LLaDA's one forward
 
     @property
     def total_bytes(self) -> float:
@@ -137,11 +140,25 @@ def _mesh_sizes(mesh: MeshConfig, devices: int, slices: int = 1) -> dict[str, in
     return {k: sizes[k] * dcn[k] for k in sizes}
 
 
+def twin_forward(cfg: ModelConfig, seq_len: int, block_curriculum: str = "") -> bool:
+    """Whether training runs block diffusion's two-copy forward ([noisy | clean]: 2 · seq_len
+    rows through every layer) at some step: a block size below seq_len, the target's or a
+    curriculum stage's (a size >= seq_len is one block: the plain forward)."""
+    plan = curriculum.stages(block_curriculum, cfg)
+    sizes = [size for size, _ in plan] or [cfg.block_size]
+    return cfg.kind == "block_diffusion" and min(sizes) < seq_len
+
+
 def activation_bytes(
-    cfg: ModelConfig, micro_batch: float, seq_len: int, tensor: int = 1
+    cfg: ModelConfig, micro_batch: float, seq_len: int, tensor: int = 1, twin: bool | None = None
 ) -> dict[str, float]:
-    """Activation memory of one micro-batch on one device (heads/MLP/vocab split over tensor)."""
-    b, n, d = micro_batch, seq_len, cfg.d_model
+    """Activation memory of one micro-batch on one device (heads/MLP/vocab split over tensor).
+
+    `twin` (default: `twin_forward(cfg, seq_len)`): block diffusion's two-copy forward, whose
+    layers see 2 · seq_len rows (and attention scores over 2 · seq_len keys) while the LM head
+    runs on the noisy half only."""
+    twin = twin_forward(cfg, seq_len) if twin is None else twin
+    b, n, d = micro_batch, seq_len * (2 if twin else 1), cfg.d_model
     c = jnp.dtype(cfg.dtype).itemsize
     h, f = cfg.n_heads / tensor, cfg.mlp_hidden_size / tensor
     qkv = b * n * (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim / tensor
@@ -161,7 +178,7 @@ def activation_bytes(
         "residual stream (all layers)": cfg.n_layers * b * n * d * c,
         f"saved inside layers ({cfg.remat_policy})": cfg.n_layers * inside * c,
         "one layer recomputed": working * c,
-        "logits (f32, + grad)": 2 * b * n * cfg.vocab_size / tensor * 4,
+        "logits (f32, + grad)": 2 * b * seq_len * cfg.vocab_size / tensor * 4,
     }
 
 
@@ -187,11 +204,27 @@ def estimate(config: Any, hw: Hardware, mfu: float = 0.45) -> Plan:
     if tc.ema_decay:
         memory["EMA params"] = n * pbytes / param_shards
     micro = tc.batch_size / tc.grad_accum / batch_shards
-    memory |= activation_bytes(cfg, micro, seq, mesh["tensor"])
+    twin = twin_forward(cfg, seq, tc.block_curriculum)
+    memory |= activation_bytes(cfg, micro, seq, mesh["tensor"], twin)
     fpt = cfg.flops_per_token(seq)
     tokens_per_s_chip = mfu * hw.peak_flops / fpt
     step = tc.batch_size * seq / (tokens_per_s_chip * hw.chips)
-    return Plan(hw, mesh, n, fpt, micro, memory, tokens_per_s_chip, step, mfu)
+    return Plan(
+        hw, mesh, n, fpt, micro, memory, tokens_per_s_chip, step, mfu, _objective(cfg, tc, seq)
+    )
+
+
+def _objective(cfg: ModelConfig, tc: TrainConfig, seq_len: int) -> str:
+    """The plan's lines on a block-diffusion objective ("" for the other kinds)."""
+    if cfg.kind != "block_diffusion":
+        return ""
+    stages = f"\n{'':18}block sizes {tc.block_curriculum}" if tc.block_curriculum else ""
+    if not twin_forward(cfg, seq_len, tc.block_curriculum):
+        return f"block diffusion, block {cfg.block_size}: one block, LLaDA's forward{stages}"
+    return (
+        f"block diffusion, block {cfg.block_size}: [noisy | clean] forward, {2 * seq_len} rows "
+        f"per sequence (FLOPs: both copies){stages}"
+    )
 
 
 def _size(nbytes: float) -> str:
@@ -207,11 +240,13 @@ def render(plan: Plan, aot: dict[str, float] | None = None) -> str:
     lines = [
         f"hardware          {hw.name}: {hw.chips} devices, {hw.hbm_bytes / GiB:.0f} GiB HBM and "
         f"{hw.peak_flops / 1e12:.0f} TFLOP/s bf16 each",
+        *([f"objective         {plan.objective}"] if plan.objective else []),
         f"mesh              data={plan.mesh['data']} fsdp={plan.mesh['fsdp']} "
         f"tensor={plan.mesh['tensor']}; micro-batch {plan.micro_batch_per_device:g} seq/device",
         f"parameters        {plan.params:,} ({plan.params / 1e9:.2f}B)",
-        f"FLOPs per token   {plan.flops_per_token / 1e9:.2f} GFLOP (6·N_matmul + 12·layers·seq·d;"
-        " see ModelConfig.flops_per_token)",
+        f"FLOPs per token   {plan.flops_per_token / 1e9:.2f} GFLOP ("
+        + ("" if plan.objective else "6·N_matmul + 12·layers·seq·d; ")
+        + "see ModelConfig.flops_per_token)",
         "HBM per device (estimate):",
         *[f"  {k:<46} {_size(v)}" for k, v in plan.memory.items()],
         f"  {'total':<46} {_size(plan.total_bytes)} of {hw.hbm_bytes / GiB:.0f} GiB"

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from lladax.config import MASK_EPS_DEFAULT, ConfigError, ModelConfig, preset
 from lladax.config_sections import Section, section_values, setting
 from lladax.data.data_config import DataConfig
+from lladax.train import curriculum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,9 @@ class TrainConfig(Section):
     nan_lr_drop_factor: float = 0.25  # ... by this (the paper resumed its NaN crash at LR/4)
     spike_factor: float = 4.0  # log a spike when loss > this × its running mean (0 = off)
     ema_decay: float = 0.0  # EMA of params kept in the state and checkpoint (0 = off)
+    # Block diffusion: "SIZE:STEPS,...,SIZE" block sizes over training, "" = model.block_size
+    # throughout (parsed and checked by `lladax.train.curriculum.stages`).
+    block_curriculum: str = setting("")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,6 +73,7 @@ class TrainConfig(Section):
             )
         if self.spike_factor != 0 and self.spike_factor <= 1.0:
             raise ConfigError(f"train.spike_factor={self.spike_factor} must be > 1 (or 0 = off)")
+        curriculum.stages(self.block_curriculum)  # its syntax (the model is checked in RunConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +165,7 @@ class RunConfig:
                 f"--config.data.seq_len <= {self.model.max_seq_len}, or raise "
                 "--config.model.max_seq_len"
             )
+        curriculum.stages(self.train.block_curriculum, self.model)
 
     @classmethod
     def from_config_dict(cls, config: Any) -> RunConfig:

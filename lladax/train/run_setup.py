@@ -4,7 +4,9 @@
 divide over it, and that a resume of the workdir can go on as asked (`run_dir.check_resume`);
 it writes nothing. `start_state` then restores the newest checkpoint straight into its sharded
 layout (naming what the resume changes), or initialises fresh params, from
-`checkpoint.init_from` when given. Used by `lladax.train.loop`.
+`checkpoint.init_from` when given: params of the same shapes, of any kind (an autoregressive or
+LLaDA run adapted into block diffusion, LLaDA 2.0's recipe; the log line names the source kind).
+Both say where a block-size curriculum (`curriculum`) stands. Used by `lladax.train.loop`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from lladax.config import ModelConfig
 from lladax.data.tokenizer import SentencePieceTokenizer, check_compatible, load_tokenizer
 from lladax.model import sharding, transformer
 from lladax.store import checkpoint, convert, hf_format, integrity, layout, params_checkpoint
+from lladax.train import curriculum
 from lladax.train.run_config import RunConfig, TrainConfig, check_run_config
 from lladax.train.run_dir import check_resume, resume_changes
 from lladax.train.trainer import abstract_state, init_state, shardings_of
@@ -130,7 +133,48 @@ def _initial_params(path: str, cfg: ModelConfig, like: Any) -> Any:
         _, params = convert.load_hf(os.fspath(src), cfg.weight_dtype, shardings=shardings_of(like))
     else:
         _, params = params_checkpoint.load_params(src, shardings=shardings_of(like))
+    log.info("starting from the params of %s: %s", path, _adaptation(src_cfg, cfg))
     return jax.tree.map(lambda p, t: p.astype(t.dtype), params, like)
+
+
+def _kind(cfg: ModelConfig) -> str:
+    size = "" if cfg.block_size is None else f", block_size={cfg.block_size}"
+    return f"kind={cfg.kind!r}{size}"
+
+
+def _adaptation(src: ModelConfig, cfg: ModelConfig) -> str:
+    """What `checkpoint.init_from` turns the source model into, in words (the log line)."""
+    if (src.kind, src.block_size) == (cfg.kind, cfg.block_size):
+        return f"a {_kind(src)} model, trained on as one"
+    return (
+        f"a {_kind(src)} model adapted into a {_kind(cfg)} one (same weights, "
+        "the new kind's attention and loss from the first step)"
+    )
+
+
+def _report_curriculum(tc: TrainConfig, cfg: ModelConfig, step: int) -> None:
+    """Where a block-size curriculum stands at `step` (a start or a resume), and a warning when
+    the run ends before its last stage (the target block size) is reached."""
+    plan = curriculum.stages(tc.block_curriculum, cfg)
+    if not plan:
+        return
+    log.info(
+        "block-size curriculum %s: step %d trains block size %d (model.block_size=%d from step %d)",
+        tc.block_curriculum,
+        step,
+        int(curriculum.size_of_step(plan, step)),
+        cfg.block_size,
+        curriculum.last_stage_start(plan),
+    )
+    if 0 < curriculum.last_stage_start(plan) >= tc.steps:
+        log.warning(
+            "train.block_curriculum=%r reaches its last stage (block size %d) at step %d, not "
+            "before train.steps=%d: the run never trains the block size it saves",
+            tc.block_curriculum,
+            cfg.block_size,
+            curriculum.last_stage_start(plan),
+            tc.steps,
+        )
 
 
 def _report_changes(s: Setup, meta: dict[str, Any], step: int) -> None:
@@ -156,12 +200,14 @@ def start_state(s: Setup, optimizer: Any, mgr: Any) -> tuple[Any, Any]:
         restored = checkpoint.restore(mgr, like, model_cfg=cfg)
         log.info("resumed from %s at step %d", s.workdir, restored.step)
         _report_changes(s, restored.meta, restored.step)
+        _report_curriculum(tc, cfg, restored.step)
         return restored.state, restored.data_state
     params = None
     if s.run.checkpoint.init_from:  # checked and loaded before the random init
         params = _initial_params(
             s.run.checkpoint.init_from, cfg, abstract_state(cfg, tc, optimizer, mesh).params
         )
+    _report_curriculum(tc, cfg, 0)
     state = init_state(cfg, tc, optimizer, jax.random.key(tc.seed), mesh)
     if params is not None:
         state = state.replace(params=params)

@@ -16,6 +16,9 @@ Robustness, all inside the jitted step (no host sync): a step whose loss or grad
 finite leaves params and optimizer state untouched and is counted in `state.guard` (the skip,
 LR-drop and spike counters of `guard`); with `ema_decay` > 0 an f32 exponential moving average
 of the params is kept in `state.ema`. The loop logs the counters.
+
+Block diffusion: `metrics["block_size"]` is the block size the step trained, which with
+`train.block_curriculum` follows `state.step` (`curriculum`: a `lax.switch` over its sizes).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from flax import struct
 from lladax.config import ModelConfig
 from lladax.diffusion import autoregressive, losses
 from lladax.model import sharding, transformer
+from lladax.train import curriculum
 from lladax.train.guard import all_finite, new_guard, update_guard
 from lladax.train.run_config import TrainConfig
 
@@ -216,6 +220,34 @@ def loss_fn(
     return losses.pretrain_loss(params, cfg, tokens, noisy, p_mask, attention_mask, **packed)
 
 
+def _value_and_grad_for(cfg: ModelConfig, tc: TrainConfig) -> Callable:
+    """f(params, micro_batch, key) -> (loss, grads) of `loss_fn` under `cfg`."""
+    value_and_grad = jax.value_and_grad(loss_fn)
+    return lambda params, micro_batch, key: value_and_grad(params, cfg, tc, micro_batch, key)
+
+
+def _loss_and_grad(
+    cfg: ModelConfig, tc: TrainConfig, step: jax.Array, seq_len: int
+) -> tuple[Callable, jax.Array | None]:
+    """(f(params, micro_batch, key) -> (loss, grads) of `loss_fn`, the block size trained at
+    `step` ([] int32; None unless block diffusion)).
+
+    With `train.block_curriculum` the block size follows the step: a `lax.switch` over the
+    curriculum's distinct sizes, each branch the whole forward and backward pass of the loss with
+    `block_size` fixed (static masks; no branch keeps residuals for another).
+    """
+    plan = curriculum.stages(tc.block_curriculum, cfg)  # () unless block diffusion
+    if cfg.block_size is None:
+        return _value_and_grad_for(cfg, tc), None
+    size = curriculum.size_of_step(plan, step) if plan else jnp.int32(cfg.block_size)
+    sizes = curriculum.branch_sizes(plan, seq_len)
+    if len(sizes) <= 1:  # every stage computes what the target size computes
+        return _value_and_grad_for(cfg, tc), size
+    branches = [_value_and_grad_for(cfg.replace(block_size=s), tc) for s in sizes]
+    index = curriculum.branch_index(plan, seq_len, step)
+    return lambda p, b, k: jax.lax.switch(index, branches, p, b, k), size
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -233,14 +265,12 @@ def train_step(
     # batch splits evenly over the micro-batches, so no rows move between devices.
     micro = jax.tree.map(lambda x: x.reshape(-1, tc.grad_accum, *x.shape[1:]).swapaxes(0, 1), batch)
     step_key = jax.random.fold_in(state.rng, state.step)
-    grad_fn = jax.value_and_grad(loss_fn)
+    grad_fn, block_size = _loss_and_grad(cfg, tc, state.step, batch["tokens"].shape[1])
 
     def accumulate(carry, xs):
         loss_sum, grad_sum = carry
         micro_batch, index = xs
-        loss, grads = grad_fn(
-            state.params, cfg, tc, micro_batch, jax.random.fold_in(step_key, index)
-        )
+        loss, grads = grad_fn(state.params, micro_batch, jax.random.fold_in(step_key, index))
         return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
     # The f32 accumulator is laid out like the params (unconstrained, XLA may replicate it).
@@ -280,6 +310,7 @@ def train_step(
         "finite": finite,
         "lr": lr_schedule(tc)(applied) * lr_scale,
         **guard,
+        **({} if block_size is None else {"block_size": block_size}),
     }
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, ema=ema, guard=guard

@@ -73,6 +73,11 @@ PREFLIGHT = [  # (extra argv, words of the one-line error); every one is refused
     (["--workdir", "{tmp}/a_file"], "--workdir {tmp}/a_file is a file"),
     (["--workdir", "{tmp}/a_file/run"], "is not writable ({tmp}/a_file is not a directory)"),
     (["--workdir", ""], "--workdir is empty"),
+    (
+        ["--config.train.block_curriculum=1:10,8"],
+        "train.block_curriculum='1:10,8' only applies to model.kind='block_diffusion'",
+    ),
+    (["--config.train.block_curriculum=1,8"], "stage '1' needs its steps (SIZE:STEPS)"),
 ]
 
 
@@ -91,3 +96,22 @@ def test_bad_run_is_refused_before_jax_starts(tmp_path, cli_error, no_jax_start,
     line = cli_error(argv, untouched=[tmp_path])
     assert words.replace("{tmp}", str(tmp_path)) in line, line
     assert not (tmp_path / "run").exists()  # nothing written, not even the workdir
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (
+            ["--config.train.block_curriculum=1:10,8"],
+            "train.block_curriculum='1:10,8' ends at block size 8 but model.block_size=16",
+        ),
+        (["--config.train.block_curriculum=1:10,4:5"], "the last stage '4:5' runs to the end"),
+        (["--config.model.block_size=0"], "ModelConfig.block_size=0 must be a positive int"),
+    ],
+)
+def test_bad_block_diffusion_run_is_refused_before_jax_starts(
+    tmp_path, cli_error, no_jax_start, extra, words
+):
+    argv = ["train", "--config", ROOT / "configs" / "bd_small.py", "--workdir", tmp_path / "run"]
+    line = cli_error([*argv, *extra], untouched=[tmp_path])
+    assert words in line, line

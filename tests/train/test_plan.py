@@ -67,6 +67,32 @@ def test_every_llada_8b_layout_fits(hardware):
     assert p.total_bytes < 0.8 * p.hardware.hbm_bytes  # headroom for XLA's own buffers
 
 
+@pytest.mark.parametrize("hardware", ["v4-128", "v5p-64", "v5p-128", "v5e-256", "8xh100"])
+def test_every_llada_8b_bd_layout_fits(hardware):
+    config = load_config_file(f"configs/llada_8b_bd.py:{hardware}")
+    p = plan.estimate(config, plan.hardware(hardware))
+    assert p.micro_batch_per_device == 1 and "8192 rows per sequence" in p.objective
+    assert p.total_bytes < 0.8 * p.hardware.hbm_bytes  # headroom for XLA's own buffers
+    assert p.params == 8_015_581_184 and config.model.block_size == 32
+
+
+def test_block_diffusion_doubles_the_rows_of_every_layer():
+    """The [noisy | clean] forward: twice the residual stream, four times one attention matrix,
+    the logits of one copy; a block as long as the sequence is LLaDA's forward, unless a
+    curriculum stage is shorter."""
+    llada = plan.model_config_from(run_config("llada_1b", remat_policy="full").model)
+    bd = llada.replace(kind="block_diffusion", block_size=32)
+    a, b = plan.activation_bytes(llada, 1, 2048), plan.activation_bytes(bd, 1, 2048)
+    residual, logits = "residual stream (all layers)", "logits (f32, + grad)"
+    assert b[residual] == 2 * a[residual] and b[logits] == a[logits]
+    assert 2 * a["one layer recomputed"] < b["one layer recomputed"]
+    assert b["one layer recomputed"] < 4 * a["one layer recomputed"]
+    whole = bd.replace(block_size=2048)
+    assert plan.activation_bytes(whole, 1, 2048) == a
+    assert not plan.twin_forward(whole, 2048) and plan.twin_forward(bd, 2048)
+    assert plan.twin_forward(whole, 2048, "32:10,2048")
+
+
 def test_remat_policies_order_activation_memory():
     cfg = run_config("llada_1b")
     totals = {}
@@ -110,6 +136,10 @@ def test_plan_cli(capsys):
         == 2
     )
     assert "does not split" in capsys.readouterr().err
+    assert main(["plan", "--config", "configs/llada_8b_bd.py:v5p-128"]) == 0
+    out = capsys.readouterr().out
+    assert "block diffusion, block 32: [noisy | clean] forward, 8192 rows per sequence" in out
+    assert "block sizes 1:1000,4:1000,32:1000,4096:397000,512:8000,32" in out
 
 
 @pytest.mark.parametrize(
@@ -121,6 +151,10 @@ def test_plan_cli(capsys):
         (["--hardware", "v9-8"], "unknown hardware 'v9-8'"),
         (["--aot", "8xh100"], "--aot 8xh100: ahead-of-time compilation needs a TPU slice name"),
         (["--config.train.stepz=1"], "unknown config key 'train.stepz'"),
+        (
+            ["--config.train.block_curriculum=1:10,32"],
+            "train.block_curriculum='1:10,32' only applies to model.kind='block_diffusion'",
+        ),
     ],
 )
 def test_plan_refusals_one_line(cli_error, argv, words):

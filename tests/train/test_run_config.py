@@ -9,7 +9,7 @@ import pytest
 
 from lladax.config import ConfigError, preset
 from lladax.data.data_config import DataConfig
-from lladax.train.config_files import load_config_file
+from lladax.train.config_files import apply_overrides, load_config_file
 from lladax.train.run_config import (
     SECTIONS,
     MeshConfig,
@@ -131,3 +131,13 @@ def test_overrides_of_typed_keys_are_one_line_errors(cli_error, tmp_path, overri
     line = cli_error([*argv, override], untouched=[tmp_path])
     assert words in line, line
     assert not (tmp_path / "run").exists()
+
+
+def test_overrides_fill_optional_model_fields():
+    """A key whose default is None (model.block_size) takes a number from the command line."""
+    overrides = ["--config.model.kind=block_diffusion", "--config.model.block_size=8"]
+    run = check_run_config(apply_overrides(run_config("tiny"), overrides))
+    assert run.model.kind == "block_diffusion" and run.model.block_size == 8
+    bad = apply_overrides(run_config("tiny"), [overrides[0], "--config.model.block_size=eight"])
+    with pytest.raises(ConfigError, match="block_size='eight' must be a positive int"):
+        check_run_config(bad)
