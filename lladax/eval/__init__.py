@@ -2,5 +2,5 @@
 
 harness            the lm-evaluation-harness adapter (loglikelihood and generate_until)
 instruction_eval   greedy replies to instruction tasks, scored
-experiments        the paper's claims at small scale (reversal, scaling, sampler)
+experiments        the paper's claims at small scale (reversal, scaling, sampler, blocks)
 """

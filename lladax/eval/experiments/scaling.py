@@ -5,7 +5,7 @@ batches,
 optimizer, schedule and steps) with only `model.kind` changed, then scored on the held-out split:
 
   held-out loss   autoregressive: the exact NLL per token; diffusion: the ELBO bound per token
-                  (`losses.pretrain_loss`, averaged over `--noise-draws` noise draws), which
+                  (`trainer.eval_loss`, averaged over `--noise-draws` noise draws), which
                   is an UPPER bound on the diffusion model's NLL — the comparison favours AR
   continuation    a downstream check: `--pairs` held-out (context, real continuation) vs
   ranking         (context, same tokens shuffled); the score is exact log p for AR and the
@@ -19,7 +19,9 @@ change); the summary is the mean ± 95 % CI over seeds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ import numpy as np
 
 from lladax.data import pipeline, prepared
 from lladax.data.tokenizer import load_tokenizer
-from lladax.diffusion import autoregressive, likelihood, losses
+from lladax.diffusion import autoregressive, likelihood
 from lladax.eval.experiments.common import (
     Stopped,
     add_common_options,
@@ -40,7 +42,7 @@ from lladax.eval.experiments.common import (
     mean_ci,
 )
 from lladax.store import params_checkpoint
-from lladax.train import loop
+from lladax.train import loop, trainer
 from lladax.train.config_files import load_config_file
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -76,25 +78,21 @@ def continuation_pairs(
 def heldout_loss(
     params: Any, cfg: Any, batches: list[dict[str, np.ndarray]], noise_draws: int
 ) -> float:
-    """Nats per token on the held-out batches: exact NLL (AR) or the mean ELBO bound (diffusion)."""
-    if cfg.causal:
-        return float(
-            np.mean(
-                [
-                    autoregressive.next_token_loss(params, cfg, jnp.asarray(b["tokens"]))
-                    for b in batches
-                ]
-            )
+    """Nats per token on the held-out batches (`trainer.eval_loss` with fixed keys): exact NLL
+    (AR), else the ELBO bound averaged over `noise_draws` draws (diffusion: the pretraining
+    bound; block diffusion: the sum of the per-block bounds)."""
+    draws = 1 if cfg.causal else noise_draws  # the AR loss has no noise
+    return float(
+        np.mean(
+            [
+                trainer.eval_loss(
+                    params, cfg, jnp.asarray(b["tokens"]), jax.random.key(1000 * i + k)
+                )
+                for i, b in enumerate(batches)
+                for k in range(draws)
+            ]
         )
-    values = []
-    for i, b in enumerate(batches):
-        for k in range(noise_draws):
-            tokens = jnp.asarray(b["tokens"])
-            noisy, p_mask, _ = losses.mask_tokens(
-                jax.random.key(1000 * i + k), tokens, cfg.mask_token_id
-            )
-            values.append(losses.pretrain_loss(params, cfg, tokens, noisy, p_mask))
-    return float(np.mean(values))
+    )
 
 
 def ranking_accuracy(params: Any, cfg: Any, pairs: list, mc_num: int, seed: int) -> float:
@@ -141,36 +139,29 @@ def heldout_stream(config: Any) -> np.ndarray:
     return prepared.token_stream(tok, source=config.data.source, split="eval")
 
 
-def run_one(
-    size: str,
-    kind: str,
-    seed: int,
-    args: argparse.Namespace,
-    workdir: Path,
-    stream: np.ndarray,
-    log=print,
-) -> dict[str, Any]:
+def size_config(size: str, seed: int, steps: int, workdir: Path, args: Any, **model: Any) -> Any:
+    """configs/small.py with the model of `size` (and `model` overrides, e.g. kind), `steps`
+    steps, data order and initialisation from `seed`, one eval at the end, run dir `workdir`."""
     d, layers, heads = SIZES[size]
     config = base_config()
     config.model.update(
-        d_model=d,
-        n_layers=layers,
-        n_heads=heads,
-        n_kv_heads=heads,
-        mlp_hidden_size=3 * d,
-        kind=kind,
+        d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=heads, mlp_hidden_size=3 * d, **model
     )
-    config.train.update(steps=args.steps, seed=seed)
-    config.eval.update(every=args.steps, batches=args.eval_batches)
-    config.log.update(
-        workdir=str(workdir / f"seed{seed}" / f"{size}_{kind}"),
-        progress=False,
-        every=max(1, args.steps // 10),
-    )
+    config.train.update(steps=steps, seed=seed)
+    config.eval.update(every=steps, batches=args.eval_batches)
+    config.log.update(workdir=str(workdir), progress=False, every=max(1, steps // 10))
     config.data.seed = seed
+    return config
+
+
+def train_and_score(
+    config: Any, args: argparse.Namespace, stream: np.ndarray, seed: int, where: str
+) -> dict[str, Any]:
+    """Train `config` with `loop.run` (a signal stops the experiment: Stopped names `where`),
+    then score the run: params, training tokens, final train loss, held-out loss and ranking."""
     out = loop.run(config)
     if out.get("stopped") not in (None, "stop_after"):  # the user's Ctrl-C / SIGTERM
-        raise Stopped(out["stopped"], f"the {size} {kind} run of seed {seed}")
+        raise Stopped(out["stopped"], where)
     cfg, params = params_checkpoint.load_params(config.log.workdir)
     tok = load_tokenizer("embedded", vocab_size=cfg.vocab_size)
     evals = pipeline.eval_batches(
@@ -181,15 +172,33 @@ def run_one(
         max_batches=args.eval_batches,
     )
     pairs = continuation_pairs(stream, args.pairs, 32, 32, seed)
+    return {
+        "params": cfg.param_count(),
+        "tokens": config.train.steps * config.train.batch_size * config.data.seq_len,
+        "train_loss": out["loss"],
+        "heldout_loss": heldout_loss(params, cfg, evals, args.noise_draws),
+        "ranking": ranking_accuracy(params, cfg, pairs, args.mc, seed),
+    }
+
+
+def run_one(
+    size: str,
+    kind: str,
+    seed: int,
+    args: argparse.Namespace,
+    workdir: Path,
+    stream: np.ndarray,
+    log=print,
+) -> dict[str, Any]:
+    config = size_config(
+        size, seed, args.steps, workdir / f"seed{seed}" / f"{size}_{kind}", args, kind=kind
+    )
+    where = f"the {size} {kind} run of seed {seed}"
     result = {
         "size": size,
         "kind": kind,
         "seed": seed,
-        "params": cfg.param_count(),
-        "tokens": args.steps * config.train.batch_size * config.data.seq_len,
-        "train_loss": out["loss"],
-        "heldout_loss": heldout_loss(params, cfg, evals, args.noise_draws),
-        "ranking": ranking_accuracy(params, cfg, pairs, args.mc, seed),
+        **train_and_score(config, args, stream, seed, where),
     }
     log(
         f"  {size:>2} {kind:>14} seed {seed}: {result['params'] / 1e6:.2f}M params, held-out "
@@ -261,11 +270,9 @@ def plot(result: dict[str, Any]):
     return draw
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The options, checked: every refusal happens here, before any model is built."""
-    ap = experiment_parser("scaling", __doc__)
-    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    ap.add_argument("--steps", type=int, default=300, help="configs/small.py's default")
+def add_scoring_options(ap: argparse.ArgumentParser) -> None:
+    """--eval-batches, --noise-draws, --pairs, --mc and --workdir: how the runs are scored and
+    where they are kept (checked by `check_scoring_options`)."""
     ap.add_argument("--eval-batches", type=int, default=8)
     ap.add_argument("--noise-draws", type=int, default=8, help="diffusion ELBO noise draws")
     ap.add_argument("--pairs", type=int, default=50)
@@ -280,12 +287,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="keep the runs here (a new or empty directory; default: a temp dir)",
     )
-    add_common_options(ap, seeds=[0])
-    args = ap.parse_args(argv)
-    repeated = sorted({s for s in args.sizes if args.sizes.count(s) > 1})
-    if repeated:
-        raise ValueError(f"--sizes repeats {' '.join(repeated)}: pass each size once")
-    check_at_least(args, steps=1, eval_batches=1, noise_draws=1, pairs=1, mc=1)
+
+
+def check_scoring_options(args: argparse.Namespace) -> None:
+    """Refuse what `add_scoring_options` added when it is out of range, before any work."""
+    check_at_least(args, eval_batches=1, noise_draws=1, pairs=1, mc=1)
     if args.mc > 16 and args.mc % 16:  # the ELBO runs min(16, mc) samples per forward
         raise ValueError(
             f"--mc {args.mc} must be at most 16 or a multiple of 16: pass e.g. "
@@ -298,22 +304,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 f"--workdir {work} is not a new or empty directory: pass one (the "
                 "runs would resume from or mix with what is there)"
             )
+
+
+def scoring_stream(args: argparse.Namespace) -> np.ndarray:
+    """The held-out stream, refused before any training when it is too short for --pairs (the
+    pairs are cut after training)."""
+    stream = heldout_stream(base_config())
+    if len(stream) < args.pairs * 64:
+        raise ValueError(
+            f"--pairs {args.pairs} needs {args.pairs * 64} held-out tokens, the "
+            f"held-out split has {len(stream)}: pass --pairs "
+            f"{len(stream) // 64} or fewer"
+        )
+    return stream
+
+
+@contextlib.contextmanager
+def runs_dir(args: argparse.Namespace) -> Iterator[Path]:
+    """Where the runs go: --workdir (kept), or a temporary directory removed afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(args.workdir).expanduser() if args.workdir else Path(tmp)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options, checked: every refusal happens here, before any model is built."""
+    ap = experiment_parser("scaling", __doc__)
+    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    ap.add_argument("--steps", type=int, default=300, help="configs/small.py's default")
+    add_scoring_options(ap)
+    add_common_options(ap, seeds=[0])
+    args = ap.parse_args(argv)
+    repeated = sorted({s for s in args.sizes if args.sizes.count(s) > 1})
+    if repeated:
+        raise ValueError(f"--sizes repeats {' '.join(repeated)}: pass each size once")
+    check_at_least(args, steps=1)
+    check_scoring_options(args)
     check_common(args, "scaling")
     return args
 
 
 def main(argv: list[str] | None = None, log=print) -> dict[str, Any]:
     args = parse_args(argv)
-    stream = heldout_stream(base_config())
-    if len(stream) < args.pairs * 64:  # checked before training: pairs are cut after it
-        raise ValueError(
-            f"--pairs {args.pairs} needs {args.pairs * 64} held-out tokens, the "
-            f"held-out split has {len(stream)}: pass --pairs "
-            f"{len(stream) // 64} or fewer"
-        )
+    stream = scoring_stream(args)
     runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(args.workdir).expanduser() if args.workdir else Path(tmp)
+    with runs_dir(args) as workdir:
         for seed in args.seeds:
             for size in args.sizes:
                 for kind in ("diffusion", "autoregressive"):
