@@ -161,21 +161,9 @@ def generate(
             "--show-steps shows the LLaDA sampler's canvas step by step; this model is "
             f"{cfg.kind.replace('_', ' ')} (kind={cfg.kind!r}): drop --show-steps"
         )
-    if cfg.causal:
-        from lladax.diffusion import autoregressive
-
-        return autoregressive.generate(
-            params,
-            cfg,
-            tokens,
-            attention_mask,
-            gen_length=sampler.gen_length,
-            temperature=sampler.temperature,
-            rng=rng,
-        )
     from lladax.diffusion import sampling
 
-    return sampling.generate_with(
+    return sampling.generate_any(
         params,
         cfg,
         tokens,

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lladax.config import ModelConfig, check_kind
-from lladax.diffusion import block_sampling, fast_sampling
+from lladax.diffusion import autoregressive, block_sampling, fast_sampling
 from lladax.diffusion.denoise import (
     answer_final,
     decide,
@@ -269,6 +269,46 @@ def generate_with(
     return out[0] if len(out) == 1 else out
 
 
+def generate_any(
+    params,
+    cfg: ModelConfig,
+    prompt: Any,
+    attention_mask: Any,
+    sampler: SamplerConfig,
+    rng: jax.Array | None = None,
+    *,
+    return_history: bool = False,
+    return_stats: bool = False,
+):
+    """Decode with the sampler of the model's kind: `generate_with` for LLaDA (exact or fast)
+    and block diffusion, left to right (`autoregressive.generate`: gen_length, temperature and
+    rng only; its stats: forward_passes = gen_length) for the autoregressive baseline. The
+    entry point of callers that serve any checkpoint (`lladax sample`, `lladax serve`)."""
+    if not cfg.causal:
+        return generate_with(
+            params,
+            cfg,
+            prompt,
+            attention_mask,
+            sampler,
+            rng,
+            return_history=return_history,
+            return_stats=return_stats,
+        )
+    if return_history:
+        raise ValueError("return_history is the diffusion samplers' canvas per step: drop it")
+    out = autoregressive.generate(
+        params,
+        cfg,
+        prompt,
+        attention_mask,
+        gen_length=sampler.gen_length,
+        temperature=sampler.temperature,
+        rng=rng,
+    )
+    return (out, {"forward_passes": jnp.int32(sampler.gen_length)}) if return_stats else out
+
+
 def infill(
     params,
     cfg: ModelConfig,
@@ -346,6 +386,7 @@ __all__ = [
     "REMASKING",
     "decode_answer",
     "generate",
+    "generate_any",
     "generate_with",
     "gumbel_noise",
     "infill",

@@ -167,7 +167,9 @@ def test_each_kind_is_refused_by_the_other_kinds_tools(params, tmp_path):
         sampling.generate(params, AR, prompt, steps=4, gen_length=4, block_length=4)
     with pytest.raises(ValueError, match="needs a autoregressive model|kind='diffusion'"):
         autoregressive.generate(params, preset("tiny"), prompt, gen_length=4)
-    with pytest.raises(ValueError, match="only LLaDA \\(diffusion\\) models export"):
+    with pytest.raises(
+        ValueError, match="only LLaDA \\(diffusion\\) and block-diffusion models export"
+    ):
         convert.save_hf(tmp_path / "hf", AR, params)
     with pytest.raises(ValueError, match="LEFT-padded"):
         autoregressive.generate(params, AR, prompt, np.array([[1, 1, 0]]), gen_length=4)
