@@ -8,6 +8,7 @@ lladax convert <hf_dir> <out_dir> [--dtype bfloat16]        (HF <-> lladax round
 lladax plan --config configs/llada_8b.py:v5p-128 [--aot v5p-64]   (HBM per chip, tokens/s)
 lladax data prepare --source corpus/ --out data/tok [--tokenizer tok.model --shards 8]
 lladax experiment reversal --seeds 0 1 2     (also: scaling, sampler; docs/experiments.md)
+lladax serve --checkpoint runs/small --port 8000    (OpenAI-compatible HTTP API; docs/serving.md)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lladax.cli import (
     experiment_cmd,
     plan_cmd,
     sample_cmd,
+    serve_cmd,
     train_cmd,
 )
 
@@ -35,6 +37,7 @@ COMMANDS = {
     "plan": plan_cmd,
     "data": data_cmd,
     "experiment": experiment_cmd,
+    "serve": serve_cmd,
 }
 
 

@@ -2,9 +2,11 @@
 importing the harness itself: `lladax eval` and the eval configs check them before anything
 loads.
 
-The adapter's own args (checkpoint, mc_num, batch_size, ...) are declared here; the sampler's
-come from `SamplerConfig` (its types, defaults and rules; fast decoding is not offered), with one
-explicit override: upstream evaluates with gen_length = steps = block_length = 1024.
+The adapter's own args (checkpoint, mc_num, batch_size, chat, ...) are declared here; the
+sampler's come from `SamplerConfig`, every option (its types, defaults and rules; cache, threshold
+and factor select fast decoding), with two explicit overrides (`EVAL_SAMPLER`): upstream evaluates
+with gen_length = steps = block_length = 1024, and early_exit is on (a row stops once its answer is
+final: the same answers, fewer forwards; `early_exit=false` runs every step as upstream does).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import Any
 
 from lladax.diffusion.sampler_config import MODEL_ARG, SamplerConfig
 
-# The sampler of upstream's lm-eval runs; steps and block_length default to gen_length.
-EVAL_SAMPLER = SamplerConfig(gen_length=1024)
+# The sampler of upstream's lm-eval runs (steps and block_length default to gen_length), with early
+# exit: it only freezes rows whose answer is final, so generate_until returns the same texts.
+EVAL_SAMPLER = SamplerConfig(gen_length=1024, early_exit=True)
 # name -> (type, default) of the adapter's own args.
 OWN_ARGS: dict[str, tuple[type, Any]] = {
     "checkpoint": (str, None),  # `lladax train` workdir (Orbax) or Hugging Face LLaDA dir
@@ -27,8 +30,9 @@ OWN_ARGS: dict[str, tuple[type, Any]] = {
     "add_bos": (bool, True),  # prepend BOS to every context (LLaDA's tokenizer does)
     "max_length": (int, None),  # longest scored sequence (default: the model's max_seq_len)
     "seed": (int, 1234),  # upstream seeds everything with 1234
+    "chat": (bool, False),  # contexts are user messages: the chat template, replies scored/cut
 }
-SAMPLER_ARGS = tuple(n for n in SamplerConfig.options() if n not in SamplerConfig.FAST_OPTIONS)
+SAMPLER_ARGS = tuple(SamplerConfig.options())
 # Every model arg: name -> (type, default). cfg_scale serves both request types.
 MODEL_ARGS: dict[str, tuple[type, Any]] = OWN_ARGS | {
     n: (SamplerConfig.options()[n], getattr(EVAL_SAMPLER, n)) for n in SAMPLER_ARGS
@@ -61,7 +65,11 @@ def parse_arg_string(text: str) -> dict[str, str]:
 def _typed(key: str, value: Any) -> Any:
     """One model arg as its declared type, strictly (4.5 is not an int, 'yes' not a bool)."""
     typ = MODEL_ARGS[key][0]
-    if value is None or (isinstance(value, str) and value.lower() == "none"):
+    if value is None or (
+        isinstance(value, str)
+        and value.lower() == "none"
+        and not (key == "cache" and value == "none")
+    ):  # 'none' is unset, except the cache mode "none" (fast decoding with exact forwards)
         return None
     if typ is bool:
         if isinstance(value, bool):
