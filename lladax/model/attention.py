@@ -79,6 +79,22 @@ def allowed_keys(
     return mask
 
 
+def _at_key_zero(q_offset: jax.Array | int) -> bool:
+    return isinstance(q_offset, int) and q_offset == 0
+
+
+def _auto_impl(dtype: jnp.dtype, tiled: bool, windowed_block_mask: bool) -> str:
+    """`impl="auto"`: splash on TPU, cuDNN on GPU, xla elsewhere — and xla where those cannot
+    serve: cuDNN is half precision only; splash tiles are 128 positions and its block mask is
+    static, so a cached decoding window (traced offset) takes the dense path."""
+    impl = {"tpu": "splash", "gpu": "cudnn"}.get(jax.default_backend(), "xla")
+    if (impl == "cudnn" and dtype not in (jnp.bfloat16, jnp.float16)) or (
+        impl == "splash" and (windowed_block_mask or not tiled)
+    ):
+        return "xla"
+    return impl
+
+
 def attention(
     q: jax.Array,
     k: jax.Array,
@@ -122,14 +138,7 @@ def attention(
         v = jnp.repeat(v, n_rep, axis=2)
     tiled = q.shape[1] % 128 == 0 and k.shape[1] % 128 == 0  # the splash kernel's tiling
     if impl == "auto":
-        impl = {"tpu": "splash", "gpu": "cudnn"}.get(jax.default_backend(), "xla")
-        windowed = block is not None and (not isinstance(q_offset, int) or q_offset != 0)
-        if (impl == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16)) or (
-            impl == "splash" and (windowed or not tiled)
-        ):
-            # cuDNN is half precision only; splash tiles are 128 positions and its block mask
-            # is static, so a cached decoding window (traced offset) takes the dense path
-            impl = "xla"
+        impl = _auto_impl(q.dtype, tiled, block is not None and not _at_key_zero(q_offset))
     if impl in ("splash", "splash_interpret"):
         if not tiled:
             raise ValueError(
@@ -137,7 +146,7 @@ def attention(
                 f"of 128, got {q.shape[1]} and {k.shape[1]}: pad the sequence or "
                 "use attention_impl='auto'"
             )
-        if block is not None and (not isinstance(q_offset, int) or q_offset):
+        if block is not None and not _at_key_zero(q_offset):
             raise ValueError(
                 "block-causal splash attention needs queries that start at key 0 "
                 "(no cache): use attention_impl='xla' for decoding"
