@@ -10,13 +10,24 @@ Tasks (prompt -> answer), over a fixed list of common words and small numbers:
 
 Short answers from a small vocabulary, so a few-million-parameter model learns them in minutes on
 a CPU (the SFT demo, `benchmarks/sft_demo.py`) and tests can train on them in seconds.
+``"synthetic:all"`` means these five (`TASKS`).
+
+Long-answer tasks (`LONG_TASKS`, ``"synthetic:long"``), `LONG_WORDS` words drawn with
+replacement, so an answer is `LONG_WORDS` tokens of the embedded 2048-piece tokenizer (one per
+word): long enough for accuracy at generation length 512 to mean something
+(`benchmarks/block_decoding.py`). Scored by exact match and `token_accuracy`:
+
+  long_copy     "Copy: w1 w2 ... w200"     -> "w1 w2 ... w200"
+  long_reverse  "Reverse: w1 w2 ... w200"  -> "w200 ... w2 w1"
+  long_sort     "Sort: w1 w2 ... w200"     -> the 200 words in alphabetical order
 
 Splits are by a hash of the prompt text (`HELDOUT_FRACTION` goes to ``"eval"``), so a held-out
 prompt never occurs in ``"train"`` whatever the seed or count; within a split, examples are
 drawn with ``numpy.random.default_rng([seed, task index, split])`` and deduplicated, so the same
 (seed, count) always gives the same list.
 
-``source`` strings (`parse_source`): ``"synthetic:all"`` or ``"synthetic:copy,reverse"``.
+``source`` strings (`parse_source`): ``"synthetic:all"``, ``"synthetic:long"`` or a list of task
+names, ``"synthetic:copy,reverse"``.
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ WORDS = (
     "name",
 )
 KEYS = tuple("ABCDEFGH")
+LONG_WORDS = 200  # words (= answer tokens) of every long-task answer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,13 +122,44 @@ def _lookup(rng: np.random.Generator) -> tuple[str, str]:
     return f"Find {keys[asked]}: {pairs}", values[asked]
 
 
-TASKS: dict[str, Callable[[np.random.Generator], tuple[str, str]]] = {
+def _long_words(rng: np.random.Generator) -> list[str]:
+    """`LONG_WORDS` words drawn with replacement: a fixed length, so answer word j sits at the
+    same distance from prompt word j in every long_copy example."""
+    return [WORDS[i] for i in rng.integers(len(WORDS), size=LONG_WORDS)]
+
+
+def _long_copy(rng: np.random.Generator) -> tuple[str, str]:
+    w = _long_words(rng)
+    return "Copy: " + " ".join(w), " ".join(w)
+
+
+def _long_reverse(rng: np.random.Generator) -> tuple[str, str]:
+    w = _long_words(rng)
+    return "Reverse: " + " ".join(w), " ".join(reversed(w))
+
+
+def _long_sort(rng: np.random.Generator) -> tuple[str, str]:
+    w = _long_words(rng)
+    return "Sort: " + " ".join(w), " ".join(sorted(w))
+
+
+Task = Callable[[np.random.Generator], tuple[str, str]]
+TASKS: dict[str, Task] = {  # the short tasks: what "synthetic:all" means
     "copy": _copy,
     "reverse": _reverse,
     "sort": _sort,
     "add": _add,
     "lookup": _lookup,
 }
+LONG_TASKS: dict[str, Task] = {  # "synthetic:long"
+    "long_copy": _long_copy,
+    "long_reverse": _long_reverse,
+    "long_sort": _long_sort,
+}
+# Every task by name, in the order that numbers their random streams (a short task keeps the
+# index it had before the long ones were added, so its data is unchanged).
+ALL_TASKS: dict[str, Task] = {**TASKS, **LONG_TASKS}
+GROUPS = {"all": list(TASKS), "long": list(LONG_TASKS)}
 
 
 def split_of(prompt: str) -> str:
@@ -130,22 +173,23 @@ def is_synthetic(source: Any) -> bool:
 
 
 def parse_source(source: str) -> list[str]:
-    """``"synthetic:all"`` / ``"synthetic:copy,reverse"`` -> task names (in `TASKS` order)."""
+    """``"synthetic:all"`` (the short `TASKS`) / ``"synthetic:long"`` (`LONG_TASKS`) /
+    ``"synthetic:copy,long_copy"`` -> task names (in `ALL_TASKS` order)."""
     if not is_synthetic(source):
         raise ValueError(
             f"{source!r} is not a synthetic source: write 'synthetic:all' or "
-            f"'synthetic:<tasks>' with tasks from {sorted(TASKS)}"
+            f"'synthetic:<tasks>' with tasks from {sorted(ALL_TASKS)}"
         )
     names = [n.strip() for n in source[len(PREFIX) :].split(",") if n.strip()]
-    if names == ["all"]:
-        return list(TASKS)
-    unknown = sorted(set(names) - set(TASKS))
+    if len(names) == 1 and names[0] in GROUPS:
+        return list(GROUPS[names[0]])
+    unknown = sorted(set(names) - set(ALL_TASKS))
     if unknown or not names:
         raise ValueError(
             f"unknown synthetic task(s) {unknown or names} in {source!r}: choose "
-            f"from {sorted(TASKS)} or 'all', comma-separated"
+            f"from {sorted(ALL_TASKS)} or {' / '.join(map(repr, GROUPS))}, comma-separated"
         )
-    return [t for t in TASKS if t in names]
+    return [t for t in ALL_TASKS if t in names]
 
 
 def examples(
@@ -164,9 +208,9 @@ def examples(
     )
     out: list[Example] = []
     for name in tasks:
-        if name not in TASKS:
-            raise ValueError(f"unknown synthetic task {name!r}: choose from {sorted(TASKS)}")
-        rng = np.random.default_rng([seed, list(TASKS).index(name), split == "eval"])
+        if name not in ALL_TASKS:
+            raise ValueError(f"unknown synthetic task {name!r}: choose from {sorted(ALL_TASKS)}")
+        rng = np.random.default_rng([seed, list(ALL_TASKS).index(name), split == "eval"])
         seen: set[str] = set()
         attempts = 0
         while len(seen) < n:
@@ -176,7 +220,7 @@ def examples(
                     f"task {name!r} has too few distinct {split} prompts for "
                     f"per_task={n}: ask for fewer"
                 )
-            prompt, answer = TASKS[name](rng)
+            prompt, answer = ALL_TASKS[name](rng)
             if prompt in seen or split_of(prompt) != split:
                 continue
             seen.add(prompt)
@@ -193,6 +237,17 @@ def normalize(text: str) -> str:
 def exact_match(prediction: str, reference: str) -> bool:
     """True iff the texts are equal up to whitespace (`normalize`)."""
     return normalize(prediction) == normalize(reference)
+
+
+def token_accuracy(prediction: str, reference: str) -> float:
+    """The fraction of the reference's words that the prediction has at the same index (words:
+    whitespace-separated, `normalize`); a missing or extra word is a miss, so only an exact
+    match scores 1."""
+    pred, ref = prediction.split(), reference.split()
+    if not ref:
+        return float(not pred)
+    hits = sum(p == r for p, r in zip(pred, ref, strict=False))
+    return hits / max(len(ref), len(pred))
 
 
 def accuracy_by_task(items: Sequence[Example], predictions: Sequence[str]) -> dict[str, float]:
