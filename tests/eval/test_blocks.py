@@ -105,6 +105,7 @@ def test_seeds_aggregate_to_mean_ci_and_the_paired_adaptation_gain(tmp_path, mon
     assert sorted(p.name for p in out.iterdir()) == ["blocks.json"]
 
 
+@pytest.mark.slow  # ~100 s of CI (5 tiny training runs); its parts are tested above
 def test_blocks_command_runs_tiny(tmp_path):
     # No --blocks arm (a block diffusion run from scratch is the last arm): 4 runs, not 5.
     argv = [*TINY, "--blocks", "--adapt-steps", "2", "--adapt-block", "4"]
