@@ -1,7 +1,8 @@
 """Long-answer decoding: LLaDA vs block diffusion vs the autoregressive baseline (issue 23).
 
     python benchmarks/block_decoding.py [--workdir /tmp/block_decoding] [--batches 1 8] \
-        [--steps 400] [--rounds 3] [--gen 512] [--out /tmp/block_decoding.md] [--smoke]
+        [--steps 400] [--rounds 3] [--gen 512] [--out /tmp/block_decoding.md] \
+        [--bd-init-from RUN] [--smoke]
 
 1. Train one small model shape (2 layers, d=128, one 128-dim head, the 2048-piece tokenizer:
    0.95M parameters) three times, as LLaDA (kind "diffusion"), block diffusion (kind
@@ -10,7 +11,8 @@
    200-word answers), the same steps, batch and optimizer, through `lladax.train.loop.run`. Every
    row is EOS-padded to prompt + `--gen` (`data.min_answer_len`, `data.seq_len` = the prompt +
    gen): LLaDA is sampled on canvases of the shape it was trained on. A finished run in
-   WORKDIR/<kind> is reused (a different model there is refused).
+   WORKDIR/<kind> is reused (a different model there is refused). `--bd-init-from RUN` starts
+   the block-diffusion run from another run's params instead (LLaDA 2.0's AR -> BD adaptation).
 2. Decode held-out prompts greedily, gen `--gen`, with each method, at each batch size:
 
      LLaDA plain              sampling.generate, steps = gen, block_length `--block`
@@ -162,6 +164,8 @@ def run_config_for(kind: str, args: argparse.Namespace, seq_len: int, workdir: P
     c.eval.update(every=args.steps, batches=EVAL_BATCHES[args.smoke], batch_size=args.batch_size)
     c.log.update(every=max(1, args.steps // 10), workdir=str(workdir), progress=False)
     c.checkpoint.every = 0
+    if kind == "block_diffusion" and args.bd_init_from:  # AR -> BD adaptation (LLaDA 2.0)
+        c.checkpoint.init_from = args.bd_init_from
     return c
 
 
@@ -296,6 +300,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=None, help="train steps of every kind")
     ap.add_argument("--rounds", type=int, default=None, help="timed batches per batch size")
     ap.add_argument("--out", default=None, help="also write the tables (.md) and JSON there")
+    ap.add_argument(
+        "--bd-init-from",
+        default="",
+        help="start the block-diffusion run from these params (e.g. WORKDIR/autoregressive of "
+        "an earlier run: AR -> BD adaptation) instead of the shared random init",
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny model, 3 steps, gen 64, batch 2")
     args = ap.parse_args(argv)
     for key, value in (SMOKE if args.smoke else FULL).items():
