@@ -28,7 +28,8 @@ class DataConfig(Section):
         "non-empty",
         " (embedded, a .txt/.jsonl file or directory, prepared data, tfds:NAME)",
     )
-    format: str = setting("text", FORMATS)  # "text" pretraining rows, "chat" SFT batches
+    # "text" pretraining rows, "chat" SFT batches, "preference" pairs (lladax.data.preference)
+    format: str = setting("text", FORMATS)
     tokenizer: str = ""  # "" = sentencepiece trained on the embedded text (vocab_size)
     seq_len: int = setting(128, ">= 2")
     seed: int = 0
@@ -44,6 +45,11 @@ class DataConfig(Section):
             raise ConfigError(
                 f"data.min_answer_len={self.min_answer_len!r} leaves no room for a prompt in "
                 f"data.seq_len={self.seq_len}: set it below {self.seq_len}"
+            )
+        if self.random_offset and self.format != "chat":
+            raise ConfigError(
+                f"data.random_offset=True is for data.format='chat' (SFT rows), not "
+                f"{self.format!r}: set --config.data.random_offset=False"
             )
 
     @property

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from lladax.data import chat, prepared, textio
+from lladax.data import chat, preference, prepared, textio
 from lladax.data.sources import FORMATS, DataError, SourceSpec, parse_source, text_files
 
 _SOURCE_KINDS = (
@@ -28,18 +28,25 @@ def check_source(source: str, *, field: str = "text", fmt: str = "text") -> None
     directory of them; a prepared directory (manifest parses, shard files exist) or
     ``arrayrecord:GLOB``; ``tfds:NAME`` located on disk. ``fmt="chat"``: ``synthetic:<tasks>``
     or a chat .jsonl file / directory whose first record of each file is a valid dialogue.
+    ``fmt="preference"``: the same for pairs (`preference.check_preference_source`).
     """
     s = str(source)
     if not s.strip():
         raise DataError(
             f"data.source is empty: set it to {_SOURCE_KINDS}"
-            + (" (a chat .jsonl for format='chat')" if fmt == "chat" else "")
+            + {
+                "chat": " (a chat .jsonl for format='chat')",
+                "preference": " (a preference .jsonl or synthetic:<tasks> for format='preference')",
+            }.get(fmt, "")
         )
     if fmt not in FORMATS:
         raise DataError(f"data.format={fmt!r} is unknown: use one of {FORMATS}")
     try:
         if fmt == "chat":
             chat.check_chat_source(s)
+            return
+        if fmt == "preference":
+            preference.check_preference_source(s)
             return
         if not field:
             raise DataError(

@@ -48,38 +48,53 @@ def fit_to_length(
     samples: Samples, seq_len: int, mask_id: int | None = None, min_answer_len: int = 0
 ) -> tuple[Samples, dict[str, int]]:
     """Samples that fit ``seq_len`` with at least one EOS after the answer and at least
-    `min_answer_len` positions after the prompt (`answer_span`).
-
-    Too-long prompts lose tokens from the left (``truncated_prompts``); samples whose answer span
-    leaves no room for one prompt token are dropped (``dropped_long_answers``), as are samples
-    holding `mask_id` (``dropped_mask_token``: a literal mask token in the text would be read as
-    noise).
-    """
+    `min_answer_len` positions after the prompt (`answer_span`); the rules of `fit_cuts`."""
     span = answer_span(samples.answer_len, min_answer_len)
-    total = samples.prompt_len.astype(np.int64) + span
-    room = seq_len - span
-    keep = room >= 1
-    dropped_mask = 0
-    if mask_id is not None:
-        seen = np.concatenate([[0], np.cumsum(samples.tokens == mask_id)])
-        end = samples.start + samples.prompt_len + samples.answer_len
-        has_mask = seen[end] > seen[samples.start]
-        dropped_mask = int(np.sum(has_mask & keep))
-        keep &= ~has_mask
-    cut = np.where(keep, np.maximum(total - seq_len, 0), 0)
+    end = samples.start + samples.prompt_len + samples.answer_len
+    has_mask = holds_token(samples.tokens, samples.start, end, mask_id)
+    keep, cut, stats = fit_cuts(samples.prompt_len, span, has_mask, seq_len)
     fitted = Samples(
         samples.tokens,
         (samples.start + cut)[keep],
         (samples.prompt_len - cut)[keep].astype(np.int32),
         samples.answer_len[keep],
     )
+    return fitted, stats
+
+
+def holds_token(
+    tokens: np.ndarray, start: np.ndarray, end: np.ndarray, token_id: int | None
+) -> np.ndarray:
+    """bool [n]: whether ``tokens[start[i] : end[i]]`` holds `token_id` (all False if None)."""
+    if token_id is None:
+        return np.zeros(len(start), bool)
+    seen = np.concatenate([[0], np.cumsum(tokens == token_id)])
+    return seen[end] > seen[start]
+
+
+def fit_cuts(
+    prompt_len: np.ndarray, span: np.ndarray, has_mask: np.ndarray, seq_len: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """(keep bool [n], cut int [n], stats): which samples fit ``seq_len`` and how many prompt
+    tokens each kept one loses from the LEFT, given each sample's answer `span` [n].
+
+    Too-long prompts are cut (``truncated_prompts``); samples whose span leaves no room for one
+    prompt token are dropped (``dropped_long_answers``), as are samples holding the mask id
+    (`has_mask` [n]; ``dropped_mask_token``: a literal mask token would be read as noise).
+    """
+    total = prompt_len.astype(np.int64) + span
+    room = seq_len - span
+    keep = room >= 1
+    dropped_mask = int(np.sum(has_mask & keep))
+    keep &= ~has_mask
+    cut = np.where(keep, np.maximum(total - seq_len, 0), 0)
     stats = {
         "samples": int(keep.sum()),
         "truncated_prompts": int(np.sum(cut > 0)),
         "dropped_long_answers": int(np.sum(room < 1)),
         "dropped_mask_token": dropped_mask,
     }
-    return fitted, stats
+    return keep, cut, stats
 
 
 def bucket_grid(seq_len: int) -> list[int]:
@@ -199,12 +214,15 @@ class _Planner:
             free = self.buckets[b] - self.samples.prompt_len[rows] - self.span[rows]
             offsets = np.random.default_rng([self.seed, index, 1]).integers(0, free + 1)
         part = slice(self.shard * self.batch_size, (self.shard + 1) * self.batch_size)
-        return collate(
-            [self.samples.get(i) for i in rows[part]],
-            self.buckets[b],
-            self.eos_id,
-            None if offsets is None else offsets[part],
+        return self.collate_rows(
+            rows[part], self.buckets[b], None if offsets is None else offsets[part]
         )
+
+    def collate_rows(
+        self, rows: np.ndarray, length: int, offsets: np.ndarray | None
+    ) -> dict[str, np.ndarray]:
+        """This process's batch of samples `rows` [batch] at `length` (`collate`)."""
+        return collate([self.samples.get(i) for i in rows], length, self.eos_id, offsets)
 
 
 class SFTBatches:
@@ -252,18 +270,38 @@ def _plan_stats(planner: _Planner, total: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _warn_fitting(stats: dict[str, Any], seq_len: int) -> None:
-    """One warning counting the prompts cut and the samples dropped to fit `seq_len`."""
+def _warn_fitting(stats: dict[str, Any], seq_len: int, what: str, unit: str) -> None:
+    """One warning counting the prompts cut and the `unit`s dropped to fit `seq_len`."""
     if stats["truncated_prompts"] or stats["dropped_long_answers"] or stats["dropped_mask_token"]:
         log.warning(
-            "SFT data %s: %d prompts truncated from the left to seq_len=%d, %d samples "
+            "%s %s: %d prompts truncated from the left to seq_len=%d, %d %s "
             "dropped (answer too long), %d dropped (literal mask token)",
+            what,
             stats["source"],
             stats["truncated_prompts"],
             seq_len,
             stats["dropped_long_answers"],
+            unit,
             stats["dropped_mask_token"],
         )
+
+
+def planned_batches(
+    planner: _Planner,
+    total: np.ndarray,
+    stats: dict[str, Any],
+    seq_len: int,
+    what: str = "SFT data",
+    unit: str = "samples",
+) -> SFTBatches:
+    """The endless grain dataset of `planner`'s batches; `stats` (fitting counts, source, split)
+    gain `_plan_stats` and are warned about once (`_warn_fitting`, naming `what` and `unit`)."""
+    import grain
+
+    stats |= _plan_stats(planner, total)
+    _warn_fitting(stats, seq_len, what, unit)
+    ds = grain.MapDataset.range(planner.per_epoch).repeat(None).map_with_index(planner)
+    return SFTBatches(ds, stats, planner.buckets, planner.per_epoch)
 
 
 def make_sft_batches(
@@ -305,8 +343,6 @@ def make_sft_batches(
     (``prompt + gen_length``) gets empty or shifted answers (issue 10: copy 0 % at gen_length 8,
     65 % with the canvas stretched to the training rows' length, same model).
     """
-    import grain
-
     _check_sizes(batch_size, seq_len, min_answer_len, process_index, process_count)
     samples = load_samples(tokenizer, source, split, cache_dir=cache_dir)
     fitted, stats = fit_to_length(samples, seq_len, tokenizer.mask_id, min_answer_len)
@@ -335,10 +371,8 @@ def make_sft_batches(
         tokenizer.eos_id,
         span if random_offset else None,
     )
-    stats |= {"source": str(source), "split": split} | _plan_stats(planner, total)
-    _warn_fitting(stats, seq_len)
-    ds = grain.MapDataset.range(planner.per_epoch).repeat(None).map_with_index(planner)
-    return SFTBatches(ds, stats, buckets, planner.per_epoch)
+    stats |= {"source": str(source), "split": split}
+    return planned_batches(planner, total, stats, seq_len)
 
 
 __all__ = [
@@ -347,6 +381,9 @@ __all__ = [
     "bucket_grid",
     "choose_buckets",
     "collate",
+    "fit_cuts",
     "fit_to_length",
+    "holds_token",
     "make_sft_batches",
+    "planned_batches",
 ]

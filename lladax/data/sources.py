@@ -237,7 +237,6 @@ def read_documents(path: str | Path, field: str = "text") -> list[str]:
     return [d for f in text_files(path) for d in textio.read_file(f, field)]
 
 
-FORMATS = (
-    "text",
-    "chat",
-)  # data.format: "text" pretraining rows, "chat" SFT batches (lladax.data.sft)
+# data.format: "text" pretraining rows, "chat" SFT batches (lladax.data.sft), "preference"
+# (prompt, chosen, rejected) pair batches for DPO / VRPO (lladax.data.preference)
+FORMATS = ("text", "chat", "preference")

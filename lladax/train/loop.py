@@ -45,9 +45,11 @@ import jax
 from etils import epath
 
 from lladax.data import pipeline
+from lladax.diffusion import preference
 from lladax.files import atomic_write
 from lladax.model import sharding
 from lladax.store import checkpoint, layout
+from lladax.train.objectives import flops_multiplier
 from lladax.train.run_data import eval_set, held_out_loss, put_global, train_batches
 from lladax.train.run_dir import MetricsFile
 from lladax.train.run_setup import Setup, prepare, start_state
@@ -147,7 +149,7 @@ def _train(
     state: Any,
     step_fn: Any,
     train_iter: Any,
-    evaluate: Callable[[Any], float] | None,
+    evaluate: Callable[[Any], dict[str, float]] | None,
     batch_sh: Any,
     metrics: MetricsFile,
     saver: _Saver,
@@ -160,7 +162,7 @@ def _train(
     tc, seq, main = s.tc, run.data.seq_len, jax.process_index() == 0
     meter = Meter(
         tc.batch_size * seq,
-        s.cfg.flops_per_token(seq) * tc.batch_size * seq,
+        s.cfg.flops_per_token(seq) * tc.batch_size * seq * flops_multiplier(s.cfg, run.objective),
         last["peak_flops"],
         s.mesh.size,
     )
@@ -193,14 +195,14 @@ def _train(
                 "skipped": m["skipped"],
                 "spikes": m["spikes"],
                 "lr_scale": m["lr_scale"],
-                **({"block_size": m["block_size"]} if "block_size" in m else {}),
+                **{k: m[k] for k in ("block_size", *preference.METRICS) if k in m},
                 **(speed if speed["step_s"] > 0 else {}),  # none timed yet: no fake 0
                 **device_memory_gib(),
             }
             if saver.report.save_block_s is not None:
                 record["ckpt_block_s"], saver.report.save_block_s = saver.report.save_block_s, None
             if evaluate and (done % run.eval.every == 0 or done == s.end_step):
-                record["eval_loss"] = evaluate(state.params)
+                record.update(evaluate(state))
             metrics.write(record)
             last.update(record)
             bar.set_postfix(_postfix(m["loss"], last.get("eval_loss"), speed, record))
@@ -252,11 +254,13 @@ def run(config: Any, stop_after: int | None = None) -> dict[str, Any]:
         mgr = layout.manager(s.workdir, keep=s.run.checkpoint.keep)
         state, data_state = start_state(s, optimizer, mgr)
         batch_sh = sharding.named_sharding(s.mesh, ("batch",))
-        step_fn = jit_train_step(cfg, tc, optimizer, shardings_of(state), batch_sh)
+        pref = s.run.objective
+        step_fn = jit_train_step(cfg, tc, optimizer, shardings_of(state), batch_sh, pref)
         train_iter = train_batches(s.run, s.tok, tc.batch_size // jax.process_count())
         if data_state is not None:
             train_iter.set_state(data_state)
-        evaluate = held_out_loss(cfg, [put_global(b, batch_sh) for b in eval_set(s.run, s.tok)])
+        evals = [put_global(b, batch_sh) for b in eval_set(s.run, s.tok)]
+        evaluate = held_out_loss(cfg, evals, pref)
         # Every check passed: from here on the workdir is written.
         start_step = int(state.step)
         metrics = _open_workdir(s, start_step, last)
@@ -265,8 +269,9 @@ def run(config: Any, stop_after: int | None = None) -> dict[str, Any]:
             last["stopped"] = stop.reason
         else:
             if start_step == 0 and evaluate:
-                last["eval_loss"] = evaluate(state.params)
-                metrics.write({"step": 0, "eval_loss": last["eval_loss"]})
+                first = evaluate(state)
+                last.update(first)
+                metrics.write({"step": 0, **first})
             state = _train(s, state, step_fn, train_iter, evaluate, batch_sh, metrics, saver, last)
         idle = bool(last["stopped"]) and int(state.step) == start_step  # before its first step
         done, newest = saver.final(state, train_iter, idle)

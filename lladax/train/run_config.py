@@ -1,9 +1,10 @@
 """The run configuration: its typed sections, the ConfigDict that config files edit, its check.
 
-A run config has seven sections, each a frozen dataclass that owns its defaults, types and
+A run config has eight sections, each a frozen dataclass that owns its defaults, types and
 ranges (`lladax.config_sections`): `model` (`ModelConfig`), `train` (`TrainConfig`, the train
 step's static knobs), `data` (`lladax.data.data_config.DataConfig`), `eval`, `log`,
-`checkpoint` and `mesh`. `RunConfig` holds one of each and checks what must agree across them.
+`checkpoint`, `mesh` and `preference` (`PreferenceConfig`, read when `data.format` is
+"preference"). `RunConfig` holds one of each and checks what must agree across them.
 
 `run_config(preset)` generates, from those defaults, the ml-collections ConfigDict that
 `configs/*.py` start from and `--config.section.key=value` overrides edit (its keys are the
@@ -135,6 +136,28 @@ class MeshConfig(Section):
             )
 
 
+@dataclasses.dataclass(frozen=True)
+class PreferenceConfig(Section):
+    """Preference optimisation (`data.format="preference"`, `lladax.diffusion.preference`): DPO
+    against a frozen reference (a copy of the starting params), VRPO's ELBO estimates for a
+    diffusion model. The defaults are LLaDA 1.5's: n = n_t·n_yt = 8 with n_t = 8, n_yt = 1, and
+    antithetic sampling; n_t = n_yt = 1 without antithetic sampling is naive DPO with ELBOs."""
+
+    section: ClassVar[str] = "preference"
+
+    beta: float = setting(0.1, "> 0")  # DPO's β: the scale of the implicit reward
+    n_t: int = setting(8, ">= 1")  # noise levels per ELBO estimate (ignored by the AR baseline)
+    n_yt: int = setting(1, ">= 1")  # masks per noise level
+    antithetic: bool = True  # policy and reference share noise levels and masks
+    # The frozen reference's params dtype: "bfloat16" halves its memory (`lladax plan` shows it).
+    reference_dtype: str = setting("float32", ("float32", "bfloat16"))
+
+    @property
+    def budget(self) -> int:
+        """n: noisy copies per ELBO estimate."""
+        return self.n_t * self.n_yt
+
+
 SECTIONS: dict[str, type[Section]] = {  # every section but model, in the order they are checked
     "train": TrainConfig,
     "data": DataConfig,
@@ -142,6 +165,7 @@ SECTIONS: dict[str, type[Section]] = {  # every section but model, in the order 
     "log": LogConfig,
     "checkpoint": CheckpointConfig,
     "mesh": MeshConfig,
+    "preference": PreferenceConfig,
 }
 
 
@@ -156,6 +180,7 @@ class RunConfig:
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    preference: PreferenceConfig = dataclasses.field(default_factory=PreferenceConfig)
 
     def __post_init__(self) -> None:  # the keys that must agree (each alone was valid)
         if self.data.seq_len > self.model.max_seq_len:
@@ -166,6 +191,12 @@ class RunConfig:
                 "--config.model.max_seq_len"
             )
         curriculum.stages(self.train.block_curriculum, self.model)
+
+    @property
+    def objective(self) -> PreferenceConfig | None:
+        """The preference section when the run optimises preferences (`data.format=
+        "preference"`), else None (pretraining / SFT): what the train step is built with."""
+        return self.preference if self.data.format == "preference" else None
 
     @classmethod
     def from_config_dict(cls, config: Any) -> RunConfig:

@@ -1,8 +1,8 @@
 """The batches of a training run: this process's training iterator and the fixed held-out set.
 
 `data.format` picks the reader: "text" batches come from `lladax.data.pipeline` (packed or
-not), "chat" batches from `lladax.data.sft` (tokens + prompt_lengths). Used by
-`lladax.train.loop`.
+not), "chat" batches from `lladax.data.sft` (tokens + prompt_lengths), "preference" batches from
+`lladax.data.preference` (chosen + rejected + prompt_lengths). Used by `lladax.train.loop`.
 """
 
 from __future__ import annotations
@@ -15,15 +15,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from lladax.config import ModelConfig
-from lladax.data import pipeline, sft
-from lladax.train.run_config import RunConfig
-from lladax.train.trainer import eval_loss
+from lladax.data import pipeline, preference, sft
+from lladax.train.objectives import eval_loss, eval_preference
+from lladax.train.run_config import PreferenceConfig, RunConfig
 
 EVAL_SEED = 12345  # the held-out loss draws the same noise at every evaluation
 
 
-# The `data` fields that `sft.make_sft_batches` takes (train and eval alike).
-_CHAT_OPTIONS = ("source", "seq_len", "min_answer_len", "random_offset")
+# The prompt + answer readers by data.format, and the `data` fields each takes (train and eval).
+_PAIRED = {
+    "chat": (sft.make_sft_batches, ("source", "seq_len", "min_answer_len", "random_offset")),
+    "preference": (preference.make_preference_batches, ("source", "seq_len", "min_answer_len")),
+}
 
 
 def train_batches(run: RunConfig, tok: Any, batch_size: int) -> Any:
@@ -31,12 +34,9 @@ def train_batches(run: RunConfig, tok: Any, batch_size: int) -> Any:
     (`pipeline.make_batches`, packed or not) or chat (`sft.make_sft_batches`) by `data.format`."""
     d = run.data
     where = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    if d.format == "chat":
-        return iter(
-            sft.make_sft_batches(
-                tok, batch_size=batch_size, seed=d.seed, **where, **d.options(*_CHAT_OPTIONS)
-            )
-        )
+    if d.format in _PAIRED:
+        reader, options = _PAIRED[d.format]
+        return iter(reader(tok, batch_size=batch_size, seed=d.seed, **where, **d.options(*options)))
     return pipeline.make_batches(
         tok, split="train", batch_size=batch_size, **where, **pipeline.options_from_config(d)
     )
@@ -48,11 +48,10 @@ def eval_set(run: RunConfig, tok: Any) -> list[dict[str, np.ndarray]]:
     d, e = run.data, run.eval
     if not e.enabled:
         return []
-    if d.format == "chat":
+    if d.format in _PAIRED:
+        reader, options = _PAIRED[d.format]
         batches = iter(
-            sft.make_sft_batches(
-                tok, batch_size=e.batch_size, seed=0, split="eval", **d.options(*_CHAT_OPTIONS)
-            )
+            reader(tok, batch_size=e.batch_size, seed=0, split="eval", **d.options(*options))
         )
         return [next(batches) for _ in range(e.batches)]
     return pipeline.eval_batches(
@@ -72,18 +71,30 @@ def put_global(batch: dict[str, np.ndarray], sharding_: Any) -> dict[str, jax.Ar
 
 
 def held_out_loss(
-    cfg: ModelConfig, evals: list[dict[str, jax.Array]]
-) -> Callable[[Any], float] | None:
-    """params -> the mean loss over `evals` with fixed noise (comparable across steps); None
-    without held-out batches."""
+    cfg: ModelConfig, evals: list[dict[str, jax.Array]], pref: PreferenceConfig | None = None
+) -> Callable[[Any], dict[str, float]] | None:
+    """TrainState -> {"eval_loss": mean loss over `evals` with fixed noise (comparable across
+    steps)}; with `pref` the preference loss against the state's reference, and also
+    "eval_reward_accuracy" (the fraction of held-out pairs whose score is > 0). None without
+    held-out batches."""
     if not evals:
         return None
     key = jax.random.key(EVAL_SEED)
 
-    def evaluate(params: Any) -> float:
+    def evaluate(state: Any) -> dict[str, float]:
+        if pref is not None:
+            out = [
+                eval_preference(
+                    state.params, state.reference, cfg, pref, b, jax.random.fold_in(key, i)
+                )
+                for i, b in enumerate(evals)
+            ]
+            loss = float(jnp.mean(jnp.stack([loss for loss, _ in out])))
+            acc = float(jnp.mean(jnp.stack([m["reward_accuracy"] for _, m in out])))
+            return {"eval_loss": loss, "eval_reward_accuracy": acc}
         losses = [
             eval_loss(
-                params,
+                state.params,
                 cfg,
                 b["tokens"],
                 jax.random.fold_in(key, i),
@@ -91,6 +102,6 @@ def held_out_loss(
             )
             for i, b in enumerate(evals)
         ]
-        return float(jnp.mean(jnp.stack(losses)))
+        return {"eval_loss": float(jnp.mean(jnp.stack(losses)))}
 
     return evaluate

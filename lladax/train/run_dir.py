@@ -78,7 +78,7 @@ class MetricsFile:
 # train.steps is reported on its own), and the sections compared (eval, log, checkpoint and mesh
 # never change the trajectory).
 _RUN_IGNORED = ("train.seed", "train.steps")
-_RUN_SECTIONS = ("data", "train")
+_RUN_SECTIONS = ("data", "train", "preference")
 
 
 def run_changes(saved_run: dict[str, Any], now_run: dict[str, Any]) -> list[tuple[str, Any, Any]]:

@@ -27,7 +27,7 @@ from lladax.store import checkpoint, convert, hf_format, integrity, layout, para
 from lladax.train import curriculum
 from lladax.train.run_config import RunConfig, TrainConfig, check_run_config
 from lladax.train.run_dir import check_resume, resume_changes
-from lladax.train.trainer import abstract_state, init_state, shardings_of
+from lladax.train.trainer import abstract_state, init_state, reference_of, shardings_of
 
 log = logging.getLogger("lladax.train.trainer")
 
@@ -100,10 +100,16 @@ def prepare(config: Any, stop_after: int | None) -> Setup:
         check_resume(
             workdir, max(saved), tc.steps, stop_after, setup.tokenizer_file, run.data.tokenizer_spec
         )
+        _check_same_objective(workdir, run)
         if run.checkpoint.init_from:
             log.info(
                 "resuming %s: checkpoint.init_from is not used (it only starts a new run)", workdir
             )
+    elif run.objective is not None and not run.checkpoint.init_from:
+        raise ValueError(
+            "data.format='preference' optimises a trained model against a frozen copy of "
+            "itself: set --config.checkpoint.init_from to the (SFT) run to start from"
+        )
     elif tc.steps == 0:
         log.warning(
             "train.steps=0: saving the initial params as step 0 without training (set "
@@ -192,11 +198,26 @@ def _report_changes(s: Setup, meta: dict[str, Any], step: int) -> None:
         )
 
 
+def _check_same_objective(workdir: epath.Path, run: RunConfig) -> None:
+    """A resume keeps the objective: a preference run's state holds a reference model that a
+    pretraining / SFT run's does not (and the other way round)."""
+    saved_run = params_checkpoint.read_meta(workdir)[1].get("run") or {}
+    saved = (saved_run.get("data") or {}).get("format") == "preference"
+    if saved != (run.objective is not None):
+        raise ValueError(
+            f"{workdir} holds a {'preference' if saved else 'pretraining / SFT'} run and "
+            f"data.format={run.data.format!r} asks for "
+            f"{'another objective' if saved else 'preference optimisation'}: pass a new "
+            f"--workdir (with --config.checkpoint.init_from={workdir} to start from it)"
+        )
+
+
 def start_state(s: Setup, optimizer: Any, mgr: Any) -> tuple[Any, Any]:
-    """(TrainState, saved data-iterator state or None): restored, or fresh (from init_from)."""
-    cfg, tc, mesh = s.cfg, s.tc, s.mesh
+    """(TrainState, saved data-iterator state or None): restored, or fresh (from init_from;
+    a preference run's frozen reference is a copy of those params)."""
+    cfg, tc, mesh, pref = s.cfg, s.tc, s.mesh, s.run.objective
     if s.saved:  # restore straight into the target layout: no random init first
-        like = abstract_state(cfg, tc, optimizer, mesh)
+        like = abstract_state(cfg, tc, optimizer, mesh, pref)
         restored = checkpoint.restore(mgr, like, model_cfg=cfg)
         log.info("resumed from %s at step %d", s.workdir, restored.step)
         _report_changes(s, restored.meta, restored.step)
@@ -208,9 +229,9 @@ def start_state(s: Setup, optimizer: Any, mgr: Any) -> tuple[Any, Any]:
             s.run.checkpoint.init_from, cfg, abstract_state(cfg, tc, optimizer, mesh).params
         )
     _report_curriculum(tc, cfg, 0)
-    state = init_state(cfg, tc, optimizer, jax.random.key(tc.seed), mesh)
+    state = init_state(cfg, tc, optimizer, jax.random.key(tc.seed), mesh, pref=pref)
     if params is not None:
-        state = state.replace(params=params)
+        state = state.replace(params=params, reference=reference_of(params, pref))
         if state.ema is not None:
             state = state.replace(ema=jax.tree.map(lambda p: p.astype(jnp.float32) + 0.0, params))
     return state, None

@@ -11,6 +11,8 @@ Batches are dicts of [batch, ...] arrays:
   {"tokens", "segment_ids", "positions"}      packed documents: no attention across documents,
                                               RoPE positions restart, segment id 0 = padding
   {"tokens", "prompt_lengths" [batch]}        SFT: prompt never masked, `losses.sft_loss`
+  {"chosen", "rejected", "prompt_lengths"}    preference pairs (`pref`: DPO / VRPO against
+                                              `state.reference`, frozen; `objectives`)
 
 Robustness, all inside the jitted step (no host sync): a step whose loss or gradients are not
 finite leaves params and optimizer state untouched and is counted in `state.guard` (the skip,
@@ -33,11 +35,11 @@ import optax
 from flax import struct
 
 from lladax.config import ModelConfig
-from lladax.diffusion import autoregressive, losses
+from lladax.diffusion import preference
 from lladax.model import sharding, transformer
-from lladax.train import curriculum
 from lladax.train.guard import all_finite, new_guard, update_guard
-from lladax.train.run_config import TrainConfig
+from lladax.train.objectives import eval_loss, loss_and_grad, loss_fn
+from lladax.train.run_config import PreferenceConfig, TrainConfig
 
 __all__ = [
     "TrainState",
@@ -48,6 +50,7 @@ __all__ = [
     "loss_fn",
     "lr_schedule",
     "make_optimizer",
+    "reference_of",
     "shardings_of",
     "state_shardings",
     "train_step",
@@ -62,6 +65,7 @@ class TrainState:
     rng: jax.Array  # base key; each step folds in `step`
     guard: dict[str, jax.Array]  # [] counters of the non-finite/spike guard, see `new_guard`
     ema: Any = None  # f32 EMA of params (train.ema_decay > 0), else None
+    reference: Any = None  # frozen reference params (preference optimisation), else None
 
 
 def lr_schedule(tc: TrainConfig) -> optax.Schedule:
@@ -104,12 +108,16 @@ def state_shardings(
     tc: TrainConfig,
     optimizer: optax.GradientTransformation,
     mesh: jax.sharding.Mesh | None = None,
+    pref: PreferenceConfig | None = None,
 ) -> TrainState:
     """The sharding of every leaf of a TrainState: params (and the optimizer's param-shaped
-    moments, and the EMA) by the logical-axis rules, scalars replicated; without a mesh,
-    everything on device 0. One rule for fresh and restored states, so both compile the same."""
+    moments, the EMA and the reference) by the logical-axis rules, scalars replicated; without a
+    mesh, everything on device 0. One rule for fresh and restored states, so both compile the
+    same."""
 
-    shapes = jax.eval_shape(lambda k: init_state(cfg, tc, optimizer, k), jax.random.key(0))
+    shapes = jax.eval_shape(
+        lambda k: init_state(cfg, tc, optimizer, k, pref=pref), jax.random.key(0)
+    )
     if mesh is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         return jax.tree.map(lambda _: device, shapes)
@@ -130,6 +138,7 @@ def state_shardings(
         rng=replicated,
         guard=jax.tree.map(lambda _: replicated, shapes.guard),
         ema=None if shapes.ema is None else param_sh,
+        reference=None if shapes.reference is None else param_sh,
     )
 
 
@@ -138,14 +147,28 @@ def abstract_state(
     tc: TrainConfig,
     optimizer: optax.GradientTransformation,
     mesh: jax.sharding.Mesh | None = None,
+    pref: PreferenceConfig | None = None,
 ) -> TrainState:
     """ShapeDtypeStructs (with shardings) of the TrainState: a restore target that allocates
     nothing, so resuming a big model never materialises a random init first."""
-    shapes = jax.eval_shape(lambda k: init_state(cfg, tc, optimizer, k), jax.random.key(0))
+    shapes = jax.eval_shape(
+        lambda k: init_state(cfg, tc, optimizer, k, pref=pref), jax.random.key(0)
+    )
     return jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         shapes,
-        state_shardings(cfg, tc, optimizer, mesh),
+        state_shardings(cfg, tc, optimizer, mesh, pref),
+    )
+
+
+def reference_of(params: Any, pref: PreferenceConfig | None) -> Any:
+    """The frozen reference of a preference run: a copy of `params` in
+    `pref.reference_dtype` (never the params' own buffers: those are donated); None without."""
+    if pref is None:
+        return None
+    dtype = jnp.dtype(pref.reference_dtype)
+    return jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype) + jnp.zeros((), dtype), p))(
+        params
     )
 
 
@@ -155,14 +178,18 @@ def init_state(
     optimizer: optax.GradientTransformation,
     key: jax.Array,
     mesh: jax.sharding.Mesh | None = None,
+    *,
+    pref: PreferenceConfig | None = None,
 ) -> TrainState:
     """Fresh state; with a mesh, every leaf is placed by `state_shardings` (params created
-    sharded; scalars replicated, so every leaf is a global array in a multi-process run)."""
+    sharded; scalars replicated, so every leaf is a global array in a multi-process run). With
+    `pref` (preference optimisation) the reference is a copy of the params (`reference_of`;
+    a run from `checkpoint.init_from` replaces both)."""
     param_key, rng = jax.random.split(key)
     params = transformer.init_params(cfg, param_key, mesh)
     # With a mesh, the moments and EMA are created in their sharded layout: initialising them
     # replicated first would put every optimizer byte on every chip (an 8B model OOMs there).
-    target = None if mesh is None else state_shardings(cfg, tc, optimizer, mesh)
+    target = None if mesh is None else state_shardings(cfg, tc, optimizer, mesh, pref)
     opt_state = jax.jit(optimizer.init, out_shardings=target and target.opt_state)(params)
     ema = None
     if tc.ema_decay > 0:  # a copy (never the params' own buffers: both are donated)
@@ -177,75 +204,44 @@ def init_state(
         rng=rng,
         guard=new_guard(),
         ema=ema,
+        reference=reference_of(params, pref),
     )
     if mesh is None or isinstance(key, jax.core.Tracer):
         return state
-    return jax.device_put(state, state_shardings(cfg, tc, optimizer, mesh))
+    return jax.device_put(state, target)
 
 
-def loss_fn(
-    params: Any, cfg: ModelConfig, tc: TrainConfig, batch: dict[str, jax.Array], key: jax.Array
-) -> jax.Array:
-    """Loss of one micro-batch (see the module doc for the batch kinds) under fresh noise."""
-    tokens = batch["tokens"]
-    mask_key, trunc_key = jax.random.split(key)
-    prompt_lengths = batch.get("prompt_lengths")
-    packed = {k: batch[k] for k in ("segment_ids", "positions") if k in batch}
-    attention_mask = None
-    if "segment_ids" in packed:  # id 0 marks the padding at the end of a packed row
-        attention_mask = packed["segment_ids"] > 0
-    if tc.truncate_prob > 0 and prompt_lengths is None:
-        cut = losses.truncation_mask(trunc_key, *tokens.shape, tc.truncate_prob)
-        attention_mask = cut if attention_mask is None else attention_mask & cut
-    if cfg.causal:  # the autoregressive baseline: same batches, exact next-token NLL
-        return autoregressive.next_token_loss(
-            params,
-            cfg,
-            tokens,
-            attention_mask,
-            packing=transformer.Packing(**packed),
-            prompt_lengths=prompt_lengths,
-        )
-    noisy, p_mask, _ = losses.mask_tokens(
-        mask_key,
-        tokens,
-        cfg.mask_token_id,
-        tc.mask_eps,
-        prompt_lengths=prompt_lengths,
-        stratified=tc.stratified_t,
-        block_size=cfg.block_size,
+def _mean_over_micro_batches(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    grad_fn: Callable,
+    metric_names: tuple[str, ...],
+    cfg: ModelConfig,
+    tc: TrainConfig,
+) -> tuple[jax.Array, dict[str, jax.Array], Any]:
+    """(loss, metrics, f32 grads), each the mean over `tc.grad_accum` micro-batches of `batch`
+    under the step's noise (`grad_fn` as `objectives.loss_and_grad` builds it, its metrics
+    named `metric_names`)."""
+    # Row i goes to micro-batch i % grad_accum: each device's contiguous block of the sharded
+    # batch splits evenly over the micro-batches, so no rows move between devices.
+    micro = jax.tree.map(lambda x: x.reshape(-1, tc.grad_accum, *x.shape[1:]).swapaxes(0, 1), batch)
+    step_key = jax.random.fold_in(state.rng, state.step)
+
+    def accumulate(carry, xs):
+        micro_batch, index = xs
+        (loss, aux), grads = grad_fn(state.params, micro_batch, jax.random.fold_in(step_key, index))
+        return jax.tree.map(jnp.add, carry, (loss, aux, grads)), None
+
+    # The f32 accumulator is laid out like the params (unconstrained, XLA may replicate it).
+    zeros = jax.tree.map(
+        lambda p, names: sharding.constrain(jnp.zeros(p.shape, jnp.float32), names),
+        state.params,
+        transformer.param_logical_axes(cfg),
     )
-    if prompt_lengths is not None:
-        return losses.sft_loss(params, cfg, tokens, noisy, p_mask, prompt_lengths)
-    return losses.pretrain_loss(params, cfg, tokens, noisy, p_mask, attention_mask, **packed)
-
-
-def _value_and_grad_for(cfg: ModelConfig, tc: TrainConfig) -> Callable:
-    """f(params, micro_batch, key) -> (loss, grads) of `loss_fn` under `cfg`."""
-    value_and_grad = jax.value_and_grad(loss_fn)
-    return lambda params, micro_batch, key: value_and_grad(params, cfg, tc, micro_batch, key)
-
-
-def _loss_and_grad(
-    cfg: ModelConfig, tc: TrainConfig, step: jax.Array, seq_len: int
-) -> tuple[Callable, jax.Array | None]:
-    """(f(params, micro_batch, key) -> (loss, grads) of `loss_fn`, the block size trained at
-    `step` ([] int32; None unless block diffusion)).
-
-    With `train.block_curriculum` the block size follows the step: a `lax.switch` over the
-    curriculum's distinct sizes, each branch the whole forward and backward pass of the loss with
-    `block_size` fixed (static masks; no branch keeps residuals for another).
-    """
-    plan = curriculum.stages(tc.block_curriculum, cfg)  # () unless block diffusion
-    if cfg.block_size is None:
-        return _value_and_grad_for(cfg, tc), None
-    size = curriculum.size_of_step(plan, step) if plan else jnp.int32(cfg.block_size)
-    sizes = curriculum.branch_sizes(plan, seq_len)
-    if len(sizes) <= 1:  # every stage computes what the target size computes
-        return _value_and_grad_for(cfg, tc), size
-    branches = [_value_and_grad_for(cfg.replace(block_size=s), tc) for s in sizes]
-    index = curriculum.branch_index(plan, seq_len, step)
-    return lambda p, b, k: jax.lax.switch(index, branches, p, b, k), size
+    metrics = {name: jnp.zeros((), jnp.float32) for name in metric_names}
+    init = (jnp.zeros((), jnp.float32), metrics, zeros)
+    total, _ = jax.lax.scan(accumulate, init, (micro, jnp.arange(tc.grad_accum)))
+    return jax.tree.map(lambda x: x / tc.grad_accum, total)
 
 
 def train_step(
@@ -255,34 +251,18 @@ def train_step(
     cfg: ModelConfig,
     tc: TrainConfig,
     optimizer: optax.GradientTransformation,
+    pref: PreferenceConfig | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update on `batch` (leading dim [batch]) in `grad_accum` micro-batches.
+    """One optimizer update on `batch` (leading dim [batch]) in `grad_accum` micro-batches;
+    with `pref`, of the preference loss on pairs against `state.reference` (never updated).
 
     A non-finite loss or gradient skips the update (params, optimizer state and EMA unchanged);
     the step counter still advances, so the next step draws fresh noise on the next batch.
     """
-    # Row i goes to micro-batch i % grad_accum: each device's contiguous block of the sharded
-    # batch splits evenly over the micro-batches, so no rows move between devices.
-    micro = jax.tree.map(lambda x: x.reshape(-1, tc.grad_accum, *x.shape[1:]).swapaxes(0, 1), batch)
-    step_key = jax.random.fold_in(state.rng, state.step)
-    grad_fn, block_size = _loss_and_grad(cfg, tc, state.step, batch["tokens"].shape[1])
-
-    def accumulate(carry, xs):
-        loss_sum, grad_sum = carry
-        micro_batch, index = xs
-        loss, grads = grad_fn(state.params, micro_batch, jax.random.fold_in(step_key, index))
-        return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
-
-    # The f32 accumulator is laid out like the params (unconstrained, XLA may replicate it).
-    zeros = jax.tree.map(
-        lambda p, names: sharding.constrain(jnp.zeros(p.shape, jnp.float32), names),
-        state.params,
-        transformer.param_logical_axes(cfg),
-    )
-    (loss, grads), _ = jax.lax.scan(
-        accumulate, (jnp.zeros((), jnp.float32), zeros), (micro, jnp.arange(tc.grad_accum))
-    )
-    loss, grads = loss / tc.grad_accum, jax.tree.map(lambda g: g / tc.grad_accum, grads)
+    seq_len = batch["chosen" if pref is not None else "tokens"].shape[1]
+    grad_fn, block_size = loss_and_grad(cfg, tc, state.step, seq_len, pref, state.reference)
+    names = () if pref is None else preference.METRICS
+    loss, aux, grads = _mean_over_micro_batches(state, batch, grad_fn, names, cfg, tc)
     finite = jnp.isfinite(loss) & all_finite(grads)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     lr_scale = state.guard["lr_scale"]
@@ -310,6 +290,7 @@ def train_step(
         "finite": finite,
         "lr": lr_schedule(tc)(applied) * lr_scale,
         **guard,
+        **aux,
         **({} if block_size is None else {"block_size": block_size}),
     }
     new_state = state.replace(
@@ -320,11 +301,14 @@ def train_step(
 
 @functools.cache
 def _bound_step(
-    cfg: ModelConfig, tc: TrainConfig, optimizer: optax.GradientTransformation
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    optimizer: optax.GradientTransformation,
+    pref: PreferenceConfig | None,
 ) -> Callable:
     # The same function object for the same statics: JAX's tracing/lowering/compilation caches
     # are keyed on it, so a second run in one process (a resume, a test) reuses the program.
-    return functools.partial(train_step, cfg=cfg, tc=tc, optimizer=optimizer)
+    return functools.partial(train_step, cfg=cfg, tc=tc, optimizer=optimizer, pref=pref)
 
 
 def jit_train_step(
@@ -333,14 +317,16 @@ def jit_train_step(
     optimizer: optax.GradientTransformation,
     state_shardings: Any = None,
     batch_sharding: Any = None,
+    pref: PreferenceConfig | None = None,
 ) -> Callable:
-    """`train_step` jitted with the state donated (and pinned shardings when given).
+    """`train_step` jitted with the state donated (and pinned shardings when given); `pref`:
+    the preference objective (`RunConfig.objective`).
 
     `batch_sharding` applies to every array of the batch dict (a prefix): shard the leading
     [batch] dimension only, e.g. `sharding.named_sharding(mesh, ("batch",))`, so [batch, seq]
     tokens and [batch] prompt lengths share it.
     """
-    step = _bound_step(cfg, tc, optimizer)
+    step = _bound_step(cfg, tc, optimizer, pref)
     if state_shardings is None:
         return jax.jit(step, donate_argnums=0)
     return jax.jit(
@@ -354,24 +340,3 @@ def jit_train_step(
 def shardings_of(tree: Any) -> Any:
     """The shardings of a pytree of placed arrays (e.g. a TrainState created under a mesh)."""
     return jax.tree.map(lambda x: x.sharding, tree)
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def eval_loss(
-    params: Any,
-    cfg: ModelConfig,
-    tokens: jax.Array,
-    key: jax.Array,
-    prompt_lengths: jax.Array | None = None,
-) -> jax.Array:
-    """Loss on tokens [batch, seq] with noise from `key` (fixed key = comparable numbers): the
-    pretraining loss, or with `prompt_lengths` [batch] the SFT loss; for an autoregressive model
-    the exact next-token loss (the key is unused)."""
-    if cfg.causal:
-        return autoregressive.next_token_loss(params, cfg, tokens, prompt_lengths=prompt_lengths)
-    noisy, p_mask, _ = losses.mask_tokens(
-        key, tokens, cfg.mask_token_id, prompt_lengths=prompt_lengths, block_size=cfg.block_size
-    )
-    if prompt_lengths is not None:
-        return losses.sft_loss(params, cfg, tokens, noisy, p_mask, prompt_lengths)
-    return losses.pretrain_loss(params, cfg, tokens, noisy, p_mask)

@@ -81,7 +81,7 @@ def test_generated_config_dict_holds_the_dataclass_defaults():
         "model": dataclasses.asdict(preset("tiny", remat_policy="none")),
         **{name: dataclasses.asdict(kind()) for name, kind in SECTIONS.items()},
     }
-    assert set(SECTIONS) == {"train", "data", "eval", "log", "checkpoint", "mesh"}
+    assert set(SECTIONS) == {"train", "data", "eval", "log", "checkpoint", "mesh", "preference"}
     assert SECTIONS["data"] is DataConfig  # the data wing owns its section
     run = check_run_config(config)
     assert run == RunConfig(model=preset("tiny", remat_policy="none"))
