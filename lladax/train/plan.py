@@ -10,7 +10,10 @@ activations of one micro-batch (`batch / grad_accum / (data · fsdp)` sequences)
 stream saved at each scanned layer, what the remat policy keeps inside each layer, one layer's
 working set while it is recomputed, and the float32 logits. Block diffusion trains on the noisy
 and the clean copy side by side: every layer sees twice the rows (`twin_forward`), the logits
-stay those of one copy. It is an estimate to choose a
+stay those of one copy. A preference run (`data.format="preference"`) adds the frozen reference
+params (in `preference.reference_dtype`) and runs every pair as 2 answers × n noisy copies
+(`preference.n_t·n_yt`; exact log-probs for the AR baseline: 2) through the policy, with
+gradients, and through the reference, forward only. It is an estimate to choose a
 mesh/remat/accumulation before compiling; `aot_compile` prints the compiler's numbers beside it.
 """
 
@@ -25,7 +28,13 @@ import jax.numpy as jnp
 from lladax.config import ModelConfig
 from lladax.model import sharding
 from lladax.train import curriculum, trainer
-from lladax.train.run_config import MeshConfig, TrainConfig, model_config_from
+from lladax.train.objectives import flops_multiplier
+from lladax.train.run_config import (
+    MeshConfig,
+    PreferenceConfig,
+    TrainConfig,
+    model_config_from,
+)
 
 GiB = 1024**3
 
@@ -103,19 +112,30 @@ class Plan:
     step_seconds: float
     mfu: float
     objective: str = ""  # what the train step computes when it is not LLaDA's one forward
+    unit: str = "seq"  # what a batch row is: a sequence, or a preference pair
 
     @property
     def total_bytes(self) -> float:
         return sum(self.memory.values())
 
 
-def _sections(config: Any) -> tuple[ModelConfig, TrainConfig, MeshConfig]:
-    """The typed sections of run ConfigDict `config` that a plan reads (it reads no data)."""
+def _sections(config: Any) -> tuple[ModelConfig, TrainConfig, MeshConfig, PreferenceConfig | None]:
+    """The typed sections of run ConfigDict `config` that a plan reads (it reads no data), and
+    the preference objective (None unless `data.format="preference"`)."""
+    pref = None
+    if config.data.format == "preference":
+        pref = PreferenceConfig.from_config(config.get("preference") or {})
     return (
         model_config_from(config.model),
         TrainConfig.from_config(config.train),
         MeshConfig.from_config(config.mesh),
+        pref,
     )
+
+
+def _copies(cfg: ModelConfig, pref: PreferenceConfig | None) -> int:
+    """Rows through the policy per batch row: 1, or a preference pair's 2 answers × n copies."""
+    return 1 if pref is None else 2 * (1 if cfg.causal else pref.budget)
 
 
 def _mesh_sizes(mesh: MeshConfig, devices: int, slices: int = 1) -> dict[str, int]:
@@ -184,7 +204,7 @@ def activation_bytes(
 
 def estimate(config: Any, hw: Hardware, mfu: float = 0.45) -> Plan:
     """The plan of run config `config` (a `run_config` ConfigDict) on `hw` at `mfu`."""
-    cfg, tc, mesh_config = _sections(config)
+    cfg, tc, mesh_config, pref = _sections(config)
     seq = int(config.data.seq_len)
     mesh = _mesh_sizes(mesh_config, hw.chips, hw.slices)
     batch_shards = mesh["data"] * mesh["fsdp"]
@@ -203,14 +223,33 @@ def estimate(config: Any, hw: Hardware, mfu: float = 0.45) -> Plan:
     }
     if tc.ema_decay:
         memory["EMA params"] = n * pbytes / param_shards
+    if pref is not None:
+        ref_bytes = jnp.dtype(pref.reference_dtype).itemsize
+        memory[f"reference params ({pref.reference_dtype}, frozen)"] = n * ref_bytes / param_shards
     micro = tc.batch_size / tc.grad_accum / batch_shards
     twin = twin_forward(cfg, seq, tc.block_curriculum)
-    memory |= activation_bytes(cfg, micro, seq, mesh["tensor"], twin)
+    memory |= activation_bytes(cfg, micro * _copies(cfg, pref), seq, mesh["tensor"], twin)
     fpt = cfg.flops_per_token(seq)
     tokens_per_s_chip = mfu * hw.peak_flops / fpt
-    step = tc.batch_size * seq / (tokens_per_s_chip * hw.chips)
-    return Plan(
-        hw, mesh, n, fpt, micro, memory, tokens_per_s_chip, step, mfu, _objective(cfg, tc, seq)
+    step = tc.batch_size * seq * flops_multiplier(cfg, pref) / (tokens_per_s_chip * hw.chips)
+    objective = "\n".join(x for x in (_objective(cfg, tc, seq), _preference(cfg, pref)) if x)
+    unit = "seq" if pref is None else "pair"
+    return Plan(hw, mesh, n, fpt, micro, memory, tokens_per_s_chip, step, mfu, objective, unit)
+
+
+def _preference(cfg: ModelConfig, pref: PreferenceConfig | None) -> str:
+    """The plan's line on a preference objective ("" for pretraining / SFT)."""
+    if pref is None:
+        return ""
+    if cfg.causal:
+        estimate = "exact log-probs"
+    else:
+        anti = "antithetic" if pref.antithetic else "independent noise"
+        estimate = f"ELBO n={pref.budget} (n_t={pref.n_t} × n_yt={pref.n_yt}, {anti})"
+    return (
+        f"preference (DPO, beta={pref.beta}): {estimate}; {_copies(cfg, pref)} rows per pair "
+        f"through the policy (fwd + bwd) and the {pref.reference_dtype} reference (fwd): "
+        f"{flops_multiplier(cfg, pref):.1f}x a training row's FLOPs"
     )
 
 
@@ -242,7 +281,8 @@ def render(plan: Plan, aot: dict[str, float] | None = None) -> str:
         f"{hw.peak_flops / 1e12:.0f} TFLOP/s bf16 each",
         *([f"objective         {plan.objective}"] if plan.objective else []),
         f"mesh              data={plan.mesh['data']} fsdp={plan.mesh['fsdp']} "
-        f"tensor={plan.mesh['tensor']}; micro-batch {plan.micro_batch_per_device:g} seq/device",
+        f"tensor={plan.mesh['tensor']}; micro-batch {plan.micro_batch_per_device:g} "
+        f"{plan.unit}/device",
         f"parameters        {plan.params:,} ({plan.params / 1e9:.2f}B)",
         f"FLOPs per token   {plan.flops_per_token / 1e9:.2f} GFLOP ("
         + ("" if plan.objective else "6·N_matmul + 12·layers·seq·d; ")
@@ -274,7 +314,7 @@ def compile_train_step(config: Any, devices: Any) -> dict[str, float]:
 
     import jax
 
-    cfg, tc, mesh_config = _sections(config)
+    cfg, tc, mesh_config, pref = _sections(config)
     if cfg.attention_impl == "auto" and devices[0].platform == "tpu":
         cfg = dataclasses.replace(cfg, attention_impl="splash")  # "auto" would see the CPU
     mesh = sharding.make_mesh(**dataclasses.asdict(mesh_config), devices=devices)
@@ -282,19 +322,20 @@ def compile_train_step(config: Any, devices: Any) -> dict[str, float]:
     key = jax.eval_shape(lambda: jax.random.key(0))  # abstract: no array on any device
     t0 = time.perf_counter()
     with jax.set_mesh(mesh):
-        init = jax.jit(lambda k: trainer.init_state(cfg, tc, optimizer, k, mesh))
+        init = jax.jit(lambda k: trainer.init_state(cfg, tc, optimizer, k, mesh, pref=pref))
         state = jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
             init.eval_shape(key),
             init.lower(key).compile().output_shardings,
         )
-        batch_sh = sharding.named_sharding(mesh, ("batch", None))
-        batch = {
-            "tokens": jax.ShapeDtypeStruct(
-                (tc.batch_size, int(config.data.seq_len)), jnp.int32, sharding=batch_sh
-            )
-        }
-        step = trainer.jit_train_step(cfg, tc, optimizer, trainer.shardings_of(state), batch_sh)
+        batch_sh = sharding.named_sharding(mesh, ("batch",))
+        rows = (tc.batch_size, int(config.data.seq_len))
+        names = ("tokens",) if pref is None else ("chosen", "rejected")
+        batch = {k: jax.ShapeDtypeStruct(rows, jnp.int32, sharding=batch_sh) for k in names}
+        if pref is not None:
+            batch["prompt_lengths"] = jax.ShapeDtypeStruct(rows[:1], jnp.int32, sharding=batch_sh)
+        state_sh = trainer.shardings_of(state)
+        step = trainer.jit_train_step(cfg, tc, optimizer, state_sh, batch_sh, pref)
         compiled = step.lower(state, batch).compile()
     mem = compiled.memory_analysis()
     report = {
