@@ -93,6 +93,36 @@ def test_block_diffusion_doubles_the_rows_of_every_layer():
     assert plan.twin_forward(whole, 2048, "32:10,2048")
 
 
+@pytest.mark.parametrize("hardware", ["v4-128", "v5p-64", "v5p-128", "v5e-256", "8xh100"])
+def test_every_llada_8b_vrpo_layout_fits(hardware):
+    """Policy + frozen bf16 reference + optimizer state + 16 rows of activations per pair."""
+    config = load_config_file(f"configs/llada_8b_vrpo.py:{hardware}")
+    p = plan.estimate(config, plan.hardware(hardware))
+    assert p.micro_batch_per_device == 1 and p.unit == "pair"
+    assert "n=8 (n_t=8 × n_yt=1, antithetic)" in p.objective and "16 rows per pair" in p.objective
+    shards = p.mesh["fsdp"] * p.mesh["tensor"]
+    assert p.memory["reference params (bfloat16, frozen)"] == pytest.approx(p.params * 2 / shards)
+    assert p.total_bytes < p.hardware.hbm_bytes
+
+
+def test_a_preference_pair_is_2n_rows_and_21x_the_flops():
+    config = load_config_file("configs/vrpo_small.py")
+    config.mesh.update(data=8, fsdp=1, tensor=1)
+    hw = plan.Hardware("8 cpu", 8, 2**34, 1e11)
+    p = plan.estimate(config, hw)
+    sft = load_config_file("configs/vrpo_small.py")
+    sft.data.format = "chat"
+    sft.mesh.update(data=8, fsdp=1, tensor=1)
+    q = plan.estimate(sft, hw)
+    cfg = plan.model_config_from(config.model)
+    rows = plan.activation_bytes(cfg, p.micro_batch_per_device * 16, 64)
+    assert {k: p.memory[k] for k in rows} == rows
+    assert p.step_seconds == pytest.approx(q.step_seconds * 16 * 4 / 3)
+    assert "reference params (float32, frozen)" in p.memory and q.unit == "seq"
+    config.model.kind = "autoregressive"  # exact log-probs: the two answers only
+    assert "2 rows per pair" in plan.estimate(config, hw).objective
+
+
 def test_remat_policies_order_activation_memory():
     cfg = run_config("llada_1b")
     totals = {}
@@ -120,6 +150,19 @@ def test_estimate_tracks_the_compiler():
     config.train.batch_size = 64
     config.data.seq_len = 128
     config.mesh.update(data=2, fsdp=4, tensor=1)
+    estimate = plan.estimate(config, plan.Hardware("8 cpu", 8, 2**34, 1e11))
+    compiled = plan.compile_train_step(config, jax.devices())
+    assert 0.5 < estimate.total_bytes / compiled["peak"] < 2.0, (estimate.memory, compiled)
+
+
+def test_preference_estimate_tracks_the_compiler():
+    """The real preference step (policy + reference, pairs) compiles over the 8 CPU devices and
+    its memory is within 2× of the estimate."""
+    config = load_config_file("configs/vrpo_small.py")
+    config.train.batch_size = 8
+    config.data.seq_len = 32
+    config.preference.n_t = 2
+    config.mesh.update(data=4, fsdp=2, tensor=1)
     estimate = plan.estimate(config, plan.Hardware("8 cpu", 8, 2**34, 1e11))
     compiled = plan.compile_train_step(config, jax.devices())
     assert 0.5 < estimate.total_bytes / compiled["peak"] < 2.0, (estimate.memory, compiled)
