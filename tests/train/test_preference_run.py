@@ -96,6 +96,10 @@ def test_reference_is_the_start_and_never_changes(runs):
         np.testing.assert_array_equal(np.asarray(ref), np.asarray(p0).astype(ref.dtype))
         moved |= not np.array_equal(np.asarray(p), np.asarray(p0))
     assert moved  # the policy trained
+    # what `lladax sample / chat / serve` load from the run: the policy, not the reference
+    _, params = params_checkpoint.load_params(straight)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_metrics_and_held_out_numbers_are_logged(runs):
