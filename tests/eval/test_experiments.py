@@ -100,6 +100,7 @@ def test_reversal_command_runs_tiny(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # ~50 s of compiles; its parts run in CI (fake seeds, refusals, summaries)
 def test_sampler_command_runs_tiny_without_matplotlib(tmp_path, monkeypatch, capsys):
     # --no-plot is the way to run without the notebooks extra: JSON only, nothing imported.
     monkeypatch.setitem(sys.modules, "matplotlib", None)
