@@ -275,7 +275,7 @@ class Samples:
         return self.tokens[s : s + p], self.tokens[s + p : s + p + a]
 
 
-class _BatchEncoder:
+class BatchEncoder:
     """A tokenizer stand-in that first records the texts a function encodes (returning []),
     then encodes them all in one `encode_batch` call and replays the results: one batched call
     instead of thousands of single ones (each pays the backend's per-call overhead)."""
@@ -307,7 +307,7 @@ def tokenize_dialogues(
     pieces, prompt_len, answer_len = [], [], []
     for begin in range(0, len(dialogues), chunk):
         part = dialogues[begin : begin + chunk]
-        encoder = _BatchEncoder(tokenizer)
+        encoder = BatchEncoder(tokenizer)
         for where, messages in part:  # pass 1 validates and records the texts
             dialogue_samples(encoder, messages, where)  # type: ignore[arg-type]
         encoder.resolve()

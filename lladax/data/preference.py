@@ -20,7 +20,7 @@ Batches (`make_preference_batches`): each row is laid out exactly as an SFT row 
 
 The two rows of a pair share the prompt and the row length L, the smallest bucket holding the
 prompt and the LONGER answer span; bucketing, shuffling, resuming and multi-process sharding are
-SFT's (`sft._Planner`, `sft.planned_batches`), with a pair in place of a sample.
+SFT's (`sft.BatchPlanner`, `sft.planned_batches`), with a pair in place of a sample.
 """
 
 from __future__ import annotations
@@ -236,9 +236,9 @@ class PairSamples:
 
 def tokenize_pairs(tokenizer: Tokenizer, pairs: Sequence[PreferencePair]) -> PairSamples:
     """Prompt ids (`chat.apply_chat_template`) and each reply's ids (`chat.encode_reply` + EOT),
-    as SFT tokenises a dialogue's turn; all texts in one batched encode (`chat._BatchEncoder`)."""
+    as SFT tokenises a dialogue's turn; all texts in one batched encode (`chat.BatchEncoder`)."""
     chat.check_chat_tokenizer(tokenizer)
-    encoder = chat._BatchEncoder(tokenizer)
+    encoder = chat.BatchEncoder(tokenizer)
 
     def ids(tok: Any, pair: PreferencePair) -> list[list[int]]:
         replies = [[*chat.encode_reply(tok, a), tok.eot_id] for a in (pair.chosen, pair.rejected)]
@@ -272,7 +272,7 @@ def fit_pairs(
     return PairSamples(fitted, pairs.rejected_len[keep]), stats, total
 
 
-class _PairPlanner(sft._Planner):
+class _PairPlanner(sft.BatchPlanner):
     """SFT's planner over pairs: the same plans and shards, two collated rows per pair."""
 
     def __init__(self, pairs: PairSamples, *args: Any) -> None:
@@ -314,7 +314,7 @@ def make_preference_batches(
     agree on L). Deterministic in `seed`; resumable through the grain iterator's state.
     ``.stats["samples"]`` counts the usable pairs.
     """
-    sft._check_sizes(batch_size, seq_len, min_answer_len, process_index, process_count)
+    sft.check_sizes(batch_size, seq_len, min_answer_len, process_index, process_count)
     pairs = tokenize_pairs(tokenizer, load_pairs(source, split))
     fitted, stats, total = fit_pairs(pairs, seq_len, tokenizer.mask_id, min_answer_len)
     group = batch_size * process_count

@@ -165,7 +165,7 @@ def collate(
     return {"tokens": tokens, "prompt_lengths": prompt_lengths}
 
 
-class _Planner:
+class BatchPlanner:
     """Index -> batch. Batch ``i`` is batch ``i % per_epoch`` of epoch ``i // per_epoch``'s plan;
     a plan is a pure function of (seed, epoch), so any index is reproducible (grain resumes by
     index)."""
@@ -240,7 +240,7 @@ class SFTBatches:
         return iter(self.dataset)
 
 
-def _check_sizes(
+def check_sizes(
     batch_size: int, seq_len: int, min_answer_len: int, process_index: int, process_count: int
 ) -> None:
     """One-line ValueErrors for batch and row sizes no SFT batch can have."""
@@ -257,7 +257,7 @@ def _check_sizes(
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")
 
 
-def _plan_stats(planner: _Planner, total: np.ndarray) -> dict[str, Any]:
+def _plan_stats(planner: BatchPlanner, total: np.ndarray) -> dict[str, Any]:
     """The buckets, batches per epoch and padding fraction (EOS beyond `answer_span`) of epoch
     0's plan; `total` [samples] is each sample's prompt + answer span."""
     plan = planner._plan(0)
@@ -287,7 +287,7 @@ def _warn_fitting(stats: dict[str, Any], seq_len: int, what: str, unit: str) -> 
 
 
 def planned_batches(
-    planner: _Planner,
+    planner: BatchPlanner,
     total: np.ndarray,
     stats: dict[str, Any],
     seq_len: int,
@@ -343,7 +343,7 @@ def make_sft_batches(
     (``prompt + gen_length``) gets empty or shifted answers (issue 10: copy 0 % at gen_length 8,
     65 % with the canvas stretched to the training rows' length, same model).
     """
-    _check_sizes(batch_size, seq_len, min_answer_len, process_index, process_count)
+    check_sizes(batch_size, seq_len, min_answer_len, process_index, process_count)
     samples = load_samples(tokenizer, source, split, cache_dir=cache_dir)
     fitted, stats = fit_to_length(samples, seq_len, tokenizer.mask_id, min_answer_len)
     span = answer_span(fitted.answer_len, min_answer_len)
@@ -360,7 +360,7 @@ def make_sft_batches(
             "train.batch_size"
         )
     bucket_of = np.searchsorted(np.asarray(buckets), total)
-    planner = _Planner(
+    planner = BatchPlanner(
         fitted,
         bucket_of,
         buckets,
@@ -376,9 +376,11 @@ def make_sft_batches(
 
 
 __all__ = [
+    "BatchPlanner",
     "SFTBatches",
     "answer_span",
     "bucket_grid",
+    "check_sizes",
     "choose_buckets",
     "collate",
     "fit_cuts",
