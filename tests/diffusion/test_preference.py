@@ -127,6 +127,26 @@ def test_antithetic_sampling_makes_the_score_exactly_zero_for_policy_equal_refer
     assert (independent != 0).all() and independent.std(axis=0).min() > 0
 
 
+@pytest.mark.parametrize(
+    "cfg",
+    [preset("tiny", kind="block_diffusion", block_size=8), preset("tiny", kind="autoregressive")],
+    ids=["block_diffusion", "autoregressive"],
+)
+def test_every_kind_scores_zero_against_itself(cfg):
+    p = params(0, cfg)
+    loss, m = preference.preference_loss(
+        p, p, cfg, batch(), jax.random.key(4), beta=0.1, n_t=2, n_yt=1, antithetic=True
+    )
+    assert float(m["score"]) == 0.0 and float(loss) == pytest.approx(np.log(2.0), abs=1e-7)
+    grads = jax.grad(
+        lambda q: preference.preference_loss(
+            q, p, cfg, batch(), jax.random.key(4), beta=0.1, n_t=2, n_yt=1, antithetic=True
+        )[0]
+    )(p)
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
+
+
 @functools.cache
 def runs_model():
     """The tiny model trained for a few seconds on rows whose answer is a run of consecutive ids
