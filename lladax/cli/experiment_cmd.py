@@ -4,6 +4,7 @@
     lladax experiment scaling --sizes xs s m        held-out loss + continuation ranking by size
     lladax experiment sampler --seeds 0 1 2         steps / block length / remasking ablations
     lladax experiment blocks --seeds 0 1 2          AR vs LLaDA vs block diffusion, AR -> BD
+    lladax experiment vrpo --seeds 0 1 2            DPO -> VRPO ablation of the SFT model, AR DPO
 
 Each writes NAME.json (written first, atomically) and NAME.png into --out (default
 docs/experiments); an earlier result there is replaced only with --overwrite; --no-plot skips
@@ -23,7 +24,10 @@ from lladax.eval.experiments import EXPERIMENTS
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = command_parser(
-        sub, name, "run a small-scale experiment (reversal, scaling, sampler, blocks)", __doc__
+        sub,
+        name,
+        "run a small-scale experiment (reversal, scaling, sampler, blocks, vrpo)",
+        __doc__,
     )
     p.add_argument("name", choices=EXPERIMENTS)
     p.add_argument("options", nargs=argparse.REMAINDER, help="the experiment's own options")

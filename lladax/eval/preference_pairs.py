@@ -34,7 +34,7 @@ from lladax.diffusion.sampler_config import SamplerConfig
 from lladax.eval import instruction_eval
 from lladax.files import atomic_write
 
-__all__ = ["PairCounts", "build_pairs", "greedy_replies", "on_policy_pairs"]
+__all__ = ["PairCounts", "build_pairs", "greedy_replies", "on_policy_pairs", "write_pairs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +124,11 @@ def build_pairs(
     items = instructions.examples(tasks, "train", seed=seed, per_task=per_task)
     replies = greedy_replies(params, cfg, tokenizer, items, sampler, batch_size=batch_size)
     rows, counts = on_policy_pairs(items, replies, seed)
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    atomic_write(Path(path), text)
+    write_pairs(path, rows)
     return counts
+
+
+def write_pairs(path: str | Path, rows: Sequence[dict[str, str]]) -> Path:
+    """Write pair rows as a `lladax.data.preference` jsonl (one object per line, atomically)."""
+    atomic_write(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return Path(path)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 from lladax.config import ModelConfig
 from lladax.model import sharding
 from lladax.train import curriculum, trainer
+from lladax.train.hardware import GiB, Hardware, PlanError, hardware
 from lladax.train.objectives import flops_multiplier
 from lladax.train.run_config import (
     MeshConfig,
@@ -36,68 +38,18 @@ from lladax.train.run_config import (
     model_config_from,
 )
 
-GiB = 1024**3
-
-
-class PlanError(ValueError):
-    """The hardware, mesh or batch cannot be planned; the message says what to change."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Hardware:
-    """One accelerator slice: `chips` devices as JAX sees them (a v4/v5p megacore is one)."""
-
-    name: str
-    chips: int
-    hbm_bytes: float  # per chip
-    peak_flops: float  # dense bf16 per chip, data sheet
-    topology: str | None = None  # `jax.experimental.topologies` name, e.g. "v5p:4x4x4"
-    slices: int = 1  # multislice: `chips` counts all slices together
-
-
-# generation -> (HBM GiB per chip, bf16 TFLOP/s per chip, TensorCores per chip in the name, dims)
-_TPU = {
-    "v4": (32, 275, 2, 3),
-    "v5p": (95, 459, 2, 3),
-    "v5e": (16, 197, 1, 2),
-    "v6e": (32, 918, 1, 2),
-}
-_GPU = {"h100": (80, 989), "h200": (141, 989), "a100": (80, 312)}
-
-
-def _grid(chips: int, dims: int) -> str:
-    """Most cube-like power-of-two chip grid, e.g. 64 chips in 3-D -> 4x4x4."""
-    if chips & (chips - 1):
-        raise PlanError(f"{chips} chips is not a power of two: TPU slices are 2^k chips")
-    sizes = [1] * dims
-    for i in range(int(math.log2(chips))):
-        sizes[-1 - i % dims] *= 2  # grow from the last axis: 32 -> 2x4x4
-    return "x".join(map(str, sorted(sizes)))
-
-
-def hardware(name: str) -> Hardware:
-    """`v5p-128` (TPU names count TensorCores for v4/v5p, chips for v5e/v6e), `2xv5p-128`
-    (multislice: two such slices), `8xh100`."""
-    key = name.lower().replace("_", "-")
-    slices, sep, rest = key.partition("x")
-    if sep and slices.isdigit() and rest.partition("-")[0] in _TPU:
-        one = hardware(rest)
-        return dataclasses.replace(
-            one, name=name, chips=one.chips * int(slices), slices=int(slices)
-        )
-    gen, _, count = key.partition("-")
-    if gen in _TPU and count.isdigit():
-        hbm, tflops, cores, dims = _TPU[gen]
-        chips = int(count) // cores
-        if chips < 1:
-            raise PlanError(f"{name}: too few cores for one {gen} chip")
-        return Hardware(name, chips, hbm * GiB, tflops * 1e12, f"{gen}:{_grid(chips, dims)}")
-    n, _, gpu = key.partition("x")
-    if n.isdigit() and gpu in _GPU:
-        hbm, tflops = _GPU[gpu]
-        return Hardware(name, int(n), hbm * GiB, tflops * 1e12)
-    known = ", ".join([f"{g}-N" for g in _TPU] + [f"Nx{g}" for g in _GPU])
-    raise PlanError(f"unknown hardware {name!r}: use one of {known} (e.g. v5p-128, 8xh100)")
+__all__ = [  # the hardware table's names are part of the planner's face
+    "Hardware",
+    "Plan",
+    "PlanError",
+    "activation_bytes",
+    "aot_compile",
+    "compile_train_step",
+    "estimate",
+    "hardware",
+    "render",
+    "twin_forward",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +65,7 @@ class Plan:
     mfu: float
     objective: str = ""  # what the train step computes when it is not LLaDA's one forward
     unit: str = "seq"  # what a batch row is: a sequence, or a preference pair
+    rows_per_unit: int = 1  # rows through every layer per unit (pair copies, the BD twin)
 
     @property
     def total_bytes(self) -> float:
@@ -234,7 +187,10 @@ def estimate(config: Any, hw: Hardware, mfu: float = 0.45) -> Plan:
     step = tc.batch_size * seq * flops_multiplier(cfg, pref) / (tokens_per_s_chip * hw.chips)
     objective = "\n".join(x for x in (_objective(cfg, tc, seq), _preference(cfg, pref)) if x)
     unit = "seq" if pref is None else "pair"
-    return Plan(hw, mesh, n, fpt, micro, memory, tokens_per_s_chip, step, mfu, objective, unit)
+    rows = _copies(cfg, pref) * (2 if twin else 1)
+    return Plan(
+        hw, mesh, n, fpt, micro, memory, tokens_per_s_chip, step, mfu, objective, unit, rows
+    )
 
 
 def _preference(cfg: ModelConfig, pref: PreferenceConfig | None) -> str:
@@ -273,8 +229,9 @@ def _size(nbytes: float) -> str:
     return f"{nbytes:8.0f} B  "
 
 
-def render(plan: Plan, aot: dict[str, float] | None = None) -> str:
-    """The plan as the text `lladax plan` prints; `aot` adds the compiler's memory analysis."""
+def render(plan: Plan, aot: dict[str, float] | None = None, mesh_notes: Sequence[str] = ()) -> str:
+    """The plan as the text `lladax plan` prints; `aot` adds the compiler's memory analysis,
+    `mesh_notes` the lines on the mesh choice (`mesh_choice.explain`)."""
     hw = plan.hardware
     lines = [
         f"hardware          {hw.name}: {hw.chips} devices, {hw.hbm_bytes / GiB:.0f} GiB HBM and "
@@ -283,6 +240,7 @@ def render(plan: Plan, aot: dict[str, float] | None = None) -> str:
         f"mesh              data={plan.mesh['data']} fsdp={plan.mesh['fsdp']} "
         f"tensor={plan.mesh['tensor']}; micro-batch {plan.micro_batch_per_device:g} "
         f"{plan.unit}/device",
+        *[f"{'mesh choice' if i == 0 else '':18}{note}" for i, note in enumerate(mesh_notes)],
         f"parameters        {plan.params:,} ({plan.params / 1e9:.2f}B)",
         f"FLOPs per token   {plan.flops_per_token / 1e9:.2f} GFLOP ("
         + ("" if plan.objective else "6·N_matmul + 12·layers·seq·d; ")

@@ -174,11 +174,16 @@ def test_plan_cli(capsys):
     assert "8,015,581,184" in out and "v5e-256: 256 devices" in out and "40% MFU" in out
     assert main(["plan", "--config", "configs/llada_8b.py", "--hardware", "v9-8"]) == 2
     assert "unknown hardware" in capsys.readouterr().err
-    assert (
-        main(["plan", "--config", "configs/llada_8b.py:v5p-128", "--config.train.batch_size=1000"])
-        == 2
-    )
+    odd_batch = [
+        "plan",
+        "--config",
+        "configs/llada_8b.py:v5p-128",
+        "--config.train.batch_size=1000",
+    ]
+    assert main([*odd_batch, "--mesh", "config"]) == 2  # the config's own mesh, as it is
     assert "does not split" in capsys.readouterr().err
+    assert main(odd_batch) == 0  # by default the planner finds a layout that divides 1000
+    assert "the config's mesh does not plan on v5p-128" in capsys.readouterr().out
     assert main(["plan", "--config", "configs/llada_8b_bd.py:v5p-128"]) == 0
     out = capsys.readouterr().out
     assert "block diffusion, block 32: [noisy | clean] forward, 8192 rows per sequence" in out
