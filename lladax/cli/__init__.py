@@ -27,6 +27,7 @@ from lladax.cli import (
     serve_cmd,
     train_cmd,
 )
+from lladax.libtpu_env import quiet_without_tpu
 
 COMMANDS = {
     "train": train_cmd,
@@ -42,6 +43,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_without_tpu()  # before JAX starts: libtpu on a CPU machine prints nothing
     parser = argparse.ArgumentParser(
         prog="lladax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -310,6 +310,9 @@ def aot_compile(config: Any, hw: Hardware) -> dict[str, float]:
     runs on a TPU: `jax.experimental.topologies` describes the slice's devices."""
     from jax.experimental import topologies
 
+    from lladax.libtpu_env import quiet_without_tpu
+
+    quiet_without_tpu()  # a no-op once JAX has started, but a script may call this first
     if hw.topology is None:
         raise PlanError(
             f"ahead-of-time compilation needs a TPU slice name (e.g. v5p-64), not {hw.name}"
