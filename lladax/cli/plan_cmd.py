@@ -10,6 +10,7 @@ uv sync --extra tpu). Takes the same --config.section.key=value overrides as `ll
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from lladax.cli.common import command_parser
@@ -38,6 +39,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         "data=1,fsdp=256,tensor=2[,dcn_data=2][,grad_accum=5]; default: the config's when it "
         "plans on this hardware, else the chosen one",
     )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the plan as one JSON object (mesh, memory by part, the compiler's numbers)",
+    )
     p.set_defaults(accepts_overrides=True)
 
 
@@ -65,7 +71,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     config, notes = _layout(config, target, args, forced)
     estimate = plan.estimate(config, target, args.mfu)
     aot = plan.aot_compile(config, aot_hw) if aot_hw is not None else None
-    print(plan.render(estimate, aot, notes))
+    if args.json:
+        print(json.dumps(plan.as_record(estimate, config, aot, notes)))
+    else:
+        print(plan.render(estimate, aot, notes))
     return 0
 
 

@@ -93,9 +93,7 @@ def make_mesh(
     n_slices = dcn_data * dcn_fsdp
     if n_slices == 1:
         sizes = _fill([data, fsdp, tensor], len(devices), "")
-        return jax.make_mesh(
-            tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices
-        )
+        return Mesh(device_grid(sizes, devices), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
     slices: dict[int, list[jax.Device]] = {}
     for d in devices:
         slices.setdefault(getattr(d, "slice_index", 0), []).append(d)
@@ -113,18 +111,31 @@ def make_mesh(
     )
 
 
+def device_grid(sizes: Sequence[int], devices: Sequence) -> np.ndarray:
+    """`devices` (one slice) as an array of shape `sizes`: in TPU torus order where known (as
+    `jax.make_mesh` lays them out), else in the given order.
+
+    A mesh axis whose size is not a product of whole torus axes (tensor=2 on a v5p 8x8x8 slice)
+    splits a physical axis: `jax.make_mesh` refuses that except on v5e, so such layouts are laid
+    out with `allow_split_physical_axes` instead (neighbours along one physical axis form the
+    small axis; `lladax plan` may choose them).
+    """
+    devices = list(devices)
+    if getattr(devices[0], "platform", None) != "tpu":
+        return np.asarray(devices, dtype=object).reshape(tuple(sizes))
+    from jax.experimental import mesh_utils
+
+    try:
+        return mesh_utils.create_device_mesh(tuple(sizes), devices)
+    except (NotImplementedError, ValueError, AssertionError):
+        return mesh_utils.create_device_mesh(tuple(sizes), devices, allow_split_physical_axes=True)
+
+
 def hybrid_grid(slices: Sequence[Sequence], ici: Sequence[int], dcn: tuple[int, int]) -> np.ndarray:
     """Arrange equal-sized device slices into a [data, fsdp, tensor] grid: each slice is an
     `ici` block (in TPU torus order where known) and the slices tile the data/fsdp axes `dcn`."""
 
-    def block(devices):
-        if getattr(devices[0], "platform", None) == "tpu":
-            from jax.experimental import mesh_utils
-
-            return mesh_utils.create_device_mesh(tuple(ici), list(devices))
-        return np.asarray(devices, dtype=object).reshape(ici)
-
-    grid = np.stack([block(s) for s in slices]).reshape(*dcn, 1, *ici)
+    grid = np.stack([device_grid(ici, s) for s in slices]).reshape(*dcn, 1, *ici)
     return grid.transpose(0, 3, 1, 4, 2, 5).reshape(dcn[0] * ici[0], dcn[1] * ici[1], ici[2])
 
 

@@ -44,6 +44,7 @@ __all__ = [  # the hardware table's names are part of the planner's face
     "PlanError",
     "activation_bytes",
     "aot_compile",
+    "as_record",
     "compile_train_step",
     "estimate",
     "hardware",
@@ -262,6 +263,30 @@ def render(plan: Plan, aot: dict[str, float] | None = None, mesh_notes: Sequence
             + ("" if aot["peak"] <= hw.hbm_bytes else "  ** DOES NOT FIT **"),
         ]
     return "\n".join(lines)
+
+
+def as_record(
+    plan: Plan, config: Any, aot: dict[str, float] | None = None, mesh_notes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The plan as plain JSON-able data (`lladax plan --json`): sizes in bytes."""
+    hw = plan.hardware
+    return {
+        "hardware": hw.name,
+        "chips": hw.chips,
+        "slices": hw.slices,
+        "hbm_bytes": hw.hbm_bytes,
+        "mesh": {**plan.mesh, "dcn_data": config.mesh.dcn_data, "dcn_fsdp": config.mesh.dcn_fsdp},
+        "grad_accum": int(config.train.grad_accum),
+        "micro_batch_per_device": plan.micro_batch_per_device,
+        "unit": plan.unit,
+        "params": plan.params,
+        "memory": plan.memory,
+        "estimate_bytes": plan.total_bytes,
+        "step_seconds": plan.step_seconds,
+        "objective": plan.objective,
+        "mesh_notes": list(mesh_notes),
+        "aot": aot,
+    }
 
 
 def compile_train_step(config: Any, devices: Any) -> dict[str, float]:
