@@ -26,6 +26,8 @@ DEFAULTS = {
     "TPU_ACCELERATOR_TYPE": "v5p-8",
     "TPU_WORKER_HOSTNAMES": "localhost",
     "TPU_WORKER_ID": "0",
+    # No chips to guard: let several processes load libtpu (parallel AOT compiles, test workers)
+    "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
 }
 TPU_DEVICE_FILES = ("/dev/accel*", "/dev/vfio/[0-9]*")  # v2-v5e: accel; v5p, v6e: vfio
 
