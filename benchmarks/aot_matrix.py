@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 GiB = 1024**3
 PRESETS = {  # config -> its TPU layouts (configs/<name>.py:<hardware>)
+    "llada_1b": ["v4-32", "v5p-16", "v5e-64"],
     "llada_8b": ["v4-128", "v5p-64", "v5p-128", "v5e-256"],
     "llada_8b_sft": ["v4-128", "v5p-64", "v5p-128", "v5e-256"],
     "llada_8b_bd": ["v4-128", "v5p-64", "v5p-128", "v5e-256"],

@@ -314,7 +314,9 @@ def _check_run(flag: str, path: str | None, kinds: tuple[str, ...]) -> None:
     except Exception as e:  # an unreadable checkpoint, whatever the reason: one line
         raise ValueError(f"{flag} {p}: no readable checkpoint ({type(e).__name__})") from None
     if kind not in kinds:
-        raise ValueError(f"{flag} {p} is a {kind} model: pass a {' or '.join(kinds)} SFT run")
+        raise ValueError(
+            f"{flag} {p} is a model of kind {kind!r}: pass a {' or '.join(kinds)} SFT run"
+        )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
