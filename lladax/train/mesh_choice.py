@@ -19,6 +19,11 @@ stated model — compute at the plan's MFU plus the collectives it adds, none ov
 over the slice's fast links (ICI, NVLink), or the slow ones (DCN, InfiniBand) for an axis that
 crosses slices. The model ranks layouts; it does not promise a step time. A layout fits when
 its estimate is at most `HEADROOM` of HBM (the rest is for XLA's own buffers).
+
+Tensor parallelism is used only when no layout without it (or with less) fits and divides the
+batch: its all-reduces sit on the critical path of every layer, and its memory is what the
+estimate models worst (the AOT matrix, docs/scaling.md: tensor=2 layouts with gradient
+accumulation peak ~10 GiB above the estimate, on v6e-256 beyond the chip).
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ from lladax.train.hardware import Hardware, PlanError
 HEADROOM = 0.85  # fraction of HBM a plan may use; the estimate is within ~15 % of the compiler
 MAX_TENSOR = 16
 # Layouts whose modelled steps are within this fraction of the fastest count as equally fast:
-# the model is too coarse to separate them, and the simplest of them (least tensor
-# parallelism, then least accumulation, then least replication) wins.
+# the model is too coarse to separate them, and the simplest of them (least accumulation, then
+# least replication) wins.
 EQUAL = 0.02
 
 
@@ -161,9 +166,9 @@ def step_seconds(planned: Any, layout: Layout, hw: Hardware, config: Any) -> dic
 
 
 def choose(config: Any, hw: Hardware, mfu: float = 0.45) -> list[Choice]:
-    """Every candidate layout planned and timed, best first: among those that fit, the ones
-    within `EQUAL` of the fastest step (simplest first), then the rest by step time, then the
-    layouts that do not fit."""
+    """Every candidate layout planned and timed, best first: those that fit, least tensor
+    parallelism first; within one tensor size the ones within `EQUAL` of the fastest step
+    (simplest first), then the rest by step time; then the layouts that do not fit."""
     from lladax.train import plan
 
     choices = []
@@ -177,12 +182,22 @@ def choose(config: Any, hw: Hardware, mfu: float = 0.45) -> list[Choice]:
             f"no layout of {hw.name} ({hw.chips} chips) divides train.batch_size="
             f"{config.train.batch_size}: make it a multiple of {hw.chips // MAX_TENSOR}"
         )
-    fastest = min((c.seconds["step"] for c in choices if c.fits), default=0.0)
+    fitting = [c for c in choices if c.fits]
+    least_tensor = min((c.layout.tensor for c in fitting), default=0)
+    fastest = min(
+        (c.seconds["step"] for c in fitting if c.layout.tensor == least_tensor), default=0
+    )
 
     def rank(c: Choice) -> tuple:
         equal = c.fits and c.seconds["step"] <= fastest * (1 + EQUAL)
-        simple = (c.layout.tensor, c.layout.grad_accum, c.layout.data * c.layout.dcn_data)
-        return (not c.fits, not equal, *(simple if equal else ()), c.seconds["step"])
+        simple = (c.layout.grad_accum, c.layout.data * c.layout.dcn_data)
+        return (
+            not c.fits,
+            c.layout.tensor,
+            not equal,
+            *(simple if equal else ()),
+            c.seconds["step"],
+        )
 
     return sorted(choices, key=rank)
 

@@ -1,5 +1,5 @@
-"""The mesh chooser: every candidate divides the batch and the slice, the best fits and is the
-fastest by the stated model (or equal to it and simpler), multislice keeps tensor inside a slice;
+"""The mesh chooser: every candidate divides the batch and the slice, the best fits, uses tensor
+parallelism only as needed and is the fastest by the stated model (or equal to it and simpler);
 `lladax plan --mesh` and its refusals; the hardware table."""
 
 import pytest
@@ -44,7 +44,9 @@ def test_every_candidate_divides_and_the_best_fits(name, hw_name, overrides):
         assert batch == lay.grad_accum * shards * c.plan.micro_batch_per_device
     best = choices[0]
     assert best.fits and best.plan.total_bytes <= mesh_choice.HEADROOM * hw.hbm_bytes
-    fastest = min(c.seconds["step"] for c in choices if c.fits)
+    fitting = [c for c in choices if c.fits]
+    assert best.layout.tensor == min(c.layout.tensor for c in fitting)  # only as much as needed
+    fastest = min(c.seconds["step"] for c in fitting if c.layout.tensor == best.layout.tensor)
     assert best.seconds["step"] <= fastest * (1 + mesh_choice.EQUAL)
     if hw.slices > 1:  # only data-parallel traffic crosses the slow links
         assert best.layout.dcn_data == hw.slices
