@@ -42,7 +42,7 @@ from lladax.config import ModelConfig
 from lladax.diffusion import autoregressive, losses
 from lladax.model import transformer
 
-METRICS = ("score", "reward_accuracy", "chosen_reward", "rejected_reward")
+METRICS = ("score", "reward_accuracy", "chosen_reward", "rejected_reward", "chosen_nll")
 
 
 class ElboNoise(NamedTuple):
@@ -128,20 +128,29 @@ def pair_noise(
 
 
 def dpo_loss(
-    policy: tuple[jax.Array, jax.Array], reference: tuple[jax.Array, jax.Array], beta: float
+    policy: tuple[jax.Array, jax.Array],
+    reference: tuple[jax.Array, jax.Array],
+    beta: float,
+    answer_len: jax.Array | None = None,
+    nll_weight: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(mean −log σ(s), metrics) from (chosen, rejected) log-likelihoods [batch] of the policy
-    and the reference; metrics: the mean score s, the fraction of pairs with s > 0, and the mean
-    implicit rewards β·(log π − log π_ref) of chosen and rejected answers."""
+    """(mean −log σ(s) [+ nll_weight · chosen_nll], metrics) from (chosen, rejected)
+    log-likelihoods [batch] of the policy and the reference; metrics: the mean score s, the
+    fraction of pairs with s > 0, the mean implicit rewards β·(log π − log π_ref) of chosen and
+    rejected answers, and chosen_nll = mean −log π(chosen) per answer token (answer_len [batch];
+    0 without): DPO lowers both likelihoods when the answers share most tokens, and
+    `nll_weight` > 0 holds the chosen one up (RPO's added SFT term; LLaDA 1.5 uses none)."""
     chosen = beta * (policy[0] - reference[0])
     rejected = beta * (policy[1] - reference[1])
     score = chosen - rejected
-    loss = jnp.mean(jax.nn.softplus(-score))
+    nll = jnp.zeros(()) if answer_len is None else jnp.mean(-policy[0] / answer_len)
+    loss = jnp.mean(jax.nn.softplus(-score)) + nll_weight * nll
     metrics = {
         "score": jnp.mean(score),
         "reward_accuracy": jnp.mean((score > 0).astype(jnp.float32)),
         "chosen_reward": jnp.mean(chosen),
         "rejected_reward": jnp.mean(rejected),
+        "chosen_nll": nll,
     }
     return loss, metrics
 
@@ -157,14 +166,16 @@ def preference_loss(
     n_t: int,
     n_yt: int,
     antithetic: bool,
+    nll_weight: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The DPO / VRPO loss of a batch of pairs (module doc) and its metrics: the policy's
-    estimates under noise from `key`, the reference's under the same noise (`antithetic`) or
-    under independent noise. Differentiate with respect to `params` only."""
+    """The DPO / VRPO loss of a batch of pairs (module doc) and its metrics (`dpo_loss`): the
+    policy's estimates under noise from `key`, the reference's under the same noise
+    (`antithetic`) or under independent noise. Differentiate with respect to `params` only."""
     policy_key, reference_key = jax.random.split(key)
     noise = pair_noise(policy_key, batch, cfg, n_t, n_yt)
     ref_noise = noise if antithetic else pair_noise(reference_key, batch, cfg, n_t, n_yt)
     policy = pair_log_likelihoods(params, cfg, batch, noise)
     ref = pair_log_likelihoods(reference, cfg, batch, ref_noise)
     ref = jax.tree.map(jax.lax.stop_gradient, ref)
-    return dpo_loss(policy, ref, beta)
+    answer_len = (batch["chosen"].shape[1] - batch["prompt_lengths"]).astype(jnp.float32)
+    return dpo_loss(policy, ref, beta, answer_len, nll_weight)

@@ -103,6 +103,7 @@ def preference_objective(
         n_t=pref.n_t,
         n_yt=pref.n_yt,
         antithetic=pref.antithetic,
+        nll_weight=pref.nll_weight,
     )
 
 

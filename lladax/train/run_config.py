@@ -149,6 +149,9 @@ class PreferenceConfig(Section):
     n_t: int = setting(8, ">= 1")  # noise levels per ELBO estimate (ignored by the AR baseline)
     n_yt: int = setting(1, ">= 1")  # masks per noise level
     antithetic: bool = True  # policy and reference share noise levels and masks
+    # + this × the chosen answer's NLL per token (RPO's SFT term against DPO lowering both
+    # likelihoods; 0 = plain DPO, as LLaDA 1.5)
+    nll_weight: float = setting(0.0, ">= 0")
     # The frozen reference's params dtype: "bfloat16" halves its memory (`lladax plan` shows it).
     reference_dtype: str = setting("float32", ("float32", "bfloat16"))
 

@@ -73,6 +73,7 @@ def test_loss_matches_an_independent_computation(antithetic):
             n_t=n_t,
             n_yt=n_yt,
             antithetic=antithetic,
+            nll_weight=0.25,
         )
     )(policy, ref, batch=b, key=key)
     # The same noise, drawn again, and checked to be what the estimator promises.
@@ -94,7 +95,9 @@ def test_loss_matches_an_independent_computation(antithetic):
     pol = _np_elbo(policy, CFG, tokens, plen, np.asarray(noise.masked))
     ref_ = _np_elbo(ref, CFG, tokens, plen, np.asarray(ref_noise.masked))
     score = beta * ((pol[:PAIRS] - ref_[:PAIRS]) - (pol[PAIRS:] - ref_[PAIRS:]))
-    want = np.mean(np.log1p(np.exp(-score)))
+    nll = np.mean(-pol[:PAIRS] / (SEQ - plen[:PAIRS]))  # chosen, per answer token
+    want = np.mean(np.log1p(np.exp(-score))) + 0.25 * nll
+    np.testing.assert_allclose(float(metrics["chosen_nll"]), nll, rtol=2e-5)
     np.testing.assert_allclose(float(loss), want, rtol=2e-5)
     np.testing.assert_allclose(float(metrics["score"]), score.mean(), rtol=2e-4, atol=1e-5)
     assert float(metrics["reward_accuracy"]) == pytest.approx(np.mean(score > 0))
