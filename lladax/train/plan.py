@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from lladax.config import ModelConfig
 from lladax.model import sharding
 from lladax.train import curriculum, trainer
-from lladax.train.hardware import GiB, Hardware, PlanError, hardware
+from lladax.train.hardware import CHIPS, GiB, Hardware, PlanError, hardware
 from lladax.train.objectives import flops_multiplier
 from lladax.train.run_config import (
     MeshConfig,
@@ -343,7 +343,10 @@ def aot_compile(config: Any, hw: Hardware) -> dict[str, float]:
             f"ahead-of-time compilation needs a TPU slice name (e.g. v5p-64), not {hw.name}"
         )
     try:
-        topo = topologies.get_topology_desc(hw.topology, "tpu", num_slices=hw.slices)
+        # v4 / v5p chips have two TensorCores: one JAX device per chip ("megacore"), as on a pod
+        megacore = CHIPS[hw.topology.partition(":")[0]].cores_in_name > 1
+        options = {"chip_config_name": "megacore"} if megacore else {}
+        topo = topologies.get_topology_desc(hw.topology, "tpu", num_slices=hw.slices, **options)
     except Exception as e:  # libtpu missing or the topology unknown to it
         first_line = str(e).splitlines()[0] if str(e) else ""
         raise PlanError(

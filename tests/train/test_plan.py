@@ -169,11 +169,13 @@ def test_preference_estimate_tracks_the_compiler():
 
 
 @pytest.mark.parametrize(
-    "hw_name, mesh", [("v5e-8", (1, 4, 2)), ("v5p-128", (2, 16, 2)), ("2xv5p-16", (1, 4, 2))]
+    "hw_name, mesh",
+    [("v5e-8", (1, 4, 2)), ("v5p-128", (2, 16, 2)), ("2xv5p-16", (1, 4, 2)), ("v4-16", (1, 8, 1))],
 )
 def test_tiny_aot_compile_for_tpu_slices(hw_name, mesh):
     """The real train step compiles for TPU slices from this CPU machine: a 2-D torus, a 4x4x4
-    torus whose tensor=2 axis splits a physical axis, two slices over the DCN."""
+    torus whose tensor=2 axis splits a physical axis, two slices over the DCN, a v4 slice (one
+    device per two-core chip)."""
     pytest.importorskip("libtpu", reason="AOT for TPU needs libtpu: uv sync --extra tpu")
     config = load_config_file("configs/tiny.py")
     hw = plan.hardware(hw_name)
