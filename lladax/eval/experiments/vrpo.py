@@ -17,8 +17,9 @@ demo) of the SFT model and of every arm; and the variance of each estimator's pr
 s = β·[(B̂π(y_w) − B̂ref(y_w)) − (B̂π(y_l) − B̂ref(y_l))] over `--draws` noise draws, averaged over
 `--variance-pairs` held-out pairs, all on ONE (policy, reference) pair per seed: the seed's
 vrpo-trained policy against the SFT reference, so the table compares estimators, not policies.
-Summaries: mean ± 95 % CI over seeds. The SFT models are --sft-run / --ar-sft-run, or trained
-into --workdir (reused there when finished).
+`--nll-weight` adds RPO's SFT term on the chosen answer to every arm (`preference.nll_weight`;
+0, the default, is plain DPO as in LLaDA 1.5). Summaries: mean ± 95 % CI over seeds. The SFT
+models are --sft-run / --ar-sft-run, or trained into --workdir (reused there when finished).
 """
 
 from __future__ import annotations
@@ -322,20 +323,23 @@ def _check_run(flag: str, path: str | None, kinds: tuple[str, ...]) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The options, checked: every refusal happens here, before any model is built."""
     ap = experiment_parser("vrpo", __doc__)
-    ap.add_argument("--steps", type=int, default=40, help="preference steps of every arm")
+    ap.add_argument("--steps", type=int, default=30, help="preference steps of every arm")
     ap.add_argument("--batch-size", type=int, default=8, help="pairs per preference step")
-    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     ap.add_argument("--beta", type=float, default=0.1, help="DPO's β")
+    ap.add_argument(
+        "--nll-weight", type=float, default=0.0, help="RPO's SFT term (0: plain DPO, LLaDA 1.5)"
+    )
     ap.add_argument("--pairs-per-task", type=int, default=256, help="on-policy training pairs")
     ap.add_argument("--eval-per-task", type=int, default=100, help="held-out prompts per task")
     ap.add_argument("--gen-length", type=int, default=8, help="greedy reply length")
     ap.add_argument("--draws", type=int, default=32, help="noise draws per variance")
-    ap.add_argument("--variance-pairs", type=int, default=16, help="held-out pairs")
+    ap.add_argument("--variance-pairs", type=int, default=8, help="held-out pairs")
     ap.add_argument("--sft-run", default=None, help="the diffusion SFT run to start from")
     ap.add_argument("--ar-sft-run", default=None, help="the autoregressive SFT run")
     ap.add_argument("--pretrain-steps", type=int, default=300, help="without --sft-run")
     ap.add_argument("--sft-steps", type=int, default=1500, help="without --sft-run")
-    ap.add_argument("--ar-sft-steps", type=int, default=300, help="without --ar-sft-run")
+    ap.add_argument("--ar-sft-steps", type=int, default=1000, help="without --ar-sft-run")
     ap.add_argument(
         "--workdir", default="runs/experiment_vrpo", help="the runs (finished ones are reused)"
     )
@@ -344,7 +348,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     check_at_least(
         args, steps=1, batch_size=1, eval_per_task=1, gen_length=1, draws=2, variance_pairs=1
     )
-    check_at_least(args, pretrain_steps=1, sft_steps=1, ar_sft_steps=1)
+    check_at_least(args, pretrain_steps=1, sft_steps=1, ar_sft_steps=1, nll_weight=0)
     for flag, value in (("--lr", args.lr), ("--beta", args.beta)):
         if not value > 0:
             raise ValueError(f"{flag} {value} must be positive: pass e.g. {flag} 0.1")

@@ -84,7 +84,13 @@ class KindRuns:
         c = config_file("vrpo_small.py")
         c.model.update(**self.model())
         c.data.update(source=str(pairs), seed=seed)
-        c.preference.update(beta=args.beta, n_t=arm.n_t, n_yt=arm.n_yt, antithetic=arm.antithetic)
+        c.preference.update(
+            beta=args.beta,
+            n_t=arm.n_t,
+            n_yt=arm.n_yt,
+            antithetic=arm.antithetic,
+            nll_weight=args.nll_weight,
+        )
         c.train.update(
             steps=args.steps,
             batch_size=args.batch_size,
