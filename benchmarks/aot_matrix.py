@@ -31,7 +31,7 @@ PRESETS = {  # config -> its TPU layouts (configs/<name>.py:<hardware>)
     "llada_8b": ["v4-128", "v5p-64", "v5p-128", "v5e-256"],
     "llada_8b_sft": ["v4-128", "v5p-64", "v5p-128", "v5e-256"],
     "llada_8b_bd": ["v4-128", "v5p-64", "v5p-128", "v5e-256"],
-    "llada_8b_vrpo": ["v4-128", "v5p-64", "v5p-128", "v5e-256"],
+    "llada_8b_vrpo": ["v5p-64", "v5p-128", "v5e-256"],
 }
 CHOSEN = [  # (config, slice): no preset layout; the planner picks the mesh
     ("llada_8b", "v5p-1024"),

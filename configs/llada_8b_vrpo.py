@@ -12,8 +12,9 @@ Pairs are `{"prompt" | "messages", "chosen", "rejected"}` jsonl (docs/vrpo.md). 
 2 answers × 8 copies = 16 rows through the policy (forward + backward) and the reference
 (forward): ~21× an SFT row's FLOPs, and 16 rows of activations per pair. So each layout keeps ONE
 pair per device per micro-batch, answers up to 2048 tokens (prompt included) and full remat;
-where HBM is small (v4, v5e) it splits heads, MLP and vocabulary over a tensor axis (the f32
-logits of 16 rows dominate). The reference is kept in bfloat16 (half its memory; its forward
+on v5e's 16 GiB it splits heads, MLP and vocabulary over a tensor axis (the f32 logits of 16
+rows dominate). No v4-128 layout: XLA needs 36 GiB/chip for tensor = 4 there (AOT matrix,
+docs/scaling.md), past v4's 32; use v5p or shorten data.seq_len. The reference is kept in bfloat16 (half its memory; its forward
 computes in bf16 anyway).
 
 Optimiser settings are DPO's usual ones for a model of this size (AdamW, LR 5e-7, β 0.1,
@@ -31,7 +32,6 @@ HARDWARE = {
     "v5p-128": (dict(data=1, fsdp=-1, tensor=1), 1),  # 64 chips, 95 GiB
     "v5p-64": (dict(data=1, fsdp=-1, tensor=1), 2),  # 32 chips, 95 GiB
     "v5e-256": (dict(data=1, fsdp=32, tensor=8), 2),  # 256 chips, 16 GiB
-    "v4-128": (dict(data=1, fsdp=16, tensor=4), 4),  # 64 chips, 32 GiB
     "8xh100": (dict(data=1, fsdp=8, tensor=1), 8),  # 8 GPUs, 80 GiB
 }
 
