@@ -71,6 +71,7 @@ def _ran(out, name):
     return result
 
 
+@pytest.mark.slow  # ~30 s of training; its parts, summaries and refusals run in CI
 def test_reversal_command_runs_tiny(tmp_path, capsys):
     assert (
         main(
