@@ -55,7 +55,7 @@ def test_task_data_is_the_seeded_synthetic_set(tmp_path):
         assert len(set(m["choices"])) == synth.CHOICES
 
 
-@pytest.mark.slow  # ~50 s (a subprocess starts lm-eval); the adapter runs the tasks in CI below
+@pytest.mark.slow  # ~50 s (a subprocess starts lm-eval); task data and adapter are tested in CI
 def test_lm_eval_cli_runs_the_local_tasks_offline(llada_dir, tmp_path):
     """`python -m lladax.eval.harness` is lm-eval's CLI with `--model lladax` registered."""
     env = os.environ | {
