@@ -14,8 +14,8 @@ Pairs are `{"prompt" | "messages", "chosen", "rejected"}` jsonl (docs/vrpo.md). 
 pair per device per micro-batch, answers up to 2048 tokens (prompt included) and full remat;
 on v5e's 16 GiB it splits heads, MLP and vocabulary over a tensor axis (the f32 logits of 16
 rows dominate). No v4-128 layout: XLA needs 36 GiB/chip for tensor = 4 there (AOT matrix,
-docs/scaling.md), past v4's 32; use v5p or shorten data.seq_len. The reference is kept in bfloat16 (half its memory; its forward
-computes in bf16 anyway).
+docs/scaling.md), past v4's 32; use v5p or shorten data.seq_len. The reference is kept in
+bfloat16 (half its memory; its forward computes in bf16 anyway).
 
 Optimiser settings are DPO's usual ones for a model of this size (AdamW, LR 5e-7, β 0.1,
 batch 64 pairs, one epoch): tune them for your data; LLaDA 1.5 reports its own in its paper.
