@@ -49,7 +49,10 @@ PREFLIGHT = [  # (extra argv, words of the one-line error); every one is refused
     (["--config.train.batch_size=0"], "train.batch_size=0 must be an int >= 1"),
     (["--config.train.b2=1.0"], "train.b2=1.0 must be a number in [0, 1)"),
     (["--config.train.mask_eps=0.0"], "train.mask_eps=0.0 must be a number in (0, 1)"),
-    (["--config.data.format=xml"], "data.format='xml' must be one of ('text', 'chat')"),
+    (
+        ["--config.data.format=xml"],
+        "data.format='xml' must be one of ('text', 'chat', 'preference')",
+    ),
     (["--config.data.seq_len=1"], "data.seq_len=1 must be an int >= 2"),
     (["--config.data.workers=-1"], "data.workers=-1 must be an int >= 0"),
     (["--config.data.min_answer_len=32"], "data.min_answer_len=32 leaves no room"),

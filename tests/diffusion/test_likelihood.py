@@ -346,6 +346,7 @@ def _markov_rows(
     return x
 
 
+@pytest.mark.slow  # ~20 s of training; the estimator's numbers are pinned above
 def test_elbo_ranks_real_continuations_above_shuffled_after_training():
     """The ranking sanity of issue 9 at test scale: a tiny model trained for 200 steps on a
     first-order Markov source scores the real continuation of a held-out sequence above the same

@@ -136,6 +136,7 @@ def test_sampler_command_runs_tiny_without_matplotlib(tmp_path, monkeypatch, cap
     assert [r["block_length"] for r in seed["blocks"]] == [1, 2]
 
 
+@pytest.mark.slow  # ~40 s of training; the scaling parts and refusals run in CI
 def test_scaling_command_runs_tiny(tmp_path):
     assert (
         main(

@@ -162,6 +162,7 @@ def monkeypatch_module():
     mp.undo()
 
 
+@pytest.mark.slow  # ~50 s; the adapter, its model args and refusals run in CI
 def test_eval_cli_end_to_end_offline(run_dir, offline_tasks, tmp_path, capsys):
     out = tmp_path / "results.json"
     assert (
@@ -340,6 +341,7 @@ def _random_run(directory: Path, tok, **kind) -> Path:
     return directory
 
 
+@pytest.mark.slow  # ~15 s; block diffusion through the adapter runs in CI (test_lm_eval_tasks)
 def test_block_diffusion_checkpoint_is_served(tok, offline_tasks, tmp_path, cli_error):
     from lladax.eval import harness
 

@@ -164,6 +164,7 @@ def test_unwritable_workdir_is_one_line_error(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "is not writable" in err and "--workdir" in err
 
 
+@pytest.mark.slow  # ~25 s; init_from and chat-format runs are exercised by test_preference_run
 def test_sft_run_starts_from_init_from_params(runs, tmp_path):
     """`data.format=chat` trains on {"tokens", "prompt_lengths"} batches (SFT loss) from the
     params of `checkpoint.init_from`; with lr 0 they come out unchanged, bit for bit."""
@@ -347,6 +348,7 @@ def _wait_for_line(stream, words: str, seen: list) -> None:
     raise AssertionError(f"no {words!r} on stderr; the child said:\n{''.join(seen)[-3000:]}")
 
 
+@pytest.mark.slow  # ~30 s; a SIGTERM mid-run saving and resuming bit-exactly runs in CI
 def test_sigterm_twice_during_final_save_keeps_the_run(runs, tmp_path):  # runs: see the end
     """SIGTERM, then SIGTERM again, while the final checkpoint of a finished run is being
     written (default checkpoint.every=0: the only save): both wait for the save, which commits;

@@ -191,6 +191,7 @@ class _BothProcesses:
             it.set_state(s)
 
 
+@pytest.mark.slow  # ~55 s: two processes train; the mesh, sharding and restore parts run in CI
 def test_two_processes_train_checkpoint_resume_like_one(tmp_path, monkeypatch):
     multi, single = tmp_path / "multi", tmp_path / "single"
     outs = _two_processes(multi, tmp_path / "jax_cache", preempt=True)
