@@ -32,19 +32,24 @@ __all__ = [
     "flops_multiplier",
     "loss_and_grad",
     "loss_fn",
+    "policy_rows",
     "preference_objective",
 ]
 
 
+def policy_rows(cfg: ModelConfig, pref: PreferenceConfig | None) -> int:
+    """Rows through the policy per batch row: 1, or a preference pair's 2 answers × n = n_t·n_yt
+    noisy copies (× 1 for the autoregressive baseline's exact log-probs)."""
+    return 1 if pref is None else 2 * (1 if cfg.causal else pref.budget)
+
+
 def flops_multiplier(cfg: ModelConfig, pref: PreferenceConfig | None) -> float:
     """A step's FLOPs over those of one training pass (forward + backward) on its batch rows:
-    1 for pretraining / SFT; a preference step runs both answers of a pair through the policy
-    (forward + backward) and the reference (forward, a third of that), n = n_t·n_yt noisy copies
-    each for a diffusion model."""
+    1 for pretraining / SFT; a preference step runs `policy_rows` through the policy (forward +
+    backward) and as many through the reference (forward, a third of that)."""
     if pref is None:
         return 1.0
-    copies = 2 * (1 if cfg.causal else pref.budget)
-    return copies * (1.0 + 1.0 / 3.0)
+    return policy_rows(cfg, pref) * (1.0 + 1.0 / 3.0)
 
 
 def loss_fn(

@@ -30,7 +30,7 @@ from lladax.config import ModelConfig
 from lladax.model import sharding
 from lladax.train import curriculum, trainer
 from lladax.train.hardware import CHIPS, GiB, Hardware, PlanError, hardware
-from lladax.train.objectives import flops_multiplier
+from lladax.train.objectives import flops_multiplier, policy_rows
 from lladax.train.run_config import (
     MeshConfig,
     PreferenceConfig,
@@ -85,11 +85,6 @@ def _sections(config: Any) -> tuple[ModelConfig, TrainConfig, MeshConfig, Prefer
         MeshConfig.from_config(config.mesh),
         pref,
     )
-
-
-def _copies(cfg: ModelConfig, pref: PreferenceConfig | None) -> int:
-    """Rows through the policy per batch row: 1, or a preference pair's 2 answers × n copies."""
-    return 1 if pref is None else 2 * (1 if cfg.causal else pref.budget)
 
 
 def _mesh_sizes(mesh: MeshConfig, devices: int, slices: int = 1) -> dict[str, int]:
@@ -182,13 +177,13 @@ def estimate(config: Any, hw: Hardware, mfu: float = 0.45) -> Plan:
         memory[f"reference params ({pref.reference_dtype}, frozen)"] = n * ref_bytes / param_shards
     micro = tc.batch_size / tc.grad_accum / batch_shards
     twin = twin_forward(cfg, seq, tc.block_curriculum)
-    memory |= activation_bytes(cfg, micro * _copies(cfg, pref), seq, mesh["tensor"], twin)
+    memory |= activation_bytes(cfg, micro * policy_rows(cfg, pref), seq, mesh["tensor"], twin)
     fpt = cfg.flops_per_token(seq)
     tokens_per_s_chip = mfu * hw.peak_flops / fpt
     step = tc.batch_size * seq * flops_multiplier(cfg, pref) / (tokens_per_s_chip * hw.chips)
     objective = "\n".join(x for x in (_objective(cfg, tc, seq), _preference(cfg, pref)) if x)
     unit = "seq" if pref is None else "pair"
-    rows = _copies(cfg, pref) * (2 if twin else 1)
+    rows = policy_rows(cfg, pref) * (2 if twin else 1)
     return Plan(
         hw, mesh, n, fpt, micro, memory, tokens_per_s_chip, step, mfu, objective, unit, rows
     )
@@ -204,7 +199,7 @@ def _preference(cfg: ModelConfig, pref: PreferenceConfig | None) -> str:
         anti = "antithetic" if pref.antithetic else "independent noise"
         estimate = f"ELBO n={pref.budget} (n_t={pref.n_t} × n_yt={pref.n_yt}, {anti})"
     return (
-        f"preference (DPO, beta={pref.beta}): {estimate}; {_copies(cfg, pref)} rows per pair "
+        f"preference (DPO, beta={pref.beta}): {estimate}; {policy_rows(cfg, pref)} rows per pair "
         f"through the policy (fwd + bwd) and the {pref.reference_dtype} reference (fwd): "
         f"{flops_multiplier(cfg, pref):.1f}x a training row's FLOPs"
     )

@@ -155,6 +155,7 @@ def test_estimate_tracks_the_compiler():
     assert 0.5 < estimate.total_bytes / compiled["peak"] < 2.0, (estimate.memory, compiled)
 
 
+@pytest.mark.slow  # ~13 s; the preference step compiles and runs in test_preference_run
 def test_preference_estimate_tracks_the_compiler():
     """The real preference step (policy + reference, pairs) compiles over the 8 CPU devices and
     its memory is within 2× of the estimate."""
