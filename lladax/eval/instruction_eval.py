@@ -34,9 +34,10 @@ def generate_replies(
     applied).
 
     Prompts are left-padded (pad id, attention mask 0) to ONE length for the whole list and the
-    last batch is filled with copies, so the sampler compiles a single program. Any diffusion
-    kind: a block-diffusion model decodes its own blocks (`block_sampling`; block_length None
-    is its block_size) and, by default, stops each reply at its EOS block.
+    last batch is filled with copies, so the sampler compiles a single program. Any kind
+    (`sampling.generate_any`): a block-diffusion model decodes its own blocks (`block_sampling`;
+    block_length None is its block_size) and, by default, stops each reply at its EOS block;
+    the autoregressive baseline decodes left to right.
     """
     prompts = [apply_chat_template(tokenizer, ex.messages(with_answer=False)) for ex in items]
     if not prompts:
@@ -49,7 +50,7 @@ def generate_replies(
             chunk, cfg.pad_token_id, width=width, num_rows=min(batch_size, len(prompts))
         )
         canvas = np.asarray(
-            jax.device_get(sampling.generate_with(params, cfg, tokens, mask, sampler))
+            jax.device_get(sampling.generate_any(params, cfg, tokens, mask, sampler))
         )
         replies += [tokenizer.decode_reply(canvas[r, width:]) for r in range(len(chunk))]
     return replies

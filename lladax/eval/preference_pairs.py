@@ -21,15 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
-from lladax.batching import left_pad
 from lladax.data import instructions
-from lladax.data.chat import apply_chat_template
 from lladax.data.instructions import Example
 from lladax.data.preference import near_miss
-from lladax.diffusion import sampling
 from lladax.diffusion.sampler_config import SamplerConfig
 from lladax.eval import instruction_eval
 from lladax.files import atomic_write
@@ -60,26 +56,11 @@ def greedy_replies(
     *,
     batch_size: int = 64,
 ) -> list[str]:
-    """The model's reply to each example's prompt (chat template applied) under `sampler`:
-    `instruction_eval.generate_replies` for the diffusion kinds; for the autoregressive
-    baseline the same left-padded batches through `sampling.generate_any` (left to right)."""
-    if not cfg.causal:
-        return instruction_eval.generate_replies(
-            params, cfg, tokenizer, items, sampler, batch_size=batch_size
-        )
-    prompts = [apply_chat_template(tokenizer, ex.messages(with_answer=False)) for ex in items]
-    width = max((len(p) for p in prompts), default=0)
-    replies: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        tokens, mask = left_pad(
-            chunk, cfg.pad_token_id, width=width, num_rows=min(batch_size, len(prompts))
-        )
-        canvas = np.asarray(
-            jax.device_get(sampling.generate_any(params, cfg, tokens, mask, sampler))
-        )
-        replies += [tokenizer.decode_reply(canvas[r, width:]) for r in range(len(chunk))]
-    return replies
+    """The model's reply to each example's prompt (chat template applied) under `sampler`,
+    any kind (`instruction_eval.generate_replies`)."""
+    return instruction_eval.generate_replies(
+        params, cfg, tokenizer, items, sampler, batch_size=batch_size
+    )
 
 
 def on_policy_pairs(

@@ -21,7 +21,7 @@ def test_generate_replies_pads_to_one_shape_and_decodes_in_order(tok, monkeypatc
     }
     shapes = []
 
-    def oracle(params, cfg_, tokens, mask, sampler, rng=None):
+    def oracle(params, cfg_, tokens, mask, sampler, rng=None, **_):
         steps, gen_length, block_length = (
             getattr(sampler.resolved(), n) for n in ("steps", "gen_length", "block_length")
         )
